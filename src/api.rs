@@ -1,0 +1,306 @@
+//! The `IdvClient` custom resource (v1alpha1) and the names the operator writes.
+//!
+//! Doc comments become the schema descriptions `kubectl explain` shows.
+
+use std::collections::BTreeMap;
+
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "idv-token-operator.dev";
+pub const FIELD_MANAGER: &str = "idv-token-operator";
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_VALUE: &str = "idv-token-operator";
+/// When the token in the Secret expires (RFC 3339).
+pub const EXPIRES_AT_ANNOTATION: &str = "idv-token-operator.dev/expires-at";
+/// When the operator will fetch the next token (RFC 3339).
+pub const REFRESH_AT_ANNOTATION: &str = "idv-token-operator.dev/refresh-at";
+/// When the token was issued (RFC 3339).
+pub const ISSUED_AT_ANNOTATION: &str = "idv-token-operator.dev/issued-at";
+/// Hash of the spec fields and key that produced the token: a change means a new token.
+pub const INPUTS_HASH_ANNOTATION: &str = "idv-token-operator.dev/inputs-hash";
+/// Hash of the Secret's token data: tells an edited Secret from the one we wrote.
+pub const DATA_HASH_ANNOTATION: &str = "idv-token-operator.dev/data-hash";
+
+/// On the IdvClient: a new value asks for one new token now, whatever the schedule says.
+pub const FORCE_REFRESH_ANNOTATION: &str = "idv-token-operator.dev/force-refresh";
+
+/// Keys of the token Secret.
+pub mod secret_keys {
+    pub const ACCESS_TOKEN: &str = "access_token";
+    pub const TOKEN_TYPE: &str = "token_type";
+    pub const EXPIRES_AT: &str = "expires_at";
+    pub const SCOPE: &str = "scope";
+    pub const AUTHORIZATION: &str = "authorization";
+}
+
+/// An OAuth client of a Flemish government (IDV) authorization server. The operator keeps a
+/// Secret next to it holding a valid access token, obtained with the client_credentials grant
+/// and a JWT client assertion signed with the client's private key.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "idv-token-operator.dev",
+    version = "v1alpha1",
+    kind = "IdvClient",
+    plural = "idvclients",
+    shortname = "idvc",
+    namespaced,
+    status = "IdvClientStatus",
+    derive = "PartialEq",
+    doc = "An OAuth client of a Flemish government (IDV) authorization server. The operator keeps a Secret next to it with a fresh access token.",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
+    printcolumn(name = "Secret", type_ = "string", json_path = ".status.secretName", priority = "1"),
+    printcolumn(name = "Key", type_ = "string", json_path = ".status.keyId", priority = "1"),
+    printcolumn(name = "Expires", type_ = "date", json_path = ".status.expiresAt"),
+    printcolumn(name = "Refresh", type_ = "date", json_path = ".status.refreshAt"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct IdvClientSpec {
+    /// The OAuth client id, as registered in the Beheerportaal (a GUID for ACM/IDM).
+    #[schemars(length(min = 1, max = 256))]
+    #[x_kube(validation = Rule::new("self.trim() != ''").message("clientId must not be empty"))]
+    pub client_id: String,
+
+    /// The authorization server that issues the tokens: exactly one of environment, issuer or
+    /// tokenEndpoint.
+    pub auth_server: AuthServer,
+
+    /// Where the client's private JWK (or JWK Set) is stored.
+    pub private_key: PrivateKey,
+
+    /// Scopes to request; sent space-separated in the `scope` form field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 256)))]
+    #[x_kube(validation = Rule::new("self.all(s, s.matches('^[!#-\\\\[\\\\]-~]+$'))").message("a scope is printable ASCII without spaces, quotes or backslashes"))]
+    pub scopes: Vec<String>,
+
+    /// Optional `audience` form field (ACM: the client id of the API the token is for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub audience: Option<String>,
+
+    /// Optional `resource` form field (ACM: a URL the API registered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub resource: Option<String>,
+
+    /// The Secret the operator writes the token to.
+    #[serde(default)]
+    pub secret: TokenSecret,
+
+    /// When to fetch a new token.
+    #[serde(default)]
+    pub refresh: Refresh,
+
+    /// Stop fetching tokens; the existing token Secret is left as it is.
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+/// Which authorization server to ask. Set exactly one of environment, issuer or tokenEndpoint.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.environment), has(self.issuer), has(self.tokenEndpoint)].filter(x, x).size() == 1").message("set exactly one of environment, issuer or tokenEndpoint"))]
+pub struct AuthServer {
+    /// A known IDV server: acm-production, acm-test (ACM/IDM), geosecure-production or
+    /// geosecure-beta (the legacy Geosecure server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<Environment>,
+
+    /// An OpenID Connect issuer; the token endpoint is found by discovery
+    /// (`<issuer>/.well-known/openid-configuration`). https, or http to a loopback host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new(HTTPS_OR_LOOPBACK).message("issuer must be an https URL (http only to a loopback host)"))]
+    pub issuer: Option<String>,
+
+    /// The token endpoint URL, used as given. https, or http to a loopback host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new(HTTPS_OR_LOOPBACK).message("tokenEndpoint must be an https URL (http only to a loopback host)"))]
+    pub token_endpoint: Option<String>,
+
+    /// Override of the client assertion's `aud` claim. Default: the issuer for ACM environments
+    /// and issuer mode; the token endpoint for Geosecure and tokenEndpoint mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub assertion_audience: Option<String>,
+}
+
+/// CEL: https anywhere, plain http only to a loopback host.
+const HTTPS_OR_LOOPBACK: &str =
+    "self.matches('^https://[^/?#\\\\s]+') || self.matches('^http://(localhost|127\\\\.[0-9]+\\\\.[0-9]+\\\\.[0-9]+|\\\\[::1\\\\])(:[0-9]+)?([/?#].*)?$')";
+
+/// The known IDV servers.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Environment {
+    /// ACM/IDM production: https://authenticatie.vlaanderen.be/op
+    AcmProduction,
+    /// ACM/IDM test and integration (T&I): https://authenticatie-ti.vlaanderen.be/op
+    AcmTest,
+    /// Geosecure production (legacy): https://oauth.vlaanderen.be
+    GeosecureProduction,
+    /// Geosecure beta (legacy): https://beta.oauth.vlaanderen.be
+    GeosecureBeta,
+}
+
+/// The private key the client assertion is signed with.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrivateKey {
+    /// A key of a Secret in the IdvClient's own namespace holding a private JWK or a JWK Set (JSON).
+    pub secret_ref: SecretKeyRef,
+    /// In a JWK Set: the `kid` of the key to sign with. Default: the first private signing key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub key_id: Option<String>,
+}
+
+/// A key of a Secret in the same namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key within the Secret's data.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// The Secret holding the token.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenSecret {
+    /// Name of the token Secret. Default: `<metadata.name>-token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub name: Option<String>,
+    /// Labels copied onto the token Secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations copied onto the token Secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// When to fetch the next token.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Refresh {
+    /// Refresh this long before the token expires: a duration (`15m`, `1h30m`, `90s`) or a
+    /// share of the token's lifetime (`25%`). Default: at 2/3 of the lifetime, as cert-manager
+    /// does. Only ever moves the refresh earlier than that default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(h|m|s))+$') || self.matches('^[0-9]{1,2}%$')").message("beforeExpiry is a duration like 15m, 1h30m, 90s, or a percentage below 100 like 25%"))]
+    pub before_expiry: Option<String>,
+}
+
+/// What the operator observed and did.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IdvClientStatus {
+    /// The generation of the spec the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`: whether a valid token is in the Secret, and if not, why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// When the current token expires (RFC 3339, whole seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// When the operator will fetch the next token (RFC 3339, whole seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_at: Option<String>,
+    /// `kid` (or RFC 7638 thumbprint) of the key that signed the last assertion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// Name of the token Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+}
+
+/// A condition, as in metav1.Condition.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Condition type, e.g. Ready.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// True, False or Unknown.
+    pub status: String,
+    /// A CamelCase reason, fit for alerting.
+    pub reason: String,
+    /// A human-readable explanation.
+    pub message: String,
+    /// When status last changed (RFC 3339).
+    pub last_transition_time: String,
+    /// The generation the condition was set for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+impl IdvClient {
+    /// Name of the token Secret: `spec.secret.name`, else `<metadata.name>-token`.
+    pub fn token_secret_name(&self) -> String {
+        self.spec.secret.name.clone().unwrap_or_else(|| format!("{}-token", self.metadata.name.as_deref().unwrap_or_default()))
+    }
+}
+
+/// Every CRD of the operator, as multi-document YAML (what `crd` prints and `crds/` holds).
+pub fn crds_yaml() -> String {
+    let crd = serde_yaml::to_string(&IdvClient::crd()).expect("the CRD serialises to YAML");
+    format!("---\n{crd}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crds_folder_matches_generated_crd() {
+        let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/idvclients.yaml"))
+            .expect("crds/idvclients.yaml exists; regenerate with `make crds`");
+        assert_eq!(committed, crds_yaml(), "crds/ is stale: run `make crds`");
+    }
+
+    #[test]
+    fn crd_has_cel_rules_printer_columns_and_descriptions() {
+        let yaml = crds_yaml();
+        for needle in [
+            "x-kubernetes-validations",
+            "set exactly one of environment, issuer or tokenEndpoint",
+            "clientId must not be empty",
+            "jsonPath: .status.expiresAt",
+            "name: Refresh",
+            "shortNames:",
+            "- idvc",
+            "status: {}",
+            "The OAuth client id",
+        ] {
+            assert!(yaml.contains(needle), "CRD lacks {needle:?}");
+        }
+    }
+
+    #[test]
+    fn default_secret_name() {
+        let mut client = IdvClient::new("gipod", IdvClientSpec {
+            client_id: "c".into(),
+            auth_server: AuthServer::default(),
+            private_key: PrivateKey::default(),
+            scopes: vec![],
+            audience: None,
+            resource: None,
+            secret: TokenSecret::default(),
+            refresh: Refresh::default(),
+            suspend: false,
+        });
+        assert_eq!(client.token_secret_name(), "gipod-token");
+        client.spec.secret.name = Some("other".into());
+        assert_eq!(client.token_secret_name(), "other");
+    }
+}

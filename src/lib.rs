@@ -1,0 +1,20 @@
+//! idv-token-operator: keeps OAuth2 access tokens from the Flemish government's IDV
+//! authorization servers fresh in Kubernetes Secrets.
+//!
+//! Pure decision logic (`api`, `jwk`, `assertion`, `authserver`, `policy`, `schedule`,
+//! `resources`) sits in the middle; I/O (`oauth`'s HTTP client, `token_client`, `reconcile`,
+//! `controller`) at the edges.
+
+pub mod api;
+pub mod assertion;
+pub mod authserver;
+pub mod controller;
+pub mod error;
+pub mod jwk;
+pub mod oauth;
+pub mod policy;
+pub mod reconcile;
+pub mod resources;
+pub mod schedule;
+pub mod telemetry;
+pub mod token_client;

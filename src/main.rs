@@ -1,0 +1,287 @@
+//! The command line: `run` the operator, print the `crd`, get a `token`, `keygen` a key pair.
+
+use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use idv_token_operator::{
+    api::{self, Environment},
+    authserver::{self, ServerPlan},
+    controller::{self, RunOptions},
+    jwk::{self, KeygenAlgorithm},
+    oauth::TokenParams,
+    reconcile::{Context, Settings},
+    schedule,
+    telemetry::{self, LogFormat},
+    token_client::TokenClient,
+};
+use jiff::{SignedDuration, Timestamp};
+
+#[derive(Parser)]
+#[command(name = "idv-token-operator", version, about = "Keeps IDV (Vlaanderen) OAuth2 access tokens fresh in Kubernetes Secrets")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the operator (kubeconfig or in-cluster credentials).
+    Run(RunArgs),
+    /// Print every CRD as multi-document YAML.
+    Crd,
+    /// Get one access token and print it.
+    Token(TokenArgs),
+    /// Make a key pair: the private JWK to a file, the public JWK (for the Beheerportaal) to stdout.
+    Keygen(KeygenArgs),
+    /// Print the version.
+    Version,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    schedule::parse_duration(text).ok_or_else(|| format!("{text:?} is not a duration like 10s, 5m or 1h"))
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Path of a kubeconfig file; default: $KUBECONFIG, ~/.kube/config, or in-cluster.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long)]
+    watch_namespace: Option<String>,
+    /// IdvClients reconciled at the same time.
+    #[arg(long, default_value_t = 4)]
+    concurrency: u16,
+    /// Token requests in flight at the same time, across all clients (protects the IdP).
+    #[arg(long, default_value_t = 8)]
+    max_concurrent_token_requests: usize,
+    /// Timeout of one token or discovery request.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    token_request_timeout: Duration,
+    /// Never refresh a token sooner than this after it was issued.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    min_refresh_interval: Duration,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// The OAuth client id.
+    #[arg(long)]
+    client_id: String,
+    /// Path of the private JWK or JWK Set.
+    #[arg(long)]
+    key: PathBuf,
+    /// In a JWK Set: the kid of the key to use.
+    #[arg(long)]
+    key_id: Option<String>,
+    /// Token endpoint URL.
+    #[arg(long, group = "server")]
+    token_endpoint: Option<String>,
+    /// OIDC issuer URL (the token endpoint is discovered).
+    #[arg(long, group = "server")]
+    issuer: Option<String>,
+    /// A known IDV server: acm-production, acm-test, geosecure-production, geosecure-beta.
+    #[arg(long, group = "server")]
+    environment: Option<String>,
+    /// Override of the assertion's aud claim.
+    #[arg(long)]
+    assertion_audience: Option<String>,
+    /// A scope to request (repeatable).
+    #[arg(long = "scope")]
+    scopes: Vec<String>,
+    #[arg(long)]
+    audience: Option<String>,
+    #[arg(long)]
+    resource: Option<String>,
+    #[arg(long, value_enum, default_value_t = Output::Token)]
+    output: Output,
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Token,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Alg {
+    #[value(name = "RS256")]
+    Rs256,
+    #[value(name = "PS256")]
+    Ps256,
+    #[value(name = "ES256")]
+    Es256,
+    #[value(name = "ES384")]
+    Es384,
+}
+
+#[derive(Args)]
+struct KeygenArgs {
+    #[arg(long, value_enum, default_value_t = Alg::Rs256)]
+    alg: Alg,
+    /// RSA key size.
+    #[arg(long, default_value_t = 4096)]
+    bits: usize,
+    /// Where to write the private JWK (mode 0600; an existing file is never overwritten).
+    #[arg(long)]
+    private: PathBuf,
+    /// Where to write the public JWK; default: stdout.
+    #[arg(long)]
+    public: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Crd => {
+            print!("{}", api::crds_yaml());
+            Ok(())
+        }
+        Command::Token(args) => token(args),
+        Command::Keygen(args) => keygen(args),
+        Command::Version => {
+            println!("idv-token-operator {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+fn run(args: RunArgs) -> Result<(), String> {
+    telemetry::init(args.log_format);
+    runtime()?.block_on(async move {
+        let config = match &args.kubeconfig {
+            Some(path) => {
+                let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| format!("cannot read kubeconfig {}: {e}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+                    .await
+                    .map_err(|e| format!("invalid kubeconfig {}: {e}", path.display()))?
+            }
+            None => kube::Config::infer().await.map_err(|e| format!("no Kubernetes configuration found: {e}"))?,
+        };
+        let kube = kube::Client::try_from(config).map_err(|e| format!("cannot create a Kubernetes client: {e}"))?;
+        let tokens = TokenClient::new(args.token_request_timeout).map_err(|e| format!("cannot create the HTTP client: {e}"))?;
+        let settings = Settings { min_refresh_interval: args.min_refresh_interval };
+        let options = RunOptions { namespace: args.watch_namespace.clone(), concurrency: args.concurrency.max(1) };
+        let max_requests = args.max_concurrent_token_requests;
+        let kube_for_context = kube.clone();
+        controller::run(
+            kube,
+            options,
+            move |secrets| Context::new(kube_for_context, tokens, secrets, max_requests, settings),
+            shutdown_signal(),
+        )
+        .await;
+        Ok(())
+    })
+}
+
+/// SIGTERM (Kubernetes) or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown requested");
+}
+
+fn token(args: TokenArgs) -> Result<(), String> {
+    let environment = match &args.environment {
+        Some(name) => Some(Environment::from_name(name).ok_or_else(|| {
+            let names: Vec<&str> = Environment::ALL.iter().map(|e| e.name()).collect();
+            format!("unknown environment {name:?}; use one of {}", names.join(", "))
+        })?),
+        None => None,
+    };
+    let server = api::AuthServer {
+        environment,
+        issuer: args.issuer.clone(),
+        token_endpoint: args.token_endpoint.clone(),
+        assertion_audience: args.assertion_audience.clone(),
+    };
+    let plan: ServerPlan = authserver::plan(&server).map_err(|e| match e {
+        authserver::ServerConfigError::NotExactlyOne => "give exactly one of --token-endpoint, --issuer or --environment".to_string(),
+        other => other.to_string(),
+    })?;
+    let bytes = std::fs::read(&args.key).map_err(|e| format!("cannot read the key file {}: {e}", args.key.display()))?;
+    let key = jwk::parse_signing_key(&bytes, args.key_id.as_deref()).map_err(|e| format!("the key in {} is unusable: {e}", args.key.display()))?;
+    let params = TokenParams { scopes: args.scopes.clone(), audience: args.audience.clone(), resource: args.resource.clone() };
+    let answer = runtime()?.block_on(async {
+        let tokens = TokenClient::new(args.timeout).map_err(|e| format!("cannot create the HTTP client: {e}"))?;
+        let resolved = tokens.resolve(&plan).await.map_err(|e| e.to_string())?;
+        let now = Timestamp::now();
+        let answer = tokens.request_token(&args.client_id, &resolved, &params, &key, now).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((answer, now))
+    })?;
+    let (answer, issued) = answer;
+    let mut stdout = std::io::stdout().lock();
+    let written = match args.output {
+        Output::Token => writeln!(stdout, "{}", answer.access_token.expose()),
+        Output::Json => {
+            let expires_at = schedule::whole_seconds(issued) + SignedDuration::from_secs(answer.expires_in as i64);
+            let json = serde_json::json!({
+                "access_token": answer.access_token.expose(),
+                "token_type": answer.token_type,
+                "expires_in": answer.expires_in,
+                "scope": answer.scope,
+                "expires_at": expires_at.to_string(),
+            });
+            writeln!(stdout, "{json}")
+        }
+    };
+    written.map_err(|e| format!("cannot write to stdout: {e}"))
+}
+
+fn keygen(args: KeygenArgs) -> Result<(), String> {
+    let alg = match args.alg {
+        Alg::Rs256 => KeygenAlgorithm::Rs256,
+        Alg::Ps256 => KeygenAlgorithm::Ps256,
+        Alg::Es256 => KeygenAlgorithm::Es256,
+        Alg::Es384 => KeygenAlgorithm::Es384,
+    };
+    let private = jwk::generate(alg, args.bits).map_err(|e| e.to_string())?;
+    let public = serde_json::to_string_pretty(&jwk::public_jwk(&private)).expect("JSON");
+    write_new_file(&args.private, &serde_json::to_string_pretty(&private).expect("JSON"), 0o600)?;
+    match &args.public {
+        Some(path) => write_new_file(path, &public, 0o644),
+        None => {
+            println!("{public}");
+            Ok(())
+        }
+    }
+}
+
+/// Create a file that must not exist yet, with the given mode from the start.
+fn write_new_file(path: &PathBuf, contents: &str, mode: u32) -> Result<(), String> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+    let mut file = options.open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => format!("{} already exists; not overwriting it", path.display()),
+        _ => format!("cannot create {}: {e}", path.display()),
+    })?;
+    file.write_all(contents.as_bytes()).and_then(|_| file.write_all(b"\n")).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}

@@ -1,0 +1,356 @@
+//! The one place that composes: read the IdvClient's inputs, decide, fetch a token when
+//! needed, write the Secret and the status.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams, PostParams},
+    runtime::{controller::Action, reflector::{ObjectRef, Store}},
+};
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+use crate::{
+    api::{self, IdvClient, IdvClientStatus},
+    authserver,
+    error::Error,
+    jwk::{self, SigningKey},
+    oauth::TokenParams,
+    policy::{self, Decision, ObservedToken},
+    resources::{self, TokenTimes},
+    schedule::{self, BeforeExpiry},
+    token_client::TokenClient,
+};
+
+/// Tunables of the controller.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Never refresh sooner than this after a token was issued.
+    pub min_refresh_interval: Duration,
+}
+
+pub struct Context {
+    pub kube: kube::Client,
+    pub tokens: TokenClient,
+    /// Token Secrets the operator manages (label-filtered cache).
+    pub token_secrets: Store<Secret>,
+    /// Limits concurrent token requests across all clients, to protect the IdP.
+    pub token_request_slots: Semaphore,
+    pub settings: Settings,
+    keys: Mutex<HashMap<KeyCacheKey, Arc<SigningKey>>>,
+    failures: Mutex<HashMap<ObjectRef<IdvClient>, Failure>>,
+}
+
+/// A parsed key is reused while its Secret's resourceVersion stays the same.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct KeyCacheKey {
+    namespace: String,
+    secret: String,
+    key: String,
+    key_id: Option<String>,
+    resource_version: String,
+}
+
+/// Backoff bookkeeping for one IdvClient. `inputs` fingerprints what the failed attempt saw:
+/// when the IdvClient or its key Secret changes, the next attempt is not held back.
+#[derive(Debug, Clone, Default)]
+struct Failure {
+    count: u32,
+    inputs: String,
+    not_before: Option<Timestamp>,
+}
+
+impl Context {
+    pub fn new(kube: kube::Client, tokens: TokenClient, token_secrets: Store<Secret>, max_concurrent_token_requests: usize, settings: Settings) -> Self {
+        Self {
+            kube,
+            tokens,
+            token_secrets,
+            token_request_slots: Semaphore::new(max_concurrent_token_requests.max(1)),
+            settings,
+            keys: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// What one attempt learned, kept for the failure path.
+#[derive(Default)]
+struct Seen {
+    /// Fingerprint of the inputs: generation, force-refresh value, key Secret version.
+    inputs: String,
+    observed: Option<ObservedToken>,
+}
+
+enum Outcome {
+    /// A valid token is in place; recheck at `next`.
+    Ready { status: IdvClientStatus, next: Timestamp },
+    /// A retry is due later; nothing changed.
+    HeldBack { until: Timestamp },
+}
+
+pub async fn reconcile(client: Arc<IdvClient>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let now = Timestamp::now();
+    if client.spec.suspend {
+        let status = resources::failed_status(&client, false, "Suspended", "spec.suspend is true: no tokens are fetched; the token Secret is left as it is".into(), now);
+        write_status(&client, &ctx, status).await?;
+        return Ok(Action::await_change());
+    }
+    let mut seen = Seen::default();
+    match attempt(&client, &ctx, now, &mut seen).await {
+        Ok(Outcome::Ready { status, next }) => {
+            ctx.failures.lock().expect("lock").remove(&ObjectRef::from_obj(&*client));
+            write_status(&client, &ctx, status).await?;
+            Ok(Action::requeue(until(now, next)))
+        }
+        Ok(Outcome::HeldBack { until: at }) => Ok(Action::requeue(until(now, at))),
+        Err(error) => handle_failure(&client, &ctx, now, seen, error).await,
+    }
+}
+
+/// Delay from `now` to `at`, at least a second (never a zero requeue).
+fn until(now: Timestamp, at: Timestamp) -> Duration {
+    Duration::from_secs(at.duration_since(now).as_secs().max(1) as u64)
+}
+
+async fn handle_failure(client: &IdvClient, ctx: &Context, now: Timestamp, seen: Seen, error: Error) -> Result<Action, Error> {
+    let holds_valid_token = seen.observed.as_ref().is_some_and(|o| o.is_valid_at(now));
+    let delay = {
+        let mut failures = ctx.failures.lock().expect("lock");
+        let failure = failures.entry(ObjectRef::from_obj(client)).or_default();
+        if failure.inputs != seen.inputs {
+            *failure = Failure { inputs: seen.inputs.clone(), ..Failure::default() };
+        }
+        failure.count += 1;
+        let retry_after = error.retry_after().map(Duration::from_secs);
+        let delay = schedule::backoff(error.class(), failure.count, holds_valid_token, retry_after, rand::random::<f64>());
+        failure.not_before = Some(now + SignedDuration::try_from(delay).unwrap_or(SignedDuration::from_secs(60)));
+        delay
+    };
+    let retry_at = schedule::whole_seconds(now + SignedDuration::from_secs(delay.as_secs() as i64));
+    warn!(
+        namespace = client.namespace().unwrap_or_default(),
+        name = client.name_any(),
+        reason = error.reason(),
+        transient = error.is_transient(),
+        retry_in_seconds = delay.as_secs(),
+        "token refresh failed: {error}"
+    );
+    // A transient failure while a good token is in place does not make the client unready:
+    // workloads are fine, and the next attempt comes before the token expires.
+    if !(error.is_transient() && holds_valid_token) {
+        let mut message = format!("{error}; next attempt at {retry_at}");
+        if let Some(expires) = seen.observed.as_ref().filter(|o| o.is_valid_at(now)).and_then(|o| o.expires_at) {
+            message.push_str(&format!("; the current token stays in the Secret until it expires at {expires}"));
+        }
+        let status = resources::failed_status(client, false, error.reason(), message, now);
+        write_status(client, ctx, status).await?;
+    }
+    Ok(Action::requeue(delay))
+}
+
+async fn attempt(client: &IdvClient, ctx: &Context, now: Timestamp, seen: &mut Seen) -> Result<Outcome, Error> {
+    let namespace = client.namespace().ok_or_else(|| Error::InvalidSpec("the IdvClient has no namespace".into()))?;
+    let force = client.annotations().get(api::FORCE_REFRESH_ANNOTATION).cloned().unwrap_or_default();
+    seen.inputs = format!("{}/{force}/", client.metadata.generation.unwrap_or_default());
+
+    // Validate what needs no I/O first.
+    if client.spec.client_id.trim().is_empty() {
+        return Err(Error::InvalidSpec("clientId must not be empty".into()));
+    }
+    let plan = authserver::plan(&client.spec.auth_server)?;
+    let before_expiry: Option<BeforeExpiry> =
+        client.spec.refresh.before_expiry.as_deref().map(schedule::parse_before_expiry).transpose().map_err(Error::InvalidSpec)?;
+
+    // The token Secret, if any, must be ours.
+    let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), &namespace);
+    let secret_name = client.token_secret_name();
+    let existing = match ctx.token_secrets.get(&ObjectRef::new(&secret_name).within(&namespace)) {
+        Some(cached) => Some((*cached).clone()),
+        // Not in the label-filtered cache: absent, or someone else's Secret.
+        None => secrets.get_opt(&secret_name).await?,
+    };
+    if let Some(secret) = &existing
+        && !resources::is_owned_by(secret, client)
+    {
+        return Err(Error::SecretConflict { name: secret_name });
+    }
+    seen.observed = existing.as_ref().map(resources::observe);
+
+    let (key, key_version) = load_key(client, ctx, &namespace).await?;
+    seen.inputs.push_str(&key_version);
+    let inputs_hash = resources::inputs_hash(client, &key);
+
+    match policy::decide(&inputs_hash, seen.observed.as_ref(), now) {
+        Decision::Wait { until } => {
+            let secret = existing.expect("a Wait decision implies an observed Secret");
+            let observed = seen.observed.clone().expect("observed with the Secret");
+            if !resources::metadata_matches(&secret, client) {
+                // Labels or annotations in the spec changed: re-apply, same token, no IdP call.
+                let desired = resources::desired_secret(
+                    client,
+                    secret.data.clone().unwrap_or_default(),
+                    &resources::data_hash(&secret.data.clone().unwrap_or_default()),
+                    &inputs_hash,
+                    &times_of(&observed),
+                );
+                apply_secret(&secrets, &desired).await?;
+            }
+            let note = clamp_note(client, &observed, before_expiry, ctx);
+            Ok(Outcome::Ready { status: resources::ready_status(client, &observed, key.key_id(), note, now), next: until })
+        }
+        Decision::Refresh(reason) => {
+            if let Some(not_before) = held_back(ctx, client, &seen.inputs, now) {
+                return Ok(Outcome::HeldBack { until: not_before });
+            }
+            let params = TokenParams {
+                scopes: client.spec.scopes.clone(),
+                audience: client.spec.audience.clone(),
+                resource: client.spec.resource.clone(),
+            };
+            let answer = {
+                let _slot = ctx.token_request_slots.acquire().await.expect("the semaphore is never closed");
+                let server = ctx.tokens.resolve(&plan).await.inspect_err(|_| ctx.tokens.forget(&plan))?;
+                ctx.tokens.request_token(&client.spec.client_id, &server, &params, &key, Timestamp::now()).await?
+            };
+            // Count the lifetime from before the request: the token cannot outlive that.
+            let issued_at = schedule::whole_seconds(now);
+            let expires_at = issued_at + SignedDuration::from_secs(answer.expires_in as i64);
+            let refresh = schedule::refresh_at(issued_at, expires_at, before_expiry, ctx.settings.min_refresh_interval, rand::random::<f64>());
+            let times = TokenTimes { issued_at, expires_at, refresh_at: refresh.refresh_at };
+            let data = resources::token_data(&answer, expires_at, &params.scopes);
+            let desired = resources::desired_secret(client, data.data, &data.hash, &inputs_hash, &times);
+            if existing.is_some() {
+                apply_secret(&secrets, &desired).await?;
+            } else {
+                create_secret(&secrets, &desired, &secret_name).await?;
+            }
+            info!(
+                namespace,
+                name = client.name_any(),
+                secret = secret_name,
+                key_id = key.key_id(),
+                expires_at = %expires_at,
+                refresh_at = %refresh.refresh_at,
+                why = reason.describe(),
+                "token issued"
+            );
+            let observed = resources::observe(&desired);
+            let note = resources::plan_note(&refresh, client.spec.refresh.before_expiry.as_deref());
+            Ok(Outcome::Ready { status: resources::ready_status(client, &observed, key.key_id(), note, now), next: refresh.refresh_at })
+        }
+    }
+}
+
+fn times_of(observed: &ObservedToken) -> TokenTimes {
+    TokenTimes {
+        issued_at: observed.issued_at.or(observed.expires_at).unwrap_or_default(),
+        expires_at: observed.expires_at.unwrap_or_default(),
+        refresh_at: observed.refresh_at.unwrap_or_default(),
+    }
+}
+
+/// Recompute whether `beforeExpiry` was overruled, from what the Secret records, so that a
+/// restarted operator shows the same status.
+fn clamp_note(client: &IdvClient, observed: &ObservedToken, before: Option<BeforeExpiry>, ctx: &Context) -> Option<String> {
+    let (issued, expires) = (observed.issued_at?, observed.expires_at?);
+    let plan = schedule::refresh_at(issued, expires, before, ctx.settings.min_refresh_interval, 0.0);
+    resources::plan_note(&plan, client.spec.refresh.before_expiry.as_deref())
+}
+
+/// When the last attempt with the same inputs failed, the time before which not to retry.
+fn held_back(ctx: &Context, client: &IdvClient, inputs: &str, now: Timestamp) -> Option<Timestamp> {
+    let failures = ctx.failures.lock().expect("lock");
+    let failure = failures.get(&ObjectRef::from_obj(client))?;
+    let not_before = failure.not_before?;
+    (failure.inputs == inputs && now < not_before).then_some(not_before)
+}
+
+/// Read and parse the private key; reuse the parsed key while the Secret is unchanged.
+async fn load_key(client: &IdvClient, ctx: &Context, namespace: &str) -> Result<(Arc<SigningKey>, String), Error> {
+    let reference = &client.spec.private_key.secret_ref;
+    let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), namespace);
+    let secret = secrets.get_opt(&reference.name).await?.ok_or_else(|| Error::KeySecretNotFound { name: reference.name.clone() })?;
+    let version = secret.resource_version().unwrap_or_default();
+    let cache_key = KeyCacheKey {
+        namespace: namespace.to_string(),
+        secret: reference.name.clone(),
+        key: reference.key.clone(),
+        key_id: client.spec.private_key.key_id.clone(),
+        resource_version: version.clone(),
+    };
+    if let Some(key) = ctx.keys.lock().expect("lock").get(&cache_key) {
+        return Ok((key.clone(), version));
+    }
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&reference.key))
+        .map(|b| b.0.clone())
+        .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(&reference.key)).map(|s| s.clone().into_bytes()))
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| Error::KeyNotInSecret { name: reference.name.clone(), key: reference.key.clone() })?;
+    let key = jwk::parse_signing_key(&bytes, client.spec.private_key.key_id.as_deref()).map_err(|source| Error::InvalidKey {
+        name: reference.name.clone(),
+        key: reference.key.clone(),
+        source,
+    })?;
+    let key = Arc::new(key);
+    let mut keys = ctx.keys.lock().expect("lock");
+    // Older versions of this Secret's key are dead weight now.
+    keys.retain(|k, _| !(k.namespace == cache_key.namespace && k.secret == cache_key.secret && k.key == cache_key.key && k.key_id == cache_key.key_id));
+    keys.insert(cache_key, key.clone());
+    Ok((key, version))
+}
+
+async fn create_secret(secrets: &Api<Secret>, desired: &Secret, name: &str) -> Result<(), Error> {
+    match secrets.create(&PostParams { field_manager: Some(api::FIELD_MANAGER.into()), ..PostParams::default() }, desired).await {
+        Ok(_) => Ok(()),
+        // Someone created it between our look and our write: it is not ours.
+        Err(kube::Error::Api(status)) if status.code == 409 => Err(Error::SecretConflict { name: name.to_string() }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn apply_secret(secrets: &Api<Secret>, desired: &Secret) -> Result<(), Error> {
+    let mut body = desired.clone();
+    body.metadata.managed_fields = None;
+    let value = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": body.metadata,
+        "type": body.type_,
+        "data": body.data,
+    });
+    let name = desired.metadata.name.as_deref().expect("desired Secret has a name");
+    secrets.patch(name, &PatchParams::apply(api::FIELD_MANAGER).force(), &Patch::Apply(value)).await?;
+    Ok(())
+}
+
+/// Write the status only when it differs: an unchanged status is never rewritten.
+async fn write_status(client: &IdvClient, ctx: &Context, status: IdvClientStatus) -> Result<(), Error> {
+    if client.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let api: Api<IdvClient> = Api::namespaced(ctx.kube.clone(), &client.namespace().unwrap_or_default());
+    let body = serde_json::json!({
+        "apiVersion": IdvClient::api_version(&()),
+        "kind": IdvClient::kind(&()),
+        "status": status,
+    });
+    api.patch_status(&client.name_any(), &PatchParams::apply(api::FIELD_MANAGER).force(), &Patch::Apply(body)).await?;
+    Ok(())
+}
+
+/// Called when `reconcile` itself returns an error (only API failures writing status).
+pub fn error_policy(client: Arc<IdvClient>, error: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(namespace = client.namespace().unwrap_or_default(), name = client.name_any(), reason = error.reason(), "reconcile failed: {error}");
+    Action::requeue(Duration::from_secs(5))
+}

@@ -1,0 +1,89 @@
+//! Getting one token: resolve the server (discovery, cached), sign a fresh assertion, POST,
+//! parse. Shared by the operator and the `token` command.
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use jiff::Timestamp;
+use uuid::Uuid;
+
+use crate::{
+    assertion,
+    authserver::{ResolvedServer, ServerPlan, discovery_url, resolve_discovered},
+    error::Error,
+    jwk::SigningKey,
+    oauth::{HttpClient, TokenAnswer, TokenError, TokenParams, parse_token_answer, token_form},
+};
+
+/// How long a discovered token endpoint is trusted before asking again.
+const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
+
+pub struct TokenClient {
+    http: HttpClient,
+    discovered: Mutex<HashMap<ServerPlanKey, (ResolvedServer, Instant)>>,
+}
+
+type ServerPlanKey = (String, Option<String>);
+
+impl TokenClient {
+    pub fn new(timeout: Duration) -> Result<Self, reqwest::Error> {
+        Ok(Self { http: HttpClient::new(timeout)?, discovered: Mutex::new(HashMap::new()) })
+    }
+
+    /// The token endpoint and assertion audience for a plan, asking the issuer when needed.
+    pub async fn resolve(&self, plan: &ServerPlan) -> Result<ResolvedServer, Error> {
+        let (issuer, audience_override) = match plan {
+            ServerPlan::Known(resolved) => return Ok(resolved.clone()),
+            ServerPlan::Discover { issuer, audience_override } => (issuer, audience_override),
+        };
+        let key = (issuer.to_string(), audience_override.clone());
+        if let Some((resolved, at)) = self.discovered.lock().expect("lock").get(&key)
+            && at.elapsed() < DISCOVERY_TTL
+        {
+            return Ok(resolved.clone());
+        }
+        let issuer_text = issuer.as_str().trim_end_matches('/').to_string();
+        let answer = self
+            .http
+            .get(&discovery_url(issuer))
+            .await
+            .map_err(|source| Error::DiscoveryTransport { issuer: issuer_text.clone(), source })?;
+        if !(200..300).contains(&answer.status) {
+            return Err(Error::DiscoveryTransport {
+                issuer: issuer_text,
+                source: TokenError::BadAnswer { status: answer.status, what: "no discovery document".into() },
+            });
+        }
+        let resolved = resolve_discovered(issuer, audience_override.clone(), &answer.body)
+            .map_err(|source| Error::Discovery { issuer: issuer_text, source })?;
+        self.discovered.lock().expect("lock").insert(key, (resolved.clone(), Instant::now()));
+        Ok(resolved)
+    }
+
+    /// Forget a discovered endpoint (after it failed), so the next attempt asks again.
+    pub fn forget(&self, plan: &ServerPlan) {
+        if let ServerPlan::Discover { issuer, audience_override } = plan {
+            self.discovered.lock().expect("lock").remove(&(issuer.to_string(), audience_override.clone()));
+        }
+    }
+
+    /// Ask for a token with a freshly signed assertion.
+    pub async fn request_token(
+        &self,
+        client_id: &str,
+        server: &ResolvedServer,
+        params: &TokenParams,
+        key: &SigningKey,
+        now: Timestamp,
+    ) -> Result<TokenAnswer, Error> {
+        let claims = assertion::claims(client_id, &server.assertion_audience, now, Uuid::new_v4());
+        let signed = assertion::sign(&claims, key, server.always_send_kid)?;
+        let token_error =
+            |source| Error::Token { source, client_id: client_id.to_string(), key_id: key.key_id().to_string() };
+        let answer = self.http.post_form(&server.token_endpoint, &token_form(params, &signed)).await.map_err(token_error)?;
+        parse_token_answer(&answer, &[signed.expose()]).map_err(token_error)
+    }
+}

@@ -1,0 +1,420 @@
+// Test OAuth 2.0 authorization server for the idv-token-operator integration tests.
+//
+// Started by the Rust test harness as `node tests/idp/server.mjs` (any cwd). It listens on
+// 127.0.0.1 on a random port and prints exactly one line of JSON to stdout when ready:
+//
+//   {"issuer":"http://127.0.0.1:PORT","token_endpoint":"http://127.0.0.1:PORT/token",
+//    "introspection_endpoint":"http://127.0.0.1:PORT/token/introspection",
+//    "registration_endpoint":"http://127.0.0.1:PORT/reg","port":PORT}
+//
+// It exits when its stdin reaches EOF / closes (the parent holds the pipe), and on SIGTERM/SIGINT.
+// Everything else goes to stderr; set IDP_DEBUG=1 for a line per request and oidc-provider's
+// own notices. See README.md in this folder for the /__test/ control routes.
+
+import * as crypto from 'node:crypto';
+import * as http from 'node:http';
+
+// ---------------------------------------------------------------------------------------------
+// Quiet by default. oidc-provider prints NOTICEs (console.info, i.e. stdout!) and WARNINGs
+// (console.warn) about defaults; stdout is reserved for the single ready line, so both are
+// routed to stderr, and only shown with IDP_DEBUG set.
+// ---------------------------------------------------------------------------------------------
+const DEBUG = !!process.env.IDP_DEBUG && process.env.IDP_DEBUG !== '0';
+const log = (...args) => { if (DEBUG) console.error('[idp]', ...args); };
+console.info = (...args) => { if (DEBUG) console.error(...args); };
+console.log = (...args) => { if (DEBUG) console.error(...args); };
+console.warn = (...args) => { if (DEBUG) console.error(...args); };
+
+// Imported after the console is patched.
+const { default: Provider, errors } = await import('oidc-provider');
+
+const DEFAULT_TOKEN_TTL = 3600;
+const MAX_ASSERTIONS_PER_CLIENT = 100;
+const MAX_BODY = 56 * 1024; // same limit oidc-provider applies
+
+// ---------------------------------------------------------------------------------------------
+// Exit handling: die with the parent.
+// ---------------------------------------------------------------------------------------------
+let exiting = false;
+function shutdown(reason, code = 0) {
+  if (exiting) return;
+  exiting = true;
+  log(`exiting: ${reason}`);
+  process.exit(code);
+}
+// IDP_IGNORE_STDIN=1 turns this off, for running it by hand in the background (`&` gives it
+// /dev/null, which is at EOF at once).
+if (!process.env.IDP_IGNORE_STDIN || process.env.IDP_IGNORE_STDIN === '0') {
+  process.stdin.on('end', () => shutdown('stdin EOF'));
+  process.stdin.on('close', () => shutdown('stdin closed'));
+  process.stdin.on('error', () => shutdown('stdin error'));
+  process.stdin.resume(); // flowing mode, so 'end' fires; whatever is written is discarded
+}
+process.on('SIGTERM', () => shutdown('SIGTERM'));
+process.on('SIGINT', () => shutdown('SIGINT'));
+process.on('SIGHUP', () => shutdown('SIGHUP'));
+// If stdout goes away (parent died before reading), stop too.
+process.stdout.on('error', () => shutdown('stdout error'));
+
+// ---------------------------------------------------------------------------------------------
+// Test state: per-client counters, faults and received client assertions.
+// ---------------------------------------------------------------------------------------------
+const stats = new Map(); // client_id -> { token_requests, token_successes }
+const totals = { token_requests: 0, token_successes: 0 };
+const faults = new Map(); // client_id | '*' -> fault
+const assertions = new Map(); // client_id -> [{ header, payload, received_at_ms }]
+
+function statsFor(clientId) {
+  let s = stats.get(clientId);
+  if (!s) {
+    s = { token_requests: 0, token_successes: 0 };
+    stats.set(clientId, s);
+  }
+  return s;
+}
+
+function b64urlJson(part) {
+  return JSON.parse(Buffer.from(part, 'base64url').toString('utf8'));
+}
+
+// Decodes header and payload of a compact JWS; no verification. Returns undefined if malformed.
+function decodeJwt(jwt) {
+  if (typeof jwt !== 'string') return undefined;
+  const parts = jwt.split('.');
+  if (parts.length !== 3) return undefined;
+  try {
+    return { header: b64urlJson(parts[0]), payload: b64urlJson(parts[1]) };
+  } catch {
+    return undefined;
+  }
+}
+
+function basicAuthUser(header) {
+  if (typeof header !== 'string') return undefined;
+  const m = /^basic\s+(\S+)\s*$/i.exec(header);
+  if (!m) return undefined;
+  const decoded = Buffer.from(m[1], 'base64').toString('utf8');
+  const i = decoded.indexOf(':');
+  const user = i === -1 ? decoded : decoded.slice(0, i);
+  try {
+    return decodeURIComponent(user.replace(/\+/g, ' '));
+  } catch {
+    return user;
+  }
+}
+
+function readRaw(req) {
+  return new Promise((resolve, reject) => {
+    const chunks = [];
+    let size = 0;
+    req.on('data', (c) => {
+      size += c.length;
+      if (size > MAX_BODY) {
+        reject(new Error('request entity too large'));
+        req.destroy();
+        return;
+      }
+      chunks.push(c);
+    });
+    req.on('end', () => resolve(Buffer.concat(chunks)));
+    req.on('error', reject);
+  });
+}
+
+function json(ctx, status, body) {
+  ctx.status = status;
+  ctx.type = 'application/json';
+  ctx.body = JSON.stringify(body);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Provider
+// ---------------------------------------------------------------------------------------------
+const server = http.createServer();
+await new Promise((resolve, reject) => {
+  server.once('error', reject);
+  server.listen(0, '127.0.0.1', resolve);
+});
+const { port } = server.address();
+const issuer = `http://127.0.0.1:${port}`;
+
+// Signing key for the provider itself (published at /jwks, never used for the opaque access
+// tokens). Generated per run so that no development keys are used. An EC key, because generating
+// an RSA key costs ~200 ms of startup; clients therefore default to ES256 id token signing.
+const { privateKey } = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
+const providerJwks = {
+  keys: [{ ...privateKey.export({ format: 'jwk' }), use: 'sig', alg: 'ES256', kid: 'idp-es256' }],
+};
+
+const INTROSPECTOR_ID = 'introspector';
+
+const configuration = {
+  clients: [
+    {
+      client_id: INTROSPECTOR_ID,
+      client_secret: 'introspector-secret',
+      token_endpoint_auth_method: 'client_secret_basic',
+      grant_types: [],
+      response_types: [],
+      redirect_uris: [],
+    },
+  ],
+  jwks: providerJwks,
+  cookies: { keys: [crypto.randomBytes(32).toString('base64url')] },
+  scopes: ['openid', 'gipod_read', 'api_read', 'api_write'],
+  clientAuthMethods: ['private_key_jwt', 'client_secret_basic', 'client_secret_post'],
+  enabledJWA: {
+    clientAuthSigningAlgValues: ['RS256', 'PS256', 'ES256', 'ES384'],
+  },
+  clientDefaults: {
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    token_endpoint_auth_method: 'private_key_jwt',
+    id_token_signed_response_alg: 'ES256',
+  },
+  extraClientMetadata: {
+    properties: ['token_ttl'],
+    validator(ctx, key, value) {
+      if (key === 'token_ttl' && value !== undefined) {
+        if (!Number.isSafeInteger(value) || value < 1) {
+          throw new errors.InvalidClientMetadata('token_ttl must be a positive integer (seconds)');
+        }
+      }
+    },
+  },
+  ttl: {
+    ClientCredentials(ctx, token, client) {
+      return client?.token_ttl ?? DEFAULT_TOKEN_TTL;
+    },
+  },
+  features: {
+    devInteractions: { enabled: false },
+    clientCredentials: { enabled: true },
+    introspection: {
+      enabled: true,
+      // The introspector may look at any token; any other authenticated client only at its own.
+      allowedPolicy(ctx, client, token) {
+        return client.clientId === INTROSPECTOR_ID || client.clientId === token.clientId;
+      },
+    },
+    revocation: { enabled: false },
+    registration: {
+      enabled: true,
+      initialAccessToken: false,
+      idFactory: () => `client-${crypto.randomUUID()}`,
+    },
+  },
+  // Plain JSON error bodies, also for the few HTML-rendered ones.
+  renderError(ctx, out) {
+    ctx.type = 'application/json';
+    ctx.body = JSON.stringify(out);
+  },
+};
+
+const provider = new Provider(issuer, configuration);
+provider.proxy = false;
+
+const TOKEN_PATH = new URL(provider.urlFor('token')).pathname;
+
+// ---------------------------------------------------------------------------------------------
+// Test control routes and token endpoint instrumentation. Put in front of the provider's own
+// middleware so they run first.
+// ---------------------------------------------------------------------------------------------
+async function testRoutes(ctx, next) {
+  const { path, method } = ctx;
+
+  if (path === '/__test/stats' && method === 'GET') {
+    const clientId = ctx.query.client_id;
+    if (typeof clientId === 'string' && clientId) {
+      const s = stats.get(clientId) ?? { token_requests: 0, token_successes: 0 };
+      json(ctx, 200, { ...s });
+    } else {
+      json(ctx, 200, { ...totals });
+    }
+    return;
+  }
+
+  if (path === '/__test/assertions' && method === 'GET') {
+    const clientId = ctx.query.client_id;
+    if (typeof clientId !== 'string' || !clientId) {
+      json(ctx, 400, { error: 'client_id query parameter is required' });
+      return;
+    }
+    json(ctx, 200, assertions.get(clientId) ?? []);
+    return;
+  }
+
+  if (path === '/__test/fault' && method === 'POST') {
+    let body;
+    try {
+      const raw = await readRaw(ctx.req);
+      body = raw.length ? JSON.parse(raw.toString('utf8')) : {};
+    } catch (e) {
+      json(ctx, 400, { error: `invalid JSON body: ${e.message}` });
+      return;
+    }
+    const { client_id: clientId, mode } = body ?? {};
+    if (typeof clientId !== 'string' || !clientId) {
+      json(ctx, 400, { error: 'client_id (string) is required; "*" means every client' });
+      return;
+    }
+    if (mode === 'none') {
+      faults.delete(clientId);
+      json(ctx, 200, { client_id: clientId, mode: 'none' });
+      return;
+    }
+    if (mode !== 'respond' && mode !== 'hang') {
+      json(ctx, 400, { error: 'mode must be one of "respond", "hang", "none"' });
+      return;
+    }
+    const fault = { mode, times: null };
+    if (body.times !== undefined && body.times !== null) {
+      if (!Number.isSafeInteger(body.times) || body.times < 1) {
+        json(ctx, 400, { error: 'times must be a positive integer' });
+        return;
+      }
+      fault.times = body.times;
+    }
+    if (mode === 'respond') {
+      fault.status = body.status ?? 503;
+      if (!Number.isSafeInteger(fault.status) || fault.status < 100 || fault.status > 599) {
+        json(ctx, 400, { error: 'status must be an integer HTTP status' });
+        return;
+      }
+      fault.headers = body.headers ?? {};
+      fault.body = body.body ?? '';
+      if (typeof fault.body !== 'string') fault.body = JSON.stringify(fault.body);
+      fault.content_type = body.content_type
+        ?? (fault.body ? 'text/plain; charset=utf-8' : undefined);
+      fault.delay_ms = body.delay_ms ?? 0;
+    }
+    faults.set(clientId, fault);
+    json(ctx, 200, { client_id: clientId, ...fault });
+    return;
+  }
+
+  if (path === '/__test/reset' && method === 'POST') {
+    stats.clear();
+    faults.clear();
+    assertions.clear();
+    totals.token_requests = 0;
+    totals.token_successes = 0;
+    json(ctx, 200, { reset: true });
+    return;
+  }
+
+  if (path.startsWith('/__test/')) {
+    json(ctx, 404, { error: `no test route ${method} ${path}` });
+    return;
+  }
+
+  if (path === TOKEN_PATH && method === 'POST') {
+    await tokenEndpoint(ctx, next);
+    return;
+  }
+
+  await next();
+}
+
+async function tokenEndpoint(ctx, next) {
+  // Read the form body here. oidc-provider's own parser (lib/shared/selective_body.js) sees the
+  // consumed stream (req.readable === false) and falls back to ctx.req.body, which it parses
+  // with querystring exactly as it would have parsed the stream.
+  let raw;
+  try {
+    raw = await readRaw(ctx.req);
+  } catch (e) {
+    json(ctx, 400, { error: 'invalid_request', error_description: e.message });
+    return;
+  }
+  const text = raw.toString('utf8');
+  ctx.req.body = text;
+
+  const form = new URLSearchParams(ctx.is('application/x-www-form-urlencoded') ? text : '');
+  const decoded = decodeJwt(form.get('client_assertion'));
+  const clientId = (typeof decoded?.payload?.iss === 'string' && decoded.payload.iss)
+    || form.get('client_id')
+    || basicAuthUser(ctx.get('authorization'))
+    || '';
+
+  totals.token_requests += 1;
+  const s = statsFor(clientId);
+  s.token_requests += 1;
+
+  if (decoded) {
+    let list = assertions.get(clientId);
+    if (!list) {
+      list = [];
+      assertions.set(clientId, list);
+    }
+    list.push({ header: decoded.header, payload: decoded.payload, received_at_ms: Date.now() });
+    if (list.length > MAX_ASSERTIONS_PER_CLIENT) list.splice(0, list.length - MAX_ASSERTIONS_PER_CLIENT);
+  }
+
+  const faultKey = faults.has(clientId) ? clientId : (faults.has('*') ? '*' : undefined);
+  if (faultKey !== undefined) {
+    const fault = faults.get(faultKey);
+    if (fault.times !== null) {
+      fault.times -= 1;
+      if (fault.times <= 0) faults.delete(faultKey);
+    }
+    log(`token request from ${clientId || '<unknown>'}: fault ${fault.mode}`);
+    if (fault.mode === 'hang') {
+      // Never answer; keep the socket open until the client gives up (or we exit).
+      ctx.respond = false;
+      await new Promise((resolve) => {
+        if (ctx.req.socket.destroyed) resolve();
+        else ctx.req.socket.once('close', resolve);
+      });
+      return;
+    }
+    if (fault.delay_ms > 0) await new Promise((r) => setTimeout(r, fault.delay_ms));
+    ctx.status = fault.status;
+    for (const [k, v] of Object.entries(fault.headers)) ctx.set(k, String(v));
+    if (fault.body) {
+      ctx.body = fault.body;
+      if (fault.content_type) ctx.type = fault.content_type;
+    } else {
+      ctx.body = '';
+    }
+    return;
+  }
+
+  await next();
+
+  if (ctx.status === 200) {
+    totals.token_successes += 1;
+    s.token_successes += 1;
+  }
+  log(`token request from ${clientId || '<unknown>'}: ${ctx.status}`);
+}
+
+// In oidc-provider 9 the Provider instance is the Koa application itself (`provider.app` is a
+// deprecated alias); its middleware array already holds the provider's own stack.
+provider.middleware.unshift(testRoutes);
+
+if (DEBUG) {
+  provider.on('server_error', (ctx, err) => log('server_error', err));
+  for (const event of ['grant.error', 'introspection.error', 'registration_create.error']) {
+    provider.on(event, (ctx, err) => log(event, err.error ?? err.message, '-', err.error_description ?? '',
+      err.error_detail ? `(${err.error_detail})` : '', err.cause?.message ? `[${err.cause.message}]` : ''));
+  }
+}
+
+server.on('request', provider.callback());
+
+// Discovery is the source of truth for the advertised endpoints.
+const discovery = await fetch(`${issuer}/.well-known/openid-configuration`).then((r) => {
+  if (!r.ok) throw new Error(`discovery failed: ${r.status}`);
+  return r.json();
+});
+
+const ready = {
+  issuer: discovery.issuer,
+  token_endpoint: discovery.token_endpoint,
+  introspection_endpoint: discovery.introspection_endpoint,
+  registration_endpoint: discovery.registration_endpoint,
+  port,
+};
+process.stdout.write(`${JSON.stringify(ready)}\n`);
