@@ -81,7 +81,7 @@ build() {
     local tmp="$dest/.$name.tmp.$$"
     tmpfiles+=("$tmp")
     local start=$SECONDS
-    log "building $name from $pkg (a cold build takes minutes; go's progress follows)"
+    log "building $name from $pkg (cold: minutes; a heartbeat every 60s)"
     # sleep gets no inherited pipes, so a killed heartbeat never holds the
     # caller's $(...) open.
     ( while sleep 60 </dev/null >/dev/null 2>&1; do log "... still building $name ($((SECONDS - start))s)"; done ) &

@@ -1,0 +1,546 @@
+//! The real test environment: etcd + kube-apiserver (RBAC on, an admin and the operator's
+//! restricted identity), the CRDs and deploy/'s RBAC installed, a test IdP (oidc-provider),
+//! and operator processes. Every child process is killed when its guard drops (and, through
+//! PR_SET_PDEATHSIG, when the test process dies).
+
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    net::TcpListener,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::{
+    Api, Client,
+    api::{DynamicObject, Patch, PatchParams},
+    core::GroupVersionKind,
+    runtime::wait::{await_condition, conditions},
+};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
+use serde_json::{Value, json};
+
+pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
+pub const OPERATOR_NAMESPACE: &str = "idv-token-operator-system";
+pub const OPERATOR_SERVICE_ACCOUNT: &str = "idv-token-operator";
+
+/// A child process that is killed when dropped.
+pub struct ChildGuard {
+    pub name: String,
+    child: Child,
+}
+
+impl ChildGuard {
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+    /// SIGTERM, then wait up to `grace` before SIGKILL. Returns whether it exited in time.
+    pub fn terminate(&mut self, grace: Duration) -> bool {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + grace;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+        false
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Spawn with the child tied to this process: it gets SIGKILL if we die.
+pub fn spawn(name: &str, command: &mut Command) -> ChildGuard {
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+    ChildGuard { name: name.to_string(), child }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind a free port").local_addr().unwrap().port()
+}
+
+/// Poll `check` until it returns `Some`, or panic after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The folder with kube-apiserver and etcd: $KUBEBUILDER_ASSETS, else `make envtest-assets`.
+fn assets() -> PathBuf {
+    if let Ok(dir) = std::env::var("KUBEBUILDER_ASSETS")
+        && Path::new(&dir).join("kube-apiserver").exists()
+        && Path::new(&dir).join("etcd").exists()
+    {
+        return PathBuf::from(dir);
+    }
+    eprintln!("KUBEBUILDER_ASSETS not set: building kube-apiserver and etcd (cached after the first time)");
+    let output = Command::new("bash")
+        .arg(format!("{REPO}/tests/envtest/build-assets.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run tests/envtest/build-assets.sh");
+    assert!(output.status.success(), "tests/envtest/build-assets.sh failed");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    PathBuf::from(stdout.lines().last().expect("the script prints the folder").trim())
+}
+
+struct Pki {
+    ca_pem: String,
+    serving_cert: String,
+    serving_key: String,
+    admin_cert: String,
+    admin_key: String,
+    operator_cert: String,
+    operator_key: String,
+    sa_key: String,
+    sa_pub: String,
+}
+
+fn pki() -> Pki {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "idv-token-operator-test-ca");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::CrlSign];
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+
+    let leaf = |sans: Vec<String>, cn: &str, orgs: &[&str], usage: ExtendedKeyUsagePurpose| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(sans).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        for org in orgs {
+            params.distinguished_name.push(DnType::OrganizationName, *org);
+        }
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &ca).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (serving_cert, serving_key) =
+        leaf(vec!["127.0.0.1".into(), "localhost".into()], "kube-apiserver", &[], ExtendedKeyUsagePurpose::ServerAuth);
+    let (admin_cert, admin_key) = leaf(vec![], "test-admin", &["system:masters"], ExtendedKeyUsagePurpose::ClientAuth);
+    // The operator authenticates as its ServiceAccount's user name, so deploy/'s
+    // ClusterRoleBinding (subject: that ServiceAccount) applies to it unchanged.
+    let (operator_cert, operator_key) = leaf(
+        vec![],
+        &format!("system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_ACCOUNT}"),
+        &["system:serviceaccounts", &format!("system:serviceaccounts:{OPERATOR_NAMESPACE}")],
+        ExtendedKeyUsagePurpose::ClientAuth,
+    );
+    let sa = KeyPair::generate().unwrap();
+    Pki {
+        ca_pem: ca.pem(),
+        serving_cert,
+        serving_key,
+        admin_cert,
+        admin_key,
+        operator_cert,
+        operator_key,
+        sa_key: sa.serialize_pem(),
+        sa_pub: sa.public_key_pem(),
+    }
+}
+
+fn kubeconfig(server: &str, ca: &str, cert: &str, key: &str) -> String {
+    let b64 = |s: &str| STANDARD.encode(s);
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: envtest\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\nusers:\n- name: user\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: envtest\n  context:\n    cluster: envtest\n    user: user\ncurrent-context: envtest\n",
+        b64(ca),
+        b64(cert),
+        b64(key)
+    )
+}
+
+pub async fn client_from(kubeconfig_path: &Path) -> Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig_path).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
+    Client::try_from(config).unwrap()
+}
+
+/// The control plane: etcd and kube-apiserver.
+pub struct ControlPlane {
+    pub dir: PathBuf,
+    pub server: String,
+    pub admin_kubeconfig: PathBuf,
+    pub operator_kubeconfig: PathBuf,
+    apiserver_args: Vec<String>,
+    assets: PathBuf,
+    pub apiserver: Option<ChildGuard>,
+    etcd: ChildGuard,
+}
+
+impl ControlPlane {
+    pub async fn start(dir: &Path) -> ControlPlane {
+        let assets = assets();
+        let pki = pki();
+        let write = |name: &str, contents: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, contents).unwrap();
+            path.to_string_lossy().to_string()
+        };
+        let ca = write("ca.crt", &pki.ca_pem);
+        let serving_cert = write("apiserver.crt", &pki.serving_cert);
+        let serving_key = write("apiserver.key", &pki.serving_key);
+        let sa_key = write("sa.key", &pki.sa_key);
+        let sa_pub = write("sa.pub", &pki.sa_pub);
+
+        let (client_port, peer_port, secure_port) = (free_port(), free_port(), free_port());
+        let etcd_url = format!("http://127.0.0.1:{client_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let etcd_log = std::fs::File::create(dir.join("etcd.log")).unwrap();
+        let etcd = spawn(
+            "etcd",
+            Command::new(assets.join("etcd"))
+                .args(["--name", "default", "--data-dir"])
+                .arg(dir.join("etcd-data"))
+                .args(["--listen-client-urls", &etcd_url, "--advertise-client-urls", &etcd_url])
+                .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+                .args(["--initial-cluster", &format!("default={peer_url}")])
+                .args(["--unsafe-no-fsync", "--log-level", "warn"])
+                .stdout(etcd_log.try_clone().unwrap())
+                .stderr(etcd_log),
+        );
+        let http = reqwest::Client::new();
+        eventually(Duration::from_secs(30), "etcd to be healthy", || {
+            let http = http.clone();
+            let url = format!("{etcd_url}/health");
+            async move { http.get(url).send().await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
+        })
+        .await;
+
+        let apiserver_args: Vec<String> = vec![
+            format!("--etcd-servers={etcd_url}"),
+            format!("--cert-dir={}", dir.join("certs").display()),
+            format!("--secure-port={secure_port}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--tls-cert-file={serving_cert}"),
+            format!("--tls-private-key-file={serving_key}"),
+            format!("--client-ca-file={ca}"),
+            "--authorization-mode=RBAC".into(),
+            "--disable-admission-plugins=ServiceAccount".into(),
+            "--service-account-issuer=https://kubernetes.default.svc".into(),
+            format!("--service-account-key-file={sa_pub}"),
+            format!("--service-account-signing-key-file={sa_key}"),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--allow-privileged=true".into(),
+            "--endpoint-reconciler-type=none".into(),
+        ];
+        let server = format!("https://127.0.0.1:{secure_port}");
+        let admin_kubeconfig = dir.join("admin.kubeconfig");
+        std::fs::write(&admin_kubeconfig, kubeconfig(&server, &pki.ca_pem, &pki.admin_cert, &pki.admin_key)).unwrap();
+        let operator_kubeconfig = dir.join("operator.kubeconfig");
+        std::fs::write(&operator_kubeconfig, kubeconfig(&server, &pki.ca_pem, &pki.operator_cert, &pki.operator_key)).unwrap();
+
+        let mut plane = ControlPlane {
+            dir: dir.to_path_buf(),
+            server,
+            admin_kubeconfig,
+            operator_kubeconfig,
+            apiserver_args,
+            assets,
+            apiserver: None,
+            etcd,
+        };
+        plane.start_apiserver().await;
+        plane
+    }
+
+    /// (Re)start kube-apiserver and wait until it is ready.
+    pub async fn start_apiserver(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("apiserver.log")).unwrap();
+        self.apiserver = Some(spawn(
+            "kube-apiserver",
+            Command::new(self.assets.join("kube-apiserver"))
+                .args(&self.apiserver_args)
+                .stdout(log.try_clone().unwrap())
+                .stderr(log),
+        ));
+        let admin = client_from(&self.admin_kubeconfig).await;
+        let readyz = || {
+            let admin = admin.clone();
+            async move {
+                let request = http::Request::get("/readyz").body(Vec::new()).unwrap();
+                admin.request_text(request).await.ok().filter(|body| body.trim() == "ok").map(|_| ())
+            }
+        };
+        let started = std::time::Instant::now();
+        let ready = tokio::time::timeout(Duration::from_secs(120), async {
+            loop {
+                if readyz().await.is_some() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await;
+        if ready.is_err() {
+            let log = std::fs::read_to_string(self.dir.join("apiserver.log")).unwrap_or_default();
+            let tail: String = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+            panic!("kube-apiserver not ready after 120 s; log tail:\n{tail}");
+        }
+        eprintln!("kube-apiserver ready in {:.1}s", started.elapsed().as_secs_f64());
+    }
+
+    pub fn stop_apiserver(&mut self) {
+        self.apiserver.take();
+    }
+
+    pub async fn admin(&self) -> Client {
+        client_from(&self.admin_kubeconfig).await
+    }
+
+    /// Install crds/ and wait until established.
+    pub async fn install_crds(&self) {
+        let admin = self.admin().await;
+        let crds: Api<CustomResourceDefinition> = Api::all(admin);
+        let text = std::fs::read_to_string(format!("{REPO}/crds/idvclients.yaml")).unwrap();
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_yaml::Value::deserialize(document).unwrap();
+            if value.is_null() {
+                continue;
+            }
+            let crd: CustomResourceDefinition = serde_yaml::from_value(value).unwrap();
+            let name = crd.metadata.name.clone().unwrap();
+            crds.patch(&name, &PatchParams::apply("envtest").force(), &Patch::Apply(&crd)).await.unwrap();
+            tokio::time::timeout(Duration::from_secs(30), await_condition(crds.clone(), &name, conditions::is_crd_established()))
+                .await
+                .expect("CRD established in time")
+                .unwrap();
+        }
+    }
+
+    /// Apply YAML files (multi-document) with the admin identity.
+    pub async fn apply_files(&self, files: &[&str]) {
+        let admin = self.admin().await;
+        for file in files {
+            let text = std::fs::read_to_string(format!("{REPO}/{file}")).unwrap();
+            for document in serde_yaml::Deserializer::from_str(&text) {
+                let value = serde_yaml::Value::deserialize(document).unwrap();
+                if value.is_null() {
+                    continue;
+                }
+                let object: DynamicObject = serde_yaml::from_value(value).unwrap();
+                apply_dynamic(&admin, object).await;
+            }
+        }
+    }
+}
+
+use serde::Deserialize;
+
+pub async fn apply_dynamic(client: &Client, object: DynamicObject) {
+    let types = object.types.clone().expect("apiVersion and kind");
+    let gvk = GroupVersionKind::try_from(&types).unwrap();
+    let (resource, capabilities) = kube::discovery::pinned_kind(client, &gvk).await.unwrap();
+    let name = object.metadata.name.clone().unwrap();
+    let api: Api<DynamicObject> = match (&capabilities.scope, &object.metadata.namespace) {
+        (kube::discovery::Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, &resource),
+        (kube::discovery::Scope::Namespaced, None) => Api::default_namespaced_with(client.clone(), &resource),
+        (kube::discovery::Scope::Cluster, _) => Api::all_with(client.clone(), &resource),
+    };
+    api.patch(&name, &PatchParams::apply("envtest").force(), &Patch::Apply(&object)).await.unwrap();
+}
+
+/// The test IdP: oidc-provider with test routes (tests/idp).
+pub struct Idp {
+    pub issuer: String,
+    pub token_endpoint: String,
+    pub introspection_endpoint: String,
+    pub registration_endpoint: String,
+    http: reqwest::Client,
+    _child: ChildGuard,
+}
+
+impl Idp {
+    pub fn start() -> Idp {
+        let idp_dir = format!("{REPO}/tests/idp");
+        if !Path::new(&idp_dir).join("node_modules/oidc-provider").exists() {
+            let status = Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund", "--prefix", &idp_dir])
+                .stdout(Stdio::null())
+                .status()
+                .expect("run npm ci");
+            assert!(status.success(), "npm ci --prefix tests/idp failed");
+        }
+        let mut child = spawn(
+            "idp",
+            Command::new("node")
+                .arg(format!("{idp_dir}/server.mjs"))
+                // The IdP exits when this pipe closes, i.e. when we die.
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit()),
+        );
+        let stdout = child.child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(30)).expect("the IdP prints its ready line within 30 s");
+        let ready: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("IdP ready line {line:?}: {e}"));
+        let text = |k: &str| ready[k].as_str().unwrap().to_string();
+        Idp {
+            issuer: text("issuer"),
+            token_endpoint: text("token_endpoint"),
+            introspection_endpoint: text("introspection_endpoint"),
+            registration_endpoint: text("registration_endpoint"),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap(),
+            _child: child,
+        }
+    }
+
+    /// Register a private_key_jwt client with these public keys; returns its client id.
+    pub async fn register(&self, public_keys: &[Value], token_ttl: Option<u64>) -> String {
+        let mut body = json!({
+            "token_endpoint_auth_method": "private_key_jwt",
+            "jwks": {"keys": public_keys},
+            "grant_types": ["client_credentials"],
+            "response_types": [],
+            "redirect_uris": [],
+            "scope": "gipod_read api_read",
+        });
+        if let Some(ttl) = token_ttl {
+            body["token_ttl"] = json!(ttl);
+        }
+        let response = self.http.post(&self.registration_endpoint).json(&body).send().await.unwrap();
+        let status = response.status();
+        let answer: Value = response.json().await.unwrap();
+        assert!(status.is_success(), "registration failed: {status} {answer}");
+        answer["client_id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn introspect(&self, token: &str) -> Value {
+        self.http
+            .post(&self.introspection_endpoint)
+            .basic_auth("introspector", Some("introspector-secret"))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// (token requests, successes) for a client.
+    pub async fn stats(&self, client_id: &str) -> (u64, u64) {
+        let v: Value = self
+            .http
+            .get(format!("{}/__test/stats?client_id={client_id}", self.issuer))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (v["token_requests"].as_u64().unwrap(), v["token_successes"].as_u64().unwrap())
+    }
+
+    pub async fn fault(&self, body: Value) {
+        let response = self.http.post(format!("{}/__test/fault", self.issuer)).json(&body).send().await.unwrap();
+        assert!(response.status().is_success(), "setting a fault failed");
+    }
+
+    /// Decoded header and payload of each assertion the client sent.
+    pub async fn assertions(&self, client_id: &str) -> Vec<Value> {
+        self.http
+            .get(format!("{}/__test/assertions?client_id={client_id}", self.issuer))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+/// An operator process with its output captured.
+pub struct Operator {
+    pub process: ChildGuard,
+    output: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Operator {
+    pub fn start(kubeconfig: &Path, args: &[&str]) -> Operator {
+        let mut process = spawn(
+            "operator",
+            Command::new(env!("CARGO_BIN_EXE_idv-token-operator"))
+                .arg("run")
+                .arg("--kubeconfig")
+                .arg(kubeconfig)
+                .args(args)
+                // Most verbose logging: the secret scan covers every line the code can print.
+                .env("RUST_LOG", "debug,hyper=info,h2=info,tower=info,rustls=info")
+                .env("RUST_BACKTRACE", "1")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        );
+        let output = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(process.child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(process.child.stderr.take().unwrap()),
+        ] {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream);
+                let mut buffer = [0u8; 8192];
+                while let Ok(n) = reader.read(&mut buffer) {
+                    if n == 0 {
+                        break;
+                    }
+                    output.lock().unwrap().extend_from_slice(&buffer[..n]);
+                }
+            });
+        }
+        Operator { process, output }
+    }
+
+    /// Everything the operator printed so far.
+    pub fn output(&self) -> String {
+        String::from_utf8_lossy(&self.output.lock().unwrap()).to_string()
+    }
+
+    pub fn tail(&self, lines: usize) -> String {
+        let all = self.output();
+        let v: Vec<&str> = all.lines().collect();
+        v[v.len().saturating_sub(lines)..].join("\n")
+    }
+}
