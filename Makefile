@@ -9,3 +9,17 @@ envtest-assets: ## build (once, cached) kube-apiserver and etcd; prints the fold
 .PHONY: crds
 crds: ## regenerate crds/ from the Rust types
 	cargo run --quiet -- crd > crds/idvclients.yaml
+
+.PHONY: test
+test: ## every test: unit, CRD drift, and integration on a real control plane and IdP
+	@assets=$$(bash tests/envtest/build-assets.sh | tail -n1) && \
+	  { [ -d tests/idp/node_modules/oidc-provider ] || npm ci --no-audit --no-fund --prefix tests/idp; } && \
+	  KUBEBUILDER_ASSETS="$$assets" cargo test --locked
+
+.PHONY: demo
+demo: ## local control plane + IdP, the operator, an example IdvClient and its token Secret
+	@assets=$$(bash tests/envtest/build-assets.sh | tail -n1) && \
+	  { [ -d tests/idp/node_modules/oidc-provider ] || npm ci --no-audit --no-fund --prefix tests/idp; } && \
+	  cargo build --locked --quiet && \
+	  KUBEBUILDER_ASSETS="$$assets" IDV_OPERATOR_BIN="$(CARGO_TARGET_DIR)/debug/idv-token-operator" \
+	  cargo run --locked --quiet --example demo

@@ -53,8 +53,8 @@ pub mod secret_keys {
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
     printcolumn(name = "Secret", type_ = "string", json_path = ".status.secretName", priority = "1"),
     printcolumn(name = "Key", type_ = "string", json_path = ".status.keyId", priority = "1"),
-    printcolumn(name = "Expires", type_ = "date", json_path = ".status.expiresAt"),
-    printcolumn(name = "Refresh", type_ = "date", json_path = ".status.refreshAt"),
+    printcolumn(name = "Expires", type_ = "string", json_path = ".status.expiresAt"),
+    printcolumn(name = "Refresh", type_ = "string", json_path = ".status.refreshAt"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -276,6 +276,7 @@ mod tests {
             "set exactly one of environment, issuer or tokenEndpoint",
             "clientId must not be empty",
             "jsonPath: .status.expiresAt",
+            "name: Expires",
             "name: Refresh",
             "shortNames:",
             "- idvc",

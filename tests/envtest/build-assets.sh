@@ -63,7 +63,9 @@ fi
 
 tmpfiles=()
 heartbeat=""
+gobuild=""
 cleanup() {
+    [[ -n "$gobuild" ]] && kill "$gobuild" 2>/dev/null || true
     [[ -n "$heartbeat" ]] && kill "$heartbeat" 2>/dev/null || true
     ((${#tmpfiles[@]})) && rm -f -- "${tmpfiles[@]}" || true
 }
@@ -86,7 +88,12 @@ build() {
     # caller's $(...) open.
     ( while sleep 60 </dev/null >/dev/null 2>&1; do log "... still building $name ($((SECONDS - start))s)"; done ) &
     heartbeat=$!
-    (cd -- "$moddir" && go build -trimpath -ldflags "$ldflags" -o "$tmp" "$pkg") >&2
+    # In the background + wait, so that a TERM/INT to this script is handled at
+    # once (the trap stops go) rather than after go finishes.
+    (cd -- "$moddir" && exec go build -trimpath -ldflags "$ldflags" -o "$tmp" "$pkg") >&2 &
+    gobuild=$!
+    wait "$gobuild" || die "go build of $name failed (exit $?)"
+    gobuild=""
     kill "$heartbeat" 2>/dev/null || true
     wait "$heartbeat" 2>/dev/null || true
     heartbeat=""

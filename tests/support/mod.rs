@@ -492,6 +492,14 @@ impl Idp {
     }
 }
 
+/// The operator binary: cargo tells integration tests; the demo is told by IDV_OPERATOR_BIN.
+pub fn operator_binary() -> PathBuf {
+    match option_env!("CARGO_BIN_EXE_idv-token-operator") {
+        Some(path) => PathBuf::from(path),
+        None => PathBuf::from(std::env::var("IDV_OPERATOR_BIN").expect("IDV_OPERATOR_BIN names the operator binary")),
+    }
+}
+
 /// An operator process with its output captured.
 pub struct Operator {
     pub process: ChildGuard,
@@ -502,7 +510,7 @@ impl Operator {
     pub fn start(kubeconfig: &Path, args: &[&str]) -> Operator {
         let mut process = spawn(
             "operator",
-            Command::new(env!("CARGO_BIN_EXE_idv-token-operator"))
+            Command::new(operator_binary())
                 .arg("run")
                 .arg("--kubeconfig")
                 .arg(kubeconfig)
