@@ -2,8 +2,8 @@
 FROM rust:1.95-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends cmake clang && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
-COPY src ./src
+# Everything Cargo.toml names (tests and examples are declared targets).
+COPY . .
 RUN cargo build --release --locked --bin idv-token-operator
 
 # No shell, no package manager; runs as the distroless nonroot user (65532).
