@@ -58,6 +58,7 @@ pub mod secret_keys {
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.privateKey) != has(self.clientSecret)").message("set exactly one of privateKey and clientSecret"))]
 pub struct IdvClientSpec {
     /// The OAuth client id, as registered in the Beheerportaal (a GUID for ACM/IDM).
     #[schemars(length(min = 1, max = 256))]
@@ -68,8 +69,15 @@ pub struct IdvClientSpec {
     /// tokenEndpoint.
     pub auth_server: AuthServer,
 
-    /// Where the client's private JWK (or JWK Set) is stored.
-    pub private_key: PrivateKey,
+    /// Where the client's private JWK (or JWK Set) is stored: the assertion is signed with it
+    /// (private_key_jwt). Exactly one of privateKey and clientSecret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<PrivateKey>,
+
+    /// Where the client secret is stored, for clients that have no key yet
+    /// (client_secret_basic). Exactly one of privateKey and clientSecret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<ClientSecret>,
 
     /// Scopes to request; sent space-separated in the `scope` form field.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -158,6 +166,14 @@ pub struct PrivateKey {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
     pub key_id: Option<String>,
+}
+
+/// The client secret (client_secret_basic).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientSecret {
+    /// A key of a Secret in the IdvClient's own namespace holding the client secret.
+    pub secret_ref: SecretKeyRef,
 }
 
 /// A key of a Secret in the same namespace.
@@ -275,6 +291,7 @@ mod tests {
             "x-kubernetes-validations",
             "set exactly one of environment, issuer or tokenEndpoint",
             "clientId must not be empty",
+            "set exactly one of privateKey and clientSecret",
             "jsonPath: .status.expiresAt",
             "name: Expires",
             "name: Refresh",
@@ -292,7 +309,8 @@ mod tests {
         let mut client = IdvClient::new("gipod", IdvClientSpec {
             client_id: "c".into(),
             auth_server: AuthServer::default(),
-            private_key: PrivateKey::default(),
+            private_key: Some(PrivateKey::default()),
+            client_secret: None,
             scopes: vec![],
             audience: None,
             resource: None,

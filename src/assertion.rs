@@ -56,14 +56,15 @@ impl fmt::Debug for Assertion {
     }
 }
 
-/// The header: the key's algorithm, `typ: JWT`, and `kid` when the key has one (or always,
-/// with the thumbprint as fallback, when the server wants one).
+/// The header: the key's algorithm, `typ: JWT`, and `kid` when the key has one. When the
+/// server wants a `kid` always (Geosecure): the certificate's SHA-1 thumbprint for an X.509
+/// based key, else the RFC 7638 thumbprint.
 pub fn header(key: &SigningKey, always_send_kid: bool) -> Header {
     let mut header = Header::new(key.algorithm);
     header.typ = Some("JWT".into());
     header.kid = match (&key.kid, always_send_kid) {
         (Some(kid), _) => Some(kid.clone()),
-        (None, true) => Some(key.thumbprint.clone()),
+        (None, true) => Some(key.certificate_thumbprint.clone().unwrap_or_else(|| key.thumbprint.clone())),
         (None, false) => None,
     };
     header

@@ -17,10 +17,10 @@ pub enum Error {
     #[error("invalid authServer: {0}")]
     ServerConfig(#[from] ServerConfigError),
 
-    #[error("the key Secret {name:?} does not exist in this namespace")]
+    #[error("the Secret {name:?} does not exist in this namespace")]
     KeySecretNotFound { name: String },
 
-    #[error("the key Secret {name:?} has no key {key:?}")]
+    #[error("the Secret {name:?} has no key {key:?} (or it is empty)")]
     KeyNotInSecret { name: String, key: String },
 
     #[error("the key in Secret {name:?} (key {key:?}) is unusable: {source}")]
@@ -43,25 +43,28 @@ pub enum Error {
 
     /// The token endpoint said no or did not answer usefully.
     #[error("{}", token_message(.source, .client_id, .key_id))]
-    Token { source: TokenError, client_id: String, key_id: String },
+    Token { source: TokenError, client_id: String, key_id: Option<String> },
 
     #[error("Kubernetes API error: {0}")]
     Kube(#[from] kube::Error),
 }
 
-fn token_message(source: &TokenError, client_id: &str, key_id: &str) -> String {
-    match source {
-        TokenError::Refused { code, .. } if code == "invalid_client" => format!(
+fn token_message(source: &TokenError, client_id: &str, key_id: &Option<String>) -> String {
+    match (source, key_id) {
+        (TokenError::Refused { code, .. }, None) if code == "invalid_client" => {
+            format!("{source}; check the client secret and that client {client_id:?} and the authorization server are right")
+        }
+        (TokenError::Refused { code, .. }, Some(key_id)) if code == "invalid_client" => format!(
             "{source}; check that the public key with kid {key_id:?} is registered for client {client_id:?} \
              and that the client id and authorization server are right"
         ),
-        TokenError::Refused { code, .. } if code == "unauthorized_client" => {
+        (TokenError::Refused { code, .. }, _) if code == "unauthorized_client" => {
             format!("{source}; client {client_id:?} may not use the client_credentials grant or these scopes")
         }
-        TokenError::Refused { code, .. } if code == "invalid_scope" => {
+        (TokenError::Refused { code, .. }, _) if code == "invalid_scope" => {
             format!("{source}; request only scopes granted to client {client_id:?}")
         }
-        other => other.to_string(),
+        (other, _) => other.to_string(),
     }
 }
 
@@ -116,7 +119,7 @@ mod tests {
         let e = Error::Token {
             source: TokenError::Refused { status: 401, code: "invalid_client".into(), description: None, retry_after: None },
             client_id: "c-1".into(),
-            key_id: "k-1".into(),
+            key_id: Some("k-1".into()),
         };
         let message = e.to_string();
         assert!(message.contains("\"c-1\"") && message.contains("\"k-1\"") && message.contains("registered"), "{message}");
@@ -129,7 +132,7 @@ mod tests {
         let unavailable = Error::Token {
             source: TokenError::Unavailable { status: 503, content_type: None, retry_after: Some(3) },
             client_id: "c".into(),
-            key_id: "k".into(),
+            key_id: Some("k".into()),
         };
         assert!(unavailable.is_transient());
         assert_eq!(unavailable.retry_after(), Some(3));

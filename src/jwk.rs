@@ -62,6 +62,9 @@ pub struct SigningKey {
     pub kid: Option<String>,
     /// RFC 7638 SHA-256 thumbprint (base64url): the key id to show when the JWK has no `kid`.
     pub thumbprint: String,
+    /// For a JWK built from an X.509 certificate: the certificate's SHA-1 thumbprint
+    /// (base64url), from `x5t` or computed from `x5c`. Geosecure expects it as `kid`.
+    pub certificate_thumbprint: Option<String>,
     pub algorithm: Algorithm,
     encoding_key: EncodingKey,
 }
@@ -81,6 +84,7 @@ impl fmt::Debug for SigningKey {
         f.debug_struct("SigningKey")
             .field("kid", &self.kid)
             .field("thumbprint", &self.thumbprint)
+            .field("certificate_thumbprint", &self.certificate_thumbprint)
             .field("algorithm", &self.algorithm)
             .field("encoding_key", &"[redacted]")
             .finish()
@@ -150,6 +154,7 @@ fn signing_key_from_jwk(jwk: &Map<String, Value>) -> Result<SigningKey, KeyError
     let alg = jwk.get("alg").and_then(Value::as_str);
     let kid = jwk.get("kid").and_then(Value::as_str).map(str::to_string);
     let thumbprint = thumbprint(jwk)?;
+    let certificate_thumbprint = certificate_thumbprint(jwk)?;
     if !jwk.contains_key("d") {
         return Err(KeyError::PublicOnly);
     }
@@ -158,7 +163,22 @@ fn signing_key_from_jwk(jwk: &Map<String, Value>) -> Result<SigningKey, KeyError
         "EC" => ec_key(jwk, alg)?,
         other => return Err(KeyError::UnsupportedKty(other.to_string())),
     };
-    Ok(SigningKey { kid, thumbprint, algorithm, encoding_key })
+    Ok(SigningKey { kid, thumbprint, certificate_thumbprint, algorithm, encoding_key })
+}
+
+/// `x5t` as given, or the SHA-1 of the first `x5c` certificate (standard base64 DER).
+fn certificate_thumbprint(jwk: &Map<String, Value>) -> Result<Option<String>, KeyError> {
+    if let Some(x5t) = jwk.get("x5t").and_then(Value::as_str) {
+        return Ok(Some(x5t.to_string()));
+    }
+    let Some(first) = jwk.get("x5c").and_then(Value::as_array).and_then(|chain| chain.first()) else {
+        return Ok(None);
+    };
+    let der = first
+        .as_str()
+        .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+        .ok_or(KeyError::BadMember("x5c"))?;
+    Ok(Some(URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, &der))))
 }
 
 fn rsa_key(jwk: &Map<String, Value>, alg: Option<&str>) -> Result<(Algorithm, EncodingKey), KeyError> {
@@ -363,6 +383,19 @@ mod tests {
             assert!(!public.contains_key("d") && !public.contains_key("p"));
             assert_eq!(thumbprint(&public).unwrap(), key.thumbprint);
         }
+    }
+
+    #[test]
+    fn certificate_thumbprint_from_x5t_or_x5c() {
+        let mut jwk = generate(KeygenAlgorithm::Es256, 0).unwrap();
+        assert_eq!(parse_signing_key(&serde_json::to_vec(&jwk).unwrap(), None).unwrap().certificate_thumbprint, None);
+        // SHA-1 of the bytes "abc" is a9993e364706816aba3e25717850c26c9cd0d89d.
+        jwk.insert("x5c".into(), serde_json::json!(["YWJj"]));
+        let key = parse_signing_key(&serde_json::to_vec(&jwk).unwrap(), None).unwrap();
+        assert_eq!(key.certificate_thumbprint.as_deref(), Some("qZk-NkcGgWq6PiVxeFDCbJzQ2J0"));
+        jwk.insert("x5t".into(), "given".into());
+        let key = parse_signing_key(&serde_json::to_vec(&jwk).unwrap(), None).unwrap();
+        assert_eq!(key.certificate_thumbprint.as_deref(), Some("given"));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use idv_token_operator::{
     reconcile::{Context, Settings},
     schedule,
     telemetry::{self, LogFormat},
-    token_client::TokenClient,
+    token_client::{ClientSecretValue, Credential, TokenClient},
 };
 use jiff::{SignedDuration, Timestamp};
 
@@ -70,9 +70,12 @@ struct TokenArgs {
     /// The OAuth client id.
     #[arg(long)]
     client_id: String,
-    /// Path of the private JWK or JWK Set.
-    #[arg(long)]
-    key: PathBuf,
+    /// Path of the private JWK or JWK Set (private_key_jwt).
+    #[arg(long, group = "credential", required_unless_present = "client_secret_file")]
+    key: Option<PathBuf>,
+    /// Path of a file holding the client secret (client_secret_basic), for clients without a key.
+    #[arg(long, group = "credential")]
+    client_secret_file: Option<PathBuf>,
     /// In a JWK Set: the kid of the key to use.
     #[arg(long)]
     key_id: Option<String>,
@@ -225,14 +228,24 @@ fn token(args: TokenArgs) -> Result<(), String> {
         authserver::ServerConfigError::NotExactlyOne => "give exactly one of --token-endpoint, --issuer or --environment".to_string(),
         other => other.to_string(),
     })?;
-    let bytes = std::fs::read(&args.key).map_err(|e| format!("cannot read the key file {}: {e}", args.key.display()))?;
-    let key = jwk::parse_signing_key(&bytes, args.key_id.as_deref()).map_err(|e| format!("the key in {} is unusable: {e}", args.key.display()))?;
+    let credential = match (&args.key, &args.client_secret_file) {
+        (Some(path), _) => {
+            let bytes = std::fs::read(path).map_err(|e| format!("cannot read the key file {}: {e}", path.display()))?;
+            let key = jwk::parse_signing_key(&bytes, args.key_id.as_deref()).map_err(|e| format!("the key in {} is unusable: {e}", path.display()))?;
+            Credential::PrivateKey(std::sync::Arc::new(key))
+        }
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read the client secret file {}: {e}", path.display()))?;
+            Credential::ClientSecret { secret: ClientSecretValue::new(text.trim_end_matches(['\r', '\n']).to_string()), version: String::new() }
+        }
+        (None, None) => return Err("give --key or --client-secret-file".into()),
+    };
     let params = TokenParams { scopes: args.scopes.clone(), audience: args.audience.clone(), resource: args.resource.clone() };
     let answer = runtime()?.block_on(async {
         let tokens = TokenClient::new(args.timeout).map_err(|e| format!("cannot create the HTTP client: {e}"))?;
         let resolved = tokens.resolve(&plan).await.map_err(|e| e.to_string())?;
         let now = Timestamp::now();
-        let answer = tokens.request_token(&args.client_id, &resolved, &params, &key, now).await.map_err(|e| e.to_string())?;
+        let answer = tokens.request_token(&args.client_id, &resolved, &params, &credential, now).await.map_err(|e| e.to_string())?;
         Ok::<_, String>((answer, now))
     })?;
     let (answer, issued) = answer;

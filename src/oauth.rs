@@ -40,6 +40,30 @@ pub fn token_form(params: &TokenParams, assertion: &Assertion) -> Vec<(&'static 
     form
 }
 
+/// The form of a client_credentials request authenticated with client_secret_basic
+/// (the credentials travel in the Authorization header, see `basic_authorization`).
+pub fn token_form_without_assertion(params: &TokenParams) -> Vec<(&'static str, String)> {
+    let mut form = vec![("grant_type", "client_credentials".to_string())];
+    if !params.scopes.is_empty() {
+        form.push(("scope", params.scopes.join(" ")));
+    }
+    if let Some(audience) = &params.audience {
+        form.push(("audience", audience.clone()));
+    }
+    if let Some(resource) = &params.resource {
+        form.push(("resource", resource.clone()));
+    }
+    form
+}
+
+/// RFC 6749 section 2.3.1: both parts form-urlencoded, then base64 of `id:secret`.
+pub fn basic_authorization(client_id: &str, secret: &str) -> String {
+    use base64::Engine;
+    let encode = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let pair = format!("{}:{}", encode(client_id), encode(secret));
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
+}
+
 /// An access token. Never parsed, never printed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct AccessToken(String);
@@ -241,8 +265,11 @@ impl HttpClient {
     }
 
     /// POST a form and read the answer.
-    pub async fn post_form(&self, url: &Url, form: &[(&'static str, String)]) -> Result<HttpAnswer, TokenError> {
-        let request = self.client.post(url.clone()).header("accept", "application/json").form(form);
+    pub async fn post_form(&self, url: &Url, form: &[(&'static str, String)], authorization: Option<&str>) -> Result<HttpAnswer, TokenError> {
+        let mut request = self.client.post(url.clone()).header("accept", "application/json").form(form);
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
         self.send(url, request).await
     }
 
@@ -328,6 +355,14 @@ mod tests {
         );
         let minimal = token_form(&TokenParams::default(), &Assertion::for_tests("x"));
         assert_eq!(minimal.iter().map(|(k, _)| *k).collect::<Vec<_>>(), ["grant_type", "client_assertion_type", "client_assertion"]);
+    }
+
+    #[test]
+    fn client_secret_basic() {
+        // RFC 6749 2.3.1: form-urlencode, then base64.
+        assert_eq!(basic_authorization("my client", "p@ss:word"), "Basic bXkrY2xpZW50OnAlNDBzcyUzQXdvcmQ=");
+        let form = token_form_without_assertion(&TokenParams { scopes: vec!["a".into()], ..TokenParams::default() });
+        assert_eq!(form, vec![("grant_type", "client_credentials".to_string()), ("scope", "a".into())]);
     }
 
     #[test]

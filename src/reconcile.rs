@@ -21,12 +21,12 @@ use crate::{
     api::{self, IdvClient, IdvClientStatus},
     authserver,
     error::Error,
-    jwk::{self, SigningKey},
+    jwk,
     oauth::TokenParams,
     policy::{self, Decision, ObservedToken},
     resources::{self, TokenTimes},
     schedule::{self, BeforeExpiry},
-    token_client::TokenClient,
+    token_client::{ClientSecretValue, Credential, TokenClient},
 };
 
 /// Tunables of the controller.
@@ -44,7 +44,7 @@ pub struct Context {
     /// Limits concurrent token requests across all clients, to protect the IdP.
     pub token_request_slots: Semaphore,
     pub settings: Settings,
-    keys: Mutex<HashMap<KeyCacheKey, Arc<SigningKey>>>,
+    keys: Mutex<HashMap<KeyCacheKey, Credential>>,
     failures: Mutex<HashMap<ObjectRef<IdvClient>, Failure>>,
 }
 
@@ -184,7 +184,7 @@ async fn attempt(client: &IdvClient, ctx: &Context, now: Timestamp, seen: &mut S
     }
     seen.observed = existing.as_ref().map(resources::observe);
 
-    let (key, key_version) = load_key(client, ctx, &namespace).await?;
+    let (key, key_version) = load_credential(client, ctx, &namespace).await?;
     seen.inputs.push_str(&key_version);
     let inputs_hash = resources::inputs_hash(client, &key);
 
@@ -236,7 +236,7 @@ async fn attempt(client: &IdvClient, ctx: &Context, now: Timestamp, seen: &mut S
                 namespace,
                 name = client.name_any(),
                 secret = secret_name,
-                key_id = key.key_id(),
+                key_id = key.key_id().unwrap_or("(client secret)"),
                 expires_at = %expires_at,
                 refresh_at = %refresh.refresh_at,
                 why = reason.describe(),
@@ -273,9 +273,14 @@ fn held_back(ctx: &Context, client: &IdvClient, inputs: &str, now: Timestamp) ->
     (failure.inputs == inputs && now < not_before).then_some(not_before)
 }
 
-/// Read and parse the private key; reuse the parsed key while the Secret is unchanged.
-async fn load_key(client: &IdvClient, ctx: &Context, namespace: &str) -> Result<(Arc<SigningKey>, String), Error> {
-    let reference = &client.spec.private_key.secret_ref;
+/// Read the credential (private key or client secret); reuse a parsed key while its Secret is
+/// unchanged.
+async fn load_credential(client: &IdvClient, ctx: &Context, namespace: &str) -> Result<(Credential, String), Error> {
+    let (reference, key_id) = match (&client.spec.private_key, &client.spec.client_secret) {
+        (Some(private_key), None) => (&private_key.secret_ref, private_key.key_id.clone()),
+        (None, Some(client_secret)) => (&client_secret.secret_ref, None),
+        _ => return Err(Error::InvalidSpec("set exactly one of privateKey and clientSecret".into())),
+    };
     let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), namespace);
     let secret = secrets.get_opt(&reference.name).await?.ok_or_else(|| Error::KeySecretNotFound { name: reference.name.clone() })?;
     let version = secret.resource_version().unwrap_or_default();
@@ -283,7 +288,7 @@ async fn load_key(client: &IdvClient, ctx: &Context, namespace: &str) -> Result<
         namespace: namespace.to_string(),
         secret: reference.name.clone(),
         key: reference.key.clone(),
-        key_id: client.spec.private_key.key_id.clone(),
+        key_id: key_id.clone(),
         resource_version: version.clone(),
     };
     if let Some(key) = ctx.keys.lock().expect("lock").get(&cache_key) {
@@ -297,12 +302,18 @@ async fn load_key(client: &IdvClient, ctx: &Context, namespace: &str) -> Result<
         .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(&reference.key)).map(|s| s.clone().into_bytes()))
         .filter(|b| !b.is_empty())
         .ok_or_else(|| Error::KeyNotInSecret { name: reference.name.clone(), key: reference.key.clone() })?;
-    let key = jwk::parse_signing_key(&bytes, client.spec.private_key.key_id.as_deref()).map_err(|source| Error::InvalidKey {
-        name: reference.name.clone(),
-        key: reference.key.clone(),
-        source,
-    })?;
-    let key = Arc::new(key);
+    let key = if client.spec.client_secret.is_some() {
+        let text = String::from_utf8(bytes).map_err(|_| Error::InvalidSpec(format!("the client secret in Secret {:?} is not UTF-8", reference.name)))?;
+        let uid = secret.metadata.uid.clone().unwrap_or_default();
+        Credential::ClientSecret { secret: ClientSecretValue::new(text.trim_end_matches(['\r', '\n']).to_string()), version: format!("{uid}/{version}") }
+    } else {
+        let parsed = jwk::parse_signing_key(&bytes, key_id.as_deref()).map_err(|source| Error::InvalidKey {
+            name: reference.name.clone(),
+            key: reference.key.clone(),
+            source,
+        })?;
+        Credential::PrivateKey(Arc::new(parsed))
+    };
     let mut keys = ctx.keys.lock().expect("lock");
     // Older versions of this Secret's key are dead weight now.
     keys.retain(|k, _| !(k.namespace == cache_key.namespace && k.secret == cache_key.secret && k.key == cache_key.key && k.key_id == cache_key.key_id));

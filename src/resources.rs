@@ -14,7 +14,7 @@ use kube::{Resource, ResourceExt};
 
 use crate::{
     api::{self, Condition, IdvClient, IdvClientStatus, secret_keys},
-    jwk::SigningKey,
+    token_client::Credential,
     oauth::TokenAnswer,
     policy::ObservedToken,
     schedule::RefreshPlan,
@@ -28,7 +28,7 @@ fn sha256_b64(bytes: &[u8]) -> String {
 
 /// Hash of everything that shapes a token: when it changes, the token is replaced.
 /// Includes the force-refresh annotation, so a new value asks for exactly one new token.
-pub fn inputs_hash(client: &IdvClient, key: &SigningKey) -> String {
+pub fn inputs_hash(client: &IdvClient, credential: &Credential) -> String {
     let spec = &client.spec;
     let force = client.annotations().get(api::FORCE_REFRESH_ANNOTATION);
     let inputs = serde_json::json!({
@@ -37,7 +37,7 @@ pub fn inputs_hash(client: &IdvClient, key: &SigningKey) -> String {
         "scopes": spec.scopes,
         "audience": spec.audience,
         "resource": spec.resource,
-        "key": {"thumbprint": key.thumbprint, "kid": key.kid, "alg": format!("{:?}", key.algorithm)},
+        "credential": credential.fingerprint(),
         "forceRefresh": force,
     });
     sha256_b64(inputs.to_string().as_bytes())
@@ -180,7 +180,7 @@ pub fn ready_condition(previous: Option<&IdvClientStatus>, ready: bool, reason: 
 }
 
 /// Status while a valid token is in place, derived only from what the Secret records.
-pub fn ready_status(client: &IdvClient, observed: &ObservedToken, key_id: &str, plan_note: Option<String>, now: Timestamp) -> IdvClientStatus {
+pub fn ready_status(client: &IdvClient, observed: &ObservedToken, key_id: Option<&str>, plan_note: Option<String>, now: Timestamp) -> IdvClientStatus {
     let expires = observed.expires_at.map(|t| t.to_string()).unwrap_or_default();
     let refresh = observed.refresh_at.map(|t| t.to_string()).unwrap_or_default();
     let mut message = format!("token valid until {expires}; next refresh at {refresh}");
@@ -194,7 +194,7 @@ pub fn ready_status(client: &IdvClient, observed: &ObservedToken, key_id: &str, 
         conditions: vec![ready_condition(client.status.as_ref(), true, "TokenIssued", message, generation, now)],
         expires_at: observed.expires_at.map(|t| t.to_string()),
         refresh_at: observed.refresh_at.map(|t| t.to_string()),
-        key_id: Some(key_id.to_string()),
+        key_id: key_id.map(str::to_string),
         secret_name: Some(client.token_secret_name()),
     }
 }
@@ -234,7 +234,8 @@ mod tests {
         let mut c = IdvClient::new("gipod", IdvClientSpec {
             client_id: "c".into(),
             auth_server: AuthServer { token_endpoint: Some("https://idp.example/token".into()), ..AuthServer::default() },
-            private_key: PrivateKey::default(),
+            private_key: Some(PrivateKey::default()),
+            client_secret: None,
             scopes: vec!["gipod_read".into()],
             audience: None,
             resource: None,
@@ -306,9 +307,9 @@ mod tests {
         let second = failed_status(&c, false, "InvalidKey", "m2".into(), at(100));
         assert_eq!(second.conditions[0].last_transition_time, first.conditions[0].last_transition_time);
         let observed = observe(&secret());
-        let ready = ready_status(&c, &observed, "kid", None, at(200));
+        let ready = ready_status(&c, &observed, Some("kid"), None, at(200));
         assert_eq!(ready.conditions[0].last_transition_time, at(200).to_string());
         c.status = Some(ready.clone());
-        assert_eq!(ready_status(&c, &observed, "kid", None, at(300)), ready, "same inputs, same status");
+        assert_eq!(ready_status(&c, &observed, Some("kid"), None, at(300)), ready, "same inputs, same status");
     }
 }

@@ -3,7 +3,8 @@
 
 use std::{
     collections::HashMap,
-    sync::Mutex,
+    fmt,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -15,8 +16,52 @@ use crate::{
     authserver::{ResolvedServer, ServerPlan, discovery_url, resolve_discovered},
     error::Error,
     jwk::SigningKey,
-    oauth::{HttpClient, TokenAnswer, TokenError, TokenParams, parse_token_answer, token_form},
+    oauth::{HttpClient, TokenAnswer, TokenError, TokenParams, basic_authorization, parse_token_answer, token_form, token_form_without_assertion},
 };
+
+/// How the client proves who it is.
+#[derive(Clone, Debug)]
+pub enum Credential {
+    /// private_key_jwt: a signed assertion per request.
+    PrivateKey(Arc<SigningKey>),
+    /// client_secret_basic. `version` identifies the Secret's content without hashing the
+    /// secret itself (a weak secret's hash could be guessed).
+    ClientSecret { secret: ClientSecretValue, version: String },
+}
+
+impl Credential {
+    /// What error messages and status call this credential.
+    pub fn key_id(&self) -> Option<&str> {
+        match self {
+            Credential::PrivateKey(key) => Some(key.key_id()),
+            Credential::ClientSecret { .. } => None,
+        }
+    }
+
+    /// Changes when the credential changes: part of the token's inputs hash.
+    pub fn fingerprint(&self) -> String {
+        match self {
+            Credential::PrivateKey(key) => format!("key:{}:{}:{:?}", key.thumbprint, key.kid.as_deref().unwrap_or_default(), key.algorithm),
+            Credential::ClientSecret { version, .. } => format!("secret:{version}"),
+        }
+    }
+}
+
+/// A client secret. Its `Debug` never shows it.
+#[derive(Clone)]
+pub struct ClientSecretValue(String);
+
+impl ClientSecretValue {
+    pub fn new(secret: String) -> Self {
+        Self(secret)
+    }
+}
+
+impl fmt::Debug for ClientSecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientSecretValue([redacted])")
+    }
+}
 
 /// How long a discovered token endpoint is trusted before asking again.
 const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
@@ -70,20 +115,34 @@ impl TokenClient {
         }
     }
 
-    /// Ask for a token with a freshly signed assertion.
+    /// Ask for a token, with a freshly signed assertion or the client secret.
     pub async fn request_token(
         &self,
         client_id: &str,
         server: &ResolvedServer,
         params: &TokenParams,
-        key: &SigningKey,
+        credential: &Credential,
         now: Timestamp,
     ) -> Result<TokenAnswer, Error> {
-        let claims = assertion::claims(client_id, &server.assertion_audience, now, Uuid::new_v4());
-        let signed = assertion::sign(&claims, key, server.always_send_kid)?;
-        let token_error =
-            |source| Error::Token { source, client_id: client_id.to_string(), key_id: key.key_id().to_string() };
-        let answer = self.http.post_form(&server.token_endpoint, &token_form(params, &signed)).await.map_err(token_error)?;
-        parse_token_answer(&answer, &[signed.expose()]).map_err(token_error)
+        let token_error = |source| Error::Token {
+            source,
+            client_id: client_id.to_string(),
+            key_id: credential.key_id().map(str::to_string),
+        };
+        match credential {
+            Credential::PrivateKey(key) => {
+                let claims = assertion::claims(client_id, &server.assertion_audience, now, Uuid::new_v4());
+                let signed = assertion::sign(&claims, key, server.always_send_kid)?;
+                let form = token_form(params, &signed);
+                let answer = self.http.post_form(&server.token_endpoint, &form, None).await.map_err(token_error)?;
+                parse_token_answer(&answer, &[signed.expose()]).map_err(token_error)
+            }
+            Credential::ClientSecret { secret, .. } => {
+                let authorization = basic_authorization(client_id, &secret.0);
+                let form = token_form_without_assertion(params);
+                let answer = self.http.post_form(&server.token_endpoint, &form, Some(&authorization)).await.map_err(token_error)?;
+                parse_token_answer(&answer, &[&secret.0]).map_err(token_error)
+            }
+        }
     }
 }

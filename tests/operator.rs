@@ -405,6 +405,53 @@ async fn a_restarted_operator_reuses_the_recorded_token(env: &Env) {
     case.assert_no_leaks(&[text(&secret, "access_token")]).await;
 }
 
+async fn a_client_secret_client_gets_a_token(env: &Env) {
+    let case = Case::new(env, "basic", &[]).await;
+    let (client_id, client_secret) = env.idp.register_with_secret().await;
+    case.put_secret("creds", &[("secret", format!("{client_secret}\n").as_bytes())]).await;
+    case.put_client("legacy", json!({
+        "clientId": client_id,
+        "authServer": {"issuer": env.idp.issuer},
+        "clientSecret": {"secretRef": {"name": "creds", "key": "secret"}},
+        "scopes": ["api_read"],
+    }))
+    .await;
+    let client = case.wait_ready("legacy").await;
+    assert_eq!(client.status.unwrap().key_id, None);
+    let secret = case.wait_secret("legacy-token", "exists", |_| true).await;
+    let token = text(&secret, "access_token");
+    let introspection = env.idp.introspect(&token).await;
+    assert_eq!((introspection["active"].clone(), introspection["client_id"].clone()), (json!(true), json!(client_id)));
+    assert!(env.idp.assertions(&client_id).await.is_empty(), "no assertion with a client secret");
+    case.assert_no_leaks(&[token, client_secret]).await;
+}
+
+async fn a_spec_change_brings_a_new_token(env: &Env) {
+    let case = Case::new(env, "change", &[]).await;
+    let private = private_key(KeygenAlgorithm::Es256);
+    let client_id = env.idp.register(&[public_key(&private)], None).await;
+    case.put_secret("jwk", &[("jwk.json", &serde_json::to_vec(&private).unwrap())]).await;
+    case.put_client("evolving", json!({
+        "clientId": client_id,
+        "authServer": {"tokenEndpoint": env.idp.token_endpoint},
+        "privateKey": {"secretRef": {"name": "jwk", "key": "jwk.json"}},
+        "scopes": ["gipod_read"],
+    }))
+    .await;
+    let first = case.wait_secret("evolving-token", "exists", |_| true).await;
+    let patch = json!({"spec": {"scopes": ["gipod_read", "api_read"]}});
+    case.clients().patch("evolving", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+    let second = case.wait_secret("evolving-token", "a token with both scopes", |s| text(s, "scope") == "gipod_read api_read").await;
+    assert_ne!(text(&first, "access_token"), text(&second, "access_token"));
+    assert_eq!(env.idp.introspect(&text(&second, "access_token")).await["scope"], json!("gipod_read api_read"));
+    let client = case.wait_client("evolving", "status for generation 2", |c| {
+        c.status.as_ref().and_then(|s| s.observed_generation) == c.metadata.generation && ready(c).is_some_and(|r| r.status == "True")
+    })
+    .await;
+    assert_eq!(client.metadata.generation, Some(2));
+    assert_eq!(env.idp.stats(&client_id).await, (2, 2), "exactly one new token for one change");
+}
+
 async fn the_crd_rejects_invalid_specs(env: &Env) {
     let case = Case::new(env, "schema", &[]).await;
     let base = json!({
@@ -429,6 +476,8 @@ async fn the_crd_rejects_invalid_specs(env: &Env) {
         (with(&["scopes"], json!(["has space"])), "a scope is printable ASCII"),
         (with(&["refresh"], json!({"beforeExpiry": "soon"})), "beforeExpiry is a duration"),
         (with(&["authServer"], json!({"environment": "acm-nowhere"})), "Unsupported value"),
+        (with(&["clientSecret"], json!({"secretRef": {"name": "s", "key": "k"}})), "exactly one of privateKey and clientSecret"),
+        (with(&["privateKey"], Value::Null), "exactly one of privateKey and clientSecret"),
     ];
     // Untyped, so that values the Rust types would refuse reach the apiserver.
     let resource = kube::api::ApiResource::erase::<IdvClient>(&());
@@ -470,6 +519,8 @@ fn main() {
         idp_refusal_gives_ready_false_without_a_retry_storm,
         a_foreign_secret_of_the_same_name_is_left_untouched,
         a_restarted_operator_reuses_the_recorded_token,
+        a_client_secret_client_gets_a_token,
+        a_spec_change_brings_a_new_token,
         the_crd_rejects_invalid_specs,
     ];
     if args.list {

@@ -447,6 +447,20 @@ impl Idp {
         answer["client_id"].as_str().unwrap().to_string()
     }
 
+    /// Register a client_secret_basic client; returns (client id, client secret).
+    pub async fn register_with_secret(&self) -> (String, String) {
+        let body = json!({
+            "token_endpoint_auth_method": "client_secret_basic",
+            "grant_types": ["client_credentials"],
+            "response_types": [],
+            "redirect_uris": [],
+            "scope": "gipod_read api_read",
+        });
+        let response = self.http.post(&self.registration_endpoint).json(&body).send().await.unwrap();
+        let answer: Value = response.json().await.unwrap();
+        (answer["client_id"].as_str().unwrap().to_string(), answer["client_secret"].as_str().expect("a client secret").to_string())
+    }
+
     pub async fn introspect(&self, token: &str) -> Value {
         self.http
             .post(&self.introspection_endpoint)
