@@ -93,6 +93,19 @@ pub fn is_loopback(url: &Url) -> bool {
     }
 }
 
+/// Whether assertions may be sent to `host`. Patterns: `idp.example` (exactly that host) or
+/// `*.example` (any host below it). No patterns: no restriction.
+pub fn host_allowed(host: &str, patterns: &[String]) -> bool {
+    if patterns.is_empty() {
+        return true;
+    }
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    patterns.iter().map(|p| p.trim().to_ascii_lowercase()).any(|pattern| match pattern.strip_prefix("*.") {
+        Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(&format!(".{suffix}")),
+        None => host == pattern,
+    })
+}
+
 /// Parse a URL that must be https, or http to a loopback host.
 pub fn parse_endpoint_url(raw: &str, field: &'static str) -> Result<Url, ServerConfigError> {
     let url = Url::parse(raw).map_err(|_| ServerConfigError::InvalidUrl { field })?;
@@ -247,6 +260,20 @@ mod tests {
         for ok in ["http://127.0.0.1:8080/token", "http://localhost/token", "http://[::1]:9/t"] {
             assert!(plan(&server(None, None, Some(ok), None)).is_ok(), "{ok}");
         }
+    }
+
+    #[test]
+    fn allowed_hosts() {
+        let patterns = vec!["*.vlaanderen.be".to_string(), "127.0.0.1".to_string()];
+        assert!(host_allowed("anything", &[]));
+        assert!(host_allowed("authenticatie.vlaanderen.be", &patterns));
+        assert!(host_allowed("beta.oauth.vlaanderen.be", &patterns));
+        assert!(host_allowed("AUTHENTICATIE.vlaanderen.be.", &patterns));
+        assert!(host_allowed("127.0.0.1", &patterns));
+        assert!(!host_allowed("vlaanderen.be", &patterns));
+        assert!(!host_allowed("vlaanderen.be.evil.example", &patterns));
+        assert!(!host_allowed("evilvlaanderen.be", &patterns));
+        assert!(!host_allowed("127.0.0.2", &patterns));
     }
 
     #[test]

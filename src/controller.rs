@@ -1,17 +1,18 @@
-//! Wiring of the kube-runtime `Controller`: what is watched, how triggers are filtered,
-//! concurrency and shutdown.
+//! Wiring of the kube-runtime `Controller`s: what is watched, how triggers are filtered,
+//! concurrency and shutdown. One controller per watched namespace (or one for all), sharing
+//! one context: HTTP client, key cache, backoff state, metrics.
 
 use std::{future::Future, sync::Arc};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt, future::BoxFuture};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
-    Api, Resource,
+    Api, Resource, ResourceExt,
+    core::PartialObjectMeta,
     runtime::{
-        Controller, WatchStreamExt,
+        Controller, WatchStreamExt, controller, predicates,
+        reflector::{self, ObjectRef, Store},
         utils::PredicateConfig,
-        controller,
-        predicates, reflector,
         watcher::{self, Config as WatcherConfig},
     },
 };
@@ -26,9 +27,9 @@ use crate::{
 /// Where and how hard to work.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    /// Watch only this namespace; all namespaces when `None`.
-    pub namespace: Option<String>,
-    /// IdvClients reconciled at the same time.
+    /// Watch only these namespaces; all namespaces when empty.
+    pub namespaces: Vec<String>,
+    /// IdvClients reconciled at the same time (per watched namespace).
     pub concurrency: u16,
 }
 
@@ -46,53 +47,121 @@ where
 /// Trigger on spec changes and on a new force-refresh value; not on status writes (ours),
 /// which would otherwise re-run every reconcile that wrote status.
 fn spec_or_force_refresh(client: &IdvClient) -> Option<u64> {
-    let force = client.meta().annotations.as_ref().and_then(|a| a.get(api::FORCE_REFRESH_ANNOTATION));
-    let generation = predicates::generation(client);
     use std::hash::{Hash, Hasher};
+    let force = client.annotations().get(api::FORCE_REFRESH_ANNOTATION);
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (generation, force).hash(&mut hasher);
+    (predicates::generation(client), force).hash(&mut hasher);
     Some(hasher.finish())
 }
 
-/// Run until `shutdown` resolves; in-flight reconciles finish first.
+/// IdvClients that read their credential from this Secret.
+fn clients_using(secret: &PartialObjectMeta<Secret>, clients: &Store<IdvClient>) -> Vec<ObjectRef<IdvClient>> {
+    // The operator's own token Secrets are never credentials; skip the scan for them.
+    if secret.labels().get(api::MANAGED_BY_LABEL).map(String::as_str) == Some(api::MANAGED_BY_VALUE) {
+        return Vec::new();
+    }
+    let (name, namespace) = (secret.name_any(), secret.namespace());
+    clients
+        .state()
+        .iter()
+        .filter(|c| c.namespace() == namespace)
+        .filter(|c| {
+            let key = c.spec.private_key.as_ref().map(|k| &k.secret_ref.name);
+            let secret = c.spec.client_secret.as_ref().map(|s| &s.secret_ref.name);
+            key == Some(&name) || secret == Some(&name)
+        })
+        .map(|c| ObjectRef::from_obj(&**c))
+        .collect()
+}
+
+/// Everything one watch scope (a namespace, or all) needs, built before the shared context.
+struct Scope {
+    namespace: Option<String>,
+    secret_store: Store<Secret>,
+    owned_secrets: futures::stream::BoxStream<'static, Result<Secret, watcher::Error>>,
+}
+
+/// Run until `shutdown` resolves; in-flight reconciles finish first. `ready` is called once
+/// every watch has listed its objects.
 pub async fn run(
     kube: kube::Client,
     options: RunOptions,
-    make_context: impl FnOnce(reflector::Store<Secret>) -> Context,
+    make_context: impl FnOnce(Vec<(Option<String>, Store<Secret>)>) -> Context,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    ready: impl FnOnce() + Send + 'static,
 ) {
-    let namespace = options.namespace.as_deref();
-    // Only the operator's own Secrets are cached, found by label: never every Secret.
-    let (secret_reader, secret_writer) = reflector::store();
-    let owned_secrets = watcher::watcher(
-        api::<Secret>(&kube, namespace),
-        WatcherConfig::default().labels(&format!("{}={}", api::MANAGED_BY_LABEL, api::MANAGED_BY_VALUE)),
-    )
-    .default_backoff()
-    .reflect(secret_writer)
-    .touched_objects();
-
-    let (client_reader, client_writer) = reflector::store();
-    let clients = watcher::watcher(api::<IdvClient>(&kube, namespace), WatcherConfig::default())
-        .default_backoff()
-        .reflect(client_writer)
-        .applied_objects()
-        .predicate_filter(spec_or_force_refresh, PredicateConfig::default());
-
-    let ctx = Arc::new(make_context(secret_reader));
-    info!(namespace = namespace.unwrap_or("(all)"), concurrency = options.concurrency, "controller starting");
-    Controller::for_stream(clients, client_reader)
-        .owns_stream(owned_secrets)
-        .with_config(controller::Config::default().concurrency(options.concurrency))
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile::reconcile, reconcile::error_policy, ctx)
-        .for_each(|result: Result<_, controller::Error<Error, watcher::Error>>| {
-            match result {
-                Ok((object, _action)) => debug!(object = %object, "reconciled"),
-                Err(error) => debug!("controller: {error}"),
-            }
-            futures::future::ready(())
+    let scopes: Vec<Option<String>> =
+        if options.namespaces.is_empty() { vec![None] } else { options.namespaces.iter().cloned().map(Some).collect() };
+    let scopes: Vec<Scope> = scopes
+        .into_iter()
+        .map(|namespace| {
+            // Only the operator's own Secrets are cached, found by label: never every Secret.
+            let (secret_store, writer) = reflector::store();
+            let owned_secrets = watcher::watcher(
+                api::<Secret>(&kube, namespace.as_deref()),
+                WatcherConfig::default().labels(&format!("{}={}", api::MANAGED_BY_LABEL, api::MANAGED_BY_VALUE)),
+            )
+            .default_backoff()
+            .reflect(writer)
+            .touched_objects()
+            .boxed();
+            Scope { namespace, secret_store, owned_secrets }
         })
-        .await;
+        .collect();
+    let ctx = Arc::new(make_context(scopes.iter().map(|s| (s.namespace.clone(), s.secret_store.clone())).collect()));
+
+    // One shutdown signal, shared by every controller.
+    let shutdown = shutdown.shared();
+    let mut stores: Vec<BoxFuture<'static, ()>> = Vec::new();
+    let mut controllers = Vec::new();
+    for scope in scopes {
+        let namespace = scope.namespace.as_deref();
+        let (client_store, client_writer) = reflector::store();
+        let forget = ctx.clone();
+        let clients = watcher::watcher(api::<IdvClient>(&kube, namespace), WatcherConfig::default())
+            .default_backoff()
+            .reflect(client_writer)
+            .inspect(move |event| {
+                if let Ok(watcher::Event::Delete(client)) = event {
+                    forget.forget(&client.namespace().unwrap_or_default(), &client.name_any());
+                }
+            })
+            .applied_objects()
+            .predicate_filter(spec_or_force_refresh, PredicateConfig::default());
+        // Credential Secrets: metadata only, to notice a changed key at once.
+        let credential_secrets = watcher::watcher(api::<PartialObjectMeta<Secret>>(&kube, namespace), WatcherConfig::default())
+            .default_backoff()
+            .touched_objects();
+        let controller = Controller::for_stream(clients, client_store.clone());
+        let lookup = controller.store();
+        let (secrets_ready, clients_ready) = (scope.secret_store.clone(), client_store.clone());
+        stores.push(
+            async move {
+                let _ = secrets_ready.wait_until_ready().await;
+                let _ = clients_ready.wait_until_ready().await;
+            }
+            .boxed(),
+        );
+        info!(namespace = namespace.unwrap_or("(all)"), concurrency = options.concurrency, "controller starting");
+        let run = controller
+            .owns_stream(scope.owned_secrets)
+            .watches_stream(credential_secrets, move |secret| clients_using(&secret, &lookup))
+            .with_config(controller::Config::default().concurrency(options.concurrency))
+            .graceful_shutdown_on(shutdown.clone())
+            .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
+            .for_each(|result: Result<_, controller::Error<Error, watcher::Error>>| {
+                match result {
+                    Ok((object, _action)) => debug!(object = %object, "reconciled"),
+                    Err(error) => debug!("controller: {error}"),
+                }
+                futures::future::ready(())
+            });
+        controllers.push(run);
+    }
+    tokio::spawn(async move {
+        futures::future::join_all(stores).await;
+        ready();
+    });
+    futures::future::join_all(controllers).await;
     info!("controller stopped");
 }

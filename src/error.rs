@@ -45,6 +45,9 @@ pub enum Error {
     #[error("{}", token_message(.source, .client_id, .key_id))]
     Token { source: TokenError, client_id: String, key_id: Option<String> },
 
+    #[error("the token endpoint host {host:?} is not in the operator's --allowed-token-hosts; assertions are sent only to allowed hosts")]
+    HostNotAllowed { host: String },
+
     #[error("Kubernetes API error: {0}")]
     Kube(#[from] kube::Error),
 }
@@ -77,6 +80,7 @@ impl Error {
             Error::KeyNotInSecret { .. } => "KeyNotFound",
             Error::InvalidKey { .. } | Error::Key(_) | Error::Sign(_) => "InvalidKey",
             Error::SecretConflict { .. } => "SecretConflict",
+            Error::HostNotAllowed { .. } => "TokenHostNotAllowed",
             Error::Discovery { .. } | Error::DiscoveryTransport { .. } => "DiscoveryFailed",
             Error::Token { source, .. } => match source {
                 TokenError::Refused { .. } if source.is_configuration_error() => "TokenRequestRejected",

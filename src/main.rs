@@ -1,19 +1,30 @@
 //! The command line: `run` the operator, print the `crd`, get a `token`, `keygen` a key pair.
 
-use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    io::Write,
+    path::PathBuf,
+    process::ExitCode,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use idv_token_operator::{
     api::{self, Environment},
     authserver::{self, ServerPlan},
     controller::{self, RunOptions},
+    http::{self, Health},
+    leader::{self, LeaseSettings},
+    metrics::Metrics,
     jwk::{self, KeygenAlgorithm},
     oauth::TokenParams,
     reconcile::{Context, Settings},
     schedule,
     telemetry::{self, LogFormat},
-    token_client::{ClientSecretValue, Credential, TokenClient},
+    token_client::{ClientSecretValue, Credential, TokenClient, TokenClientOptions},
 };
+use futures::FutureExt;
+use kube::runtime::events::{Recorder, Reporter};
 use jiff::{SignedDuration, Timestamp};
 
 #[derive(Parser)]
@@ -46,10 +57,10 @@ struct RunArgs {
     /// Path of a kubeconfig file; default: $KUBECONFIG, ~/.kube/config, or in-cluster.
     #[arg(long, env = "KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long)]
-    watch_namespace: Option<String>,
-    /// IdvClients reconciled at the same time.
+    /// Watch only these namespaces (comma-separated); default: all namespaces.
+    #[arg(long, alias = "watch-namespace", value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
+    /// IdvClients reconciled at the same time (per watched namespace).
     #[arg(long, default_value_t = 4)]
     concurrency: u16,
     /// Token requests in flight at the same time, across all clients (protects the IdP).
@@ -61,6 +72,34 @@ struct RunArgs {
     /// Never refresh a token sooner than this after it was issued.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     min_refresh_interval: Duration,
+    /// Hosts assertions may be sent to (comma-separated; `*.example.org` for subdomains);
+    /// default: any. An assertion sent elsewhere could be replayed at the real IdP.
+    #[arg(long, value_delimiter = ',')]
+    allowed_token_hosts: Vec<String>,
+    /// PEM file of extra CA certificates to trust for IdPs (private PKI).
+    #[arg(long)]
+    ca_bundle: Option<PathBuf>,
+    /// Where /metrics is served; "0" turns it off.
+    #[arg(long, default_value = ":8080")]
+    metrics_bind_address: String,
+    /// Where /healthz and /readyz are served; "0" turns them off.
+    #[arg(long, default_value = ":8081")]
+    health_probe_bind_address: String,
+    /// Run only while holding a Lease, so that one of several replicas works.
+    #[arg(long)]
+    leader_elect: bool,
+    /// Namespace of the Lease (default: this pod's namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "idv-token-operator-system")]
+    leader_election_namespace: String,
+    /// Name of the Lease.
+    #[arg(long, default_value = "idv-token-operator")]
+    leader_election_id: String,
+    /// How long a leader's lease lasts without renewal (the standby's takeover time).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    leader_election_lease_duration: Duration,
+    /// How often the leader renews, and a standby retries.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    leader_election_retry_period: Duration,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 }
@@ -178,20 +217,87 @@ fn run(args: RunArgs) -> Result<(), String> {
             None => kube::Config::infer().await.map_err(|e| format!("no Kubernetes configuration found: {e}"))?,
         };
         let kube = kube::Client::try_from(config).map_err(|e| format!("cannot create a Kubernetes client: {e}"))?;
-        let tokens = TokenClient::new(args.token_request_timeout).map_err(|e| format!("cannot create the HTTP client: {e}"))?;
+        let ca_bundle_pem = match &args.ca_bundle {
+            Some(path) => Some(std::fs::read(path).map_err(|e| format!("cannot read the CA bundle {}: {e}", path.display()))?),
+            None => None,
+        };
+        let tokens = TokenClient::new(TokenClientOptions {
+            timeout: args.token_request_timeout,
+            allowed_hosts: args.allowed_token_hosts.clone(),
+            ca_bundle_pem,
+        })?;
+
+        let metrics = Arc::new(Metrics::default());
+        let health = Arc::new(Health::default());
+        if args.metrics_bind_address != "0" {
+            let listener = http::bind(&args.metrics_bind_address).await?;
+            tokio::spawn(http::serve(listener, health.clone(), Some(metrics.clone())));
+        }
+        if args.health_probe_bind_address != "0" {
+            let listener = http::bind(&args.health_probe_bind_address).await?;
+            tokio::spawn(http::serve(listener, health.clone(), None));
+        }
+
+        let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("{}-{}", hostname(), uuid::Uuid::new_v4()));
+        let shutdown = shutdown_signal().shared();
+        let leadership = if args.leader_elect {
+            // A standby is healthy and ready: it is doing its job, which is waiting.
+            health.ready.store(true, Ordering::Relaxed);
+            let settings = LeaseSettings {
+                namespace: args.leader_election_namespace.clone(),
+                name: args.leader_election_id.clone(),
+                identity: identity.clone(),
+                lease_duration: args.leader_election_lease_duration,
+                retry_period: args.leader_election_retry_period,
+            };
+            tokio::select! {
+                held = leader::acquire(kube.clone(), settings) => Some(held),
+                _ = shutdown.clone() => return Ok(()),
+            }
+        } else {
+            None
+        };
+        health.ready.store(false, Ordering::Relaxed);
+
         let settings = Settings { min_refresh_interval: args.min_refresh_interval };
-        let options = RunOptions { namespace: args.watch_namespace.clone(), concurrency: args.concurrency.max(1) };
+        let options = RunOptions { namespaces: args.watch_namespaces.clone(), concurrency: args.concurrency.max(1) };
         let max_requests = args.max_concurrent_token_requests;
+        let recorder = Recorder::new(kube.clone(), Reporter { controller: "idv-token-operator".into(), instance: Some(identity) });
+        let lost = leadership.as_ref().map(|l| l.lost().boxed()).unwrap_or_else(|| futures::future::pending().boxed());
+        let stop = async move {
+            tokio::select! {
+                _ = shutdown => {},
+                _ = lost => {},
+            }
+        }
+        .boxed()
+        .shared();
         let kube_for_context = kube.clone();
+        let ready = health.clone();
         controller::run(
             kube,
             options,
-            move |secrets| Context::new(kube_for_context, tokens, secrets, max_requests, settings),
-            shutdown_signal(),
+            move |secrets| Context::new(kube_for_context, tokens, secrets, max_requests, settings, metrics, recorder),
+            stop,
+            move || {
+                ready.ready.store(true, Ordering::Relaxed);
+                tracing::info!("watches synced");
+            },
         )
         .await;
-        Ok(())
+        match leadership {
+            Some(held) if held.is_lost() => Err("leadership lost; exiting so that a fresh start can compete again".into()),
+            Some(held) => {
+                held.release().await;
+                Ok(())
+            }
+            None => Ok(()),
+        }
     })
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "idv-token-operator".into())
 }
 
 /// SIGTERM (Kubernetes) or Ctrl-C.
@@ -242,7 +348,7 @@ fn token(args: TokenArgs) -> Result<(), String> {
     };
     let params = TokenParams { scopes: args.scopes.clone(), audience: args.audience.clone(), resource: args.resource.clone() };
     let answer = runtime()?.block_on(async {
-        let tokens = TokenClient::new(args.timeout).map_err(|e| format!("cannot create the HTTP client: {e}"))?;
+        let tokens = TokenClient::new(TokenClientOptions { timeout: args.timeout, ..TokenClientOptions::default() })?;
         let resolved = tokens.resolve(&plan).await.map_err(|e| e.to_string())?;
         let now = Timestamp::now();
         let answer = tokens.request_token(&args.client_id, &resolved, &params, &credential, now).await.map_err(|e| e.to_string())?;

@@ -252,15 +252,22 @@ pub struct HttpClient {
 }
 
 impl HttpClient {
-    pub fn new(timeout: Duration) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
+    pub fn new(timeout: Duration, ca_bundle_pem: Option<&[u8]>) -> Result<Self, String> {
+        let mut builder = reqwest::Client::builder();
+        if let Some(pem) = ca_bundle_pem {
+            for certificate in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("invalid CA bundle: {e}"))? {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        let client = builder
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             // A redirected token request would carry the assertion somewhere unchecked.
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("idv-token-operator/", env!("CARGO_PKG_VERSION")))
             .pool_idle_timeout(Duration::from_secs(90))
-            .build()?;
+            .build()
+            .map_err(|e| format!("cannot create the HTTP client: {e}"))?;
         Ok(Self { client })
     }
 

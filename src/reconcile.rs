@@ -11,8 +11,12 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Resource, ResourceExt,
-    api::{Patch, PatchParams, PostParams},
-    runtime::{controller::Action, reflector::{ObjectRef, Store}},
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+    runtime::{
+        controller::Action,
+        events::{Event, EventType, Recorder},
+        reflector::{ObjectRef, Store},
+    },
 };
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
@@ -22,6 +26,7 @@ use crate::{
     authserver,
     error::Error,
     jwk,
+    metrics::Metrics,
     oauth::TokenParams,
     policy::{self, Decision, ObservedToken},
     resources::{self, TokenTimes},
@@ -39,8 +44,11 @@ pub struct Settings {
 pub struct Context {
     pub kube: kube::Client,
     pub tokens: TokenClient,
-    /// Token Secrets the operator manages (label-filtered cache).
-    pub token_secrets: Store<Secret>,
+    /// Token Secrets the operator manages (label-filtered caches), per watched namespace
+    /// (`None`: all namespaces).
+    token_secrets: Vec<(Option<String>, Store<Secret>)>,
+    pub metrics: Arc<Metrics>,
+    recorder: Recorder,
     /// Limits concurrent token requests across all clients, to protect the IdP.
     pub token_request_slots: Semaphore,
     pub settings: Settings,
@@ -68,15 +76,44 @@ struct Failure {
 }
 
 impl Context {
-    pub fn new(kube: kube::Client, tokens: TokenClient, token_secrets: Store<Secret>, max_concurrent_token_requests: usize, settings: Settings) -> Self {
+    pub fn new(
+        kube: kube::Client,
+        tokens: TokenClient,
+        token_secrets: Vec<(Option<String>, Store<Secret>)>,
+        max_concurrent_token_requests: usize,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        recorder: Recorder,
+    ) -> Self {
         Self {
             kube,
             tokens,
             token_secrets,
+            metrics,
+            recorder,
             token_request_slots: Semaphore::new(max_concurrent_token_requests.max(1)),
             settings,
             keys: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn cached_token_secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
+        let store = self.token_secrets.iter().find(|(scope, _)| scope.as_deref().is_none_or(|s| s == namespace))?;
+        store.1.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// Forget a deleted IdvClient: its backoff state and its metric series.
+    pub fn forget(&self, namespace: &str, name: &str) {
+        self.failures.lock().expect("lock").retain(|k, _| !(k.name == name && k.namespace.as_deref() == Some(namespace)));
+        self.metrics.forget_client(namespace, name);
+    }
+
+    /// Publish an event on the IdvClient; failing to publish never fails a reconcile.
+    async fn event(&self, client: &IdvClient, type_: EventType, reason: &str, note: String) {
+        let event = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+        if let Err(e) = self.recorder.publish(&event, &client.object_ref(&())).await {
+            tracing::debug!("cannot publish event: {e}");
         }
     }
 }
@@ -98,6 +135,7 @@ enum Outcome {
 
 pub async fn reconcile(client: Arc<IdvClient>, ctx: Arc<Context>) -> Result<Action, Error> {
     let now = Timestamp::now();
+    ctx.metrics.reconciled();
     if client.spec.suspend {
         let status = resources::failed_status(&client, false, "Suspended", "spec.suspend is true: no tokens are fetched; the token Secret is left as it is".into(), now);
         write_status(&client, &ctx, status).await?;
@@ -107,6 +145,10 @@ pub async fn reconcile(client: Arc<IdvClient>, ctx: Arc<Context>) -> Result<Acti
     match attempt(&client, &ctx, now, &mut seen).await {
         Ok(Outcome::Ready { status, next }) => {
             ctx.failures.lock().expect("lock").remove(&ObjectRef::from_obj(&*client));
+            if let Some(expires) = status.expires_at.as_deref().and_then(|e| e.parse::<Timestamp>().ok()) {
+                ctx.metrics.token_expiry(&client.namespace().unwrap_or_default(), &client.name_any(), expires.as_second());
+            }
+            remove_renamed_secret(&client, &ctx, &status).await?;
             write_status(&client, &ctx, status).await?;
             Ok(Action::requeue(until(now, next)))
         }
@@ -121,6 +163,7 @@ fn until(now: Timestamp, at: Timestamp) -> Duration {
 }
 
 async fn handle_failure(client: &IdvClient, ctx: &Context, now: Timestamp, seen: Seen, error: Error) -> Result<Action, Error> {
+    ctx.metrics.reconcile_error(error.reason());
     let holds_valid_token = seen.observed.as_ref().is_some_and(|o| o.is_valid_at(now));
     let delay = {
         let mut failures = ctx.failures.lock().expect("lock");
@@ -143,13 +186,14 @@ async fn handle_failure(client: &IdvClient, ctx: &Context, now: Timestamp, seen:
         retry_in_seconds = delay.as_secs(),
         "token refresh failed: {error}"
     );
+    let mut message = format!("{error}; next attempt at {retry_at}");
+    if let Some(expires) = seen.observed.as_ref().filter(|o| o.is_valid_at(now)).and_then(|o| o.expires_at) {
+        message.push_str(&format!("; the current token stays in the Secret until it expires at {expires}"));
+    }
+    ctx.event(client, EventType::Warning, error.reason(), message.clone()).await;
     // A transient failure while a good token is in place does not make the client unready:
     // workloads are fine, and the next attempt comes before the token expires.
     if !(error.is_transient() && holds_valid_token) {
-        let mut message = format!("{error}; next attempt at {retry_at}");
-        if let Some(expires) = seen.observed.as_ref().filter(|o| o.is_valid_at(now)).and_then(|o| o.expires_at) {
-            message.push_str(&format!("; the current token stays in the Secret until it expires at {expires}"));
-        }
         let status = resources::failed_status(client, false, error.reason(), message, now);
         write_status(client, ctx, status).await?;
     }
@@ -172,7 +216,7 @@ async fn attempt(client: &IdvClient, ctx: &Context, now: Timestamp, seen: &mut S
     // The token Secret, if any, must be ours.
     let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), &namespace);
     let secret_name = client.token_secret_name();
-    let existing = match ctx.token_secrets.get(&ObjectRef::new(&secret_name).within(&namespace)) {
+    let existing = match ctx.cached_token_secret(&namespace, &secret_name) {
         Some(cached) => Some((*cached).clone()),
         // Not in the label-filtered cache: absent, or someone else's Secret.
         None => secrets.get_opt(&secret_name).await?,
@@ -217,8 +261,15 @@ async fn attempt(client: &IdvClient, ctx: &Context, now: Timestamp, seen: &mut S
             };
             let answer = {
                 let _slot = ctx.token_request_slots.acquire().await.expect("the semaphore is never closed");
-                let server = ctx.tokens.resolve(&plan).await.inspect_err(|_| ctx.tokens.forget(&plan))?;
-                ctx.tokens.request_token(&client.spec.client_id, &server, &params, &key, Timestamp::now()).await?
+                let started = std::time::Instant::now();
+                let result = async {
+                    let server = ctx.tokens.resolve(&plan).await.inspect_err(|_| ctx.tokens.forget(&plan))?;
+                    ctx.tokens.request_token(&client.spec.client_id, &server, &params, &key, Timestamp::now()).await
+                }
+                .await;
+                let outcome = result.as_ref().map(|_| "success").unwrap_or_else(|e| e.reason());
+                ctx.metrics.token_request(outcome, started.elapsed().as_secs_f64());
+                result?
             };
             // Count the lifetime from before the request: the token cannot outlive that.
             let issued_at = schedule::whole_seconds(now);
@@ -242,6 +293,13 @@ async fn attempt(client: &IdvClient, ctx: &Context, now: Timestamp, seen: &mut S
                 why = reason.describe(),
                 "token issued"
             );
+            ctx.event(
+                client,
+                EventType::Normal,
+                "TokenIssued",
+                format!("token issued with key {}; expires at {expires_at}, refresh at {}", key.key_id().unwrap_or("(client secret)"), refresh.refresh_at),
+            )
+            .await;
             let observed = resources::observe(&desired);
             let note = resources::plan_note(&refresh, client.spec.refresh.before_expiry.as_deref());
             Ok(Outcome::Ready { status: resources::ready_status(client, &observed, key.key_id(), note, now), next: refresh.refresh_at })
@@ -342,6 +400,24 @@ async fn apply_secret(secrets: &Api<Secret>, desired: &Secret) -> Result<(), Err
     });
     let name = desired.metadata.name.as_deref().expect("desired Secret has a name");
     secrets.patch(name, &PatchParams::apply(api::FIELD_MANAGER).force(), &Patch::Apply(value)).await?;
+    Ok(())
+}
+
+/// After `spec.secret.name` changed, delete the Secret under the old name (only if ours).
+async fn remove_renamed_secret(client: &IdvClient, ctx: &Context, status: &IdvClientStatus) -> Result<(), Error> {
+    let Some(old) = client.status.as_ref().and_then(|s| s.secret_name.as_deref()) else { return Ok(()) };
+    if Some(old) == status.secret_name.as_deref() {
+        return Ok(());
+    }
+    let namespace = client.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), &namespace);
+    if let Some(secret) = secrets.get_opt(old).await?
+        && resources::is_owned_by(&secret, client)
+    {
+        let precondition = DeleteParams { preconditions: Some(kube::api::Preconditions { uid: secret.metadata.uid.clone(), resource_version: None }), ..DeleteParams::default() };
+        secrets.delete(old, &precondition).await?;
+        info!(namespace, name = client.name_any(), secret = old, "removed the token Secret under its old name");
+    }
     Ok(())
 }
 

@@ -68,14 +68,38 @@ const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
 
 pub struct TokenClient {
     http: HttpClient,
+    allowed_hosts: Vec<String>,
     discovered: Mutex<HashMap<ServerPlanKey, (ResolvedServer, Instant)>>,
+}
+
+/// How the token client talks to IdPs.
+#[derive(Debug, Clone, Default)]
+pub struct TokenClientOptions {
+    pub timeout: Duration,
+    /// Host patterns assertions may be sent to (see `authserver::host_allowed`); empty: any.
+    pub allowed_hosts: Vec<String>,
+    /// Extra CA certificates (PEM) for private IdPs, trusted besides the system roots.
+    pub ca_bundle_pem: Option<Vec<u8>>,
 }
 
 type ServerPlanKey = (String, Option<String>);
 
 impl TokenClient {
-    pub fn new(timeout: Duration) -> Result<Self, reqwest::Error> {
-        Ok(Self { http: HttpClient::new(timeout)?, discovered: Mutex::new(HashMap::new()) })
+    pub fn new(options: TokenClientOptions) -> Result<Self, String> {
+        Ok(Self {
+            http: HttpClient::new(options.timeout, options.ca_bundle_pem.as_deref())?,
+            allowed_hosts: options.allowed_hosts,
+            discovered: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn check_host(&self, url: &url::Url) -> Result<(), Error> {
+        let host = url.host_str().unwrap_or_default();
+        if crate::authserver::host_allowed(host, &self.allowed_hosts) {
+            Ok(())
+        } else {
+            Err(Error::HostNotAllowed { host: host.to_string() })
+        }
     }
 
     /// The token endpoint and assertion audience for a plan, asking the issuer when needed.
@@ -91,6 +115,7 @@ impl TokenClient {
             return Ok(resolved.clone());
         }
         let issuer_text = issuer.as_str().trim_end_matches('/').to_string();
+        self.check_host(issuer)?;
         let answer = self
             .http
             .get(&discovery_url(issuer))
@@ -104,6 +129,7 @@ impl TokenClient {
         }
         let resolved = resolve_discovered(issuer, audience_override.clone(), &answer.body)
             .map_err(|source| Error::Discovery { issuer: issuer_text, source })?;
+        self.check_host(&resolved.token_endpoint)?;
         self.discovered.lock().expect("lock").insert(key, (resolved.clone(), Instant::now()));
         Ok(resolved)
     }
@@ -124,6 +150,7 @@ impl TokenClient {
         credential: &Credential,
         now: Timestamp,
     ) -> Result<TokenAnswer, Error> {
+        self.check_host(&server.token_endpoint)?;
         let token_error = |source| Error::Token {
             source,
             client_id: client_id.to_string(),

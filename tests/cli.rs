@@ -309,7 +309,7 @@ async fn keygen_alg_chooses_the_key_type(_env: &Env) {
 async fn keygen_key_obtains_a_token_in_issuer_mode(env: &Env) {
     let dir = tempfile::tempdir().unwrap();
     let key = keygen(dir.path(), "jwk.json", "RS256").await;
-    let client_id = env.idp.register(&[key.public.clone()], None).await;
+    let client_id = env.idp.register(std::slice::from_ref(&key.public), None).await;
     let run = run_token(&client_id, &key.path, &["--issuer", &env.idp.issuer], &["--scope", "gipod_read"]).await;
     let token = printed_token(&run);
     let introspection = assert_active(env, &token, &client_id).await;
@@ -325,7 +325,7 @@ async fn keygen_key_obtains_a_token_in_issuer_mode(env: &Env) {
 async fn token_endpoint_mode_uses_the_endpoint_as_audience(env: &Env) {
     let dir = tempfile::tempdir().unwrap();
     let key = keygen(dir.path(), "jwk.json", "ES256").await;
-    let client_id = env.idp.register(&[key.public.clone()], None).await;
+    let client_id = env.idp.register(std::slice::from_ref(&key.public), None).await;
     let run = run_token(&client_id, &key.path, &["--token-endpoint", &env.idp.token_endpoint], &["--scope", "gipod_read"]).await;
     let token = printed_token(&run);
     assert_active(env, &token, &client_id).await;
@@ -335,7 +335,7 @@ async fn token_endpoint_mode_uses_the_endpoint_as_audience(env: &Env) {
 async fn assertion_audience_overrides_aud(env: &Env) {
     let dir = tempfile::tempdir().unwrap();
     let key = keygen(dir.path(), "jwk.json", "ES256").await;
-    let client_id = env.idp.register(&[key.public.clone()], None).await;
+    let client_id = env.idp.register(std::slice::from_ref(&key.public), None).await;
     let endpoint = ["--token-endpoint", env.idp.token_endpoint.as_str()];
 
     // Token-endpoint mode with the issuer as aud: accepted, and the issuer is what was sent.
@@ -353,7 +353,7 @@ async fn assertion_audience_overrides_aud(env: &Env) {
 async fn json_output_has_token_type_lifetime_and_expiry(env: &Env) {
     let dir = tempfile::tempdir().unwrap();
     let key = keygen(dir.path(), "jwk.json", "ES256").await;
-    let client_id = env.idp.register(&[key.public.clone()], Some(1234)).await;
+    let client_id = env.idp.register(std::slice::from_ref(&key.public), Some(1234)).await;
     let before = jiff::Timestamp::now();
     let run = run_token(&client_id, &key.path, &["--issuer", &env.idp.issuer], &["--scope", "gipod_read", "--scope", "api_read", "--output", "json"])
         .await;
@@ -378,7 +378,7 @@ async fn ec_and_ps_keys_obtain_tokens(env: &Env) {
     let dir = tempfile::tempdir().unwrap();
     for alg in ["ES256", "ES384", "PS256"] {
         let key = keygen(dir.path(), &format!("{alg}.json"), alg).await;
-        let client_id = env.idp.register(&[key.public.clone()], None).await;
+        let client_id = env.idp.register(std::slice::from_ref(&key.public), None).await;
         let run = run_token(&client_id, &key.path, &["--issuer", &env.idp.issuer], &["--scope", "gipod_read"]).await;
         let token = printed_token(&run);
         assert_active(env, &token, &client_id).await;
@@ -395,7 +395,7 @@ async fn jwk_set_with_key_id_signs_with_the_chosen_key(env: &Env) {
     let new = keygen(dir.path(), "new.json", "ES256").await;
     let set = write_json(dir.path(), "set.json", &json!({"keys": [old.private, new.private]}));
     // Only the second key is registered: a token proves it signed.
-    let client_id = env.idp.register(&[new.public.clone()], None).await;
+    let client_id = env.idp.register(std::slice::from_ref(&new.public), None).await;
     let mut secrets = old.secrets();
     secrets.extend(new.secrets());
 
@@ -434,6 +434,32 @@ async fn expires_in_as_a_string_is_accepted(env: &Env) {
     assert!(answer["expires_at"].as_str().unwrap().parse::<jiff::Timestamp>().is_ok(), "{answer}");
 }
 
+async fn client_secret_file_obtains_a_token(env: &Env) {
+    let dir = tempfile::tempdir().unwrap();
+    let (client_id, secret) = env.idp.register_with_secret().await;
+    let file = dir.path().join("client-secret");
+    std::fs::write(&file, format!("{secret}\n")).unwrap();
+    let file = path_arg(&file);
+    let run = cli(["token", "--client-id", &client_id, "--client-secret-file", &file, "--issuer", &env.idp.issuer, "--scope", "gipod_read"]).await;
+    let token = printed_token(&run);
+    assert_active(env, &token, &client_id).await;
+
+    let wrong = dir.path().join("wrong-secret");
+    let wrong_secret = "not-the-secret-0123456789";
+    std::fs::write(&wrong, wrong_secret).unwrap();
+    let run = cli(["token", "--client-id", &client_id, "--client-secret-file", &path_arg(&wrong), "--issuer", &env.idp.issuer]).await;
+    assert_failed(&run, FAIL_FAST, &["invalid_client", "client secret", &client_id], &[secret.clone(), wrong_secret.to_string()]);
+
+    // Exactly one of --key and --client-secret-file.
+    let key = keygen(dir.path(), "jwk.json", "ES256").await;
+    let run = cli(["token", "--client-id", &client_id, "--key", &path_arg(&key.path), "--client-secret-file", &file, "--issuer", &env.idp.issuer]).await;
+    assert_eq!(run.code, Some(2), "{run}");
+    assert!(run.stdout.is_empty() && run.stderr.contains("cannot be used with"), "{run}");
+    let run = cli(["token", "--client-id", &client_id, "--issuer", &env.idp.issuer]).await;
+    assert_eq!(run.code, Some(2), "{run}");
+    assert!(run.stdout.is_empty() && run.stderr.contains("--key"), "{run}");
+}
+
 // --------------------------------------------------------------------------------------------
 // token: failures
 
@@ -441,7 +467,7 @@ async fn unregistered_key_names_client_kid_and_registration(env: &Env) {
     let dir = tempfile::tempdir().unwrap();
     let registered = keygen(dir.path(), "registered.json", "ES256").await;
     let other = keygen(dir.path(), "other.json", "RS256").await;
-    let client_id = env.idp.register(&[registered.public.clone()], None).await;
+    let client_id = env.idp.register(std::slice::from_ref(&registered.public), None).await;
     let run = run_token(&client_id, &other.path, &["--issuer", &env.idp.issuer], &["--scope", "gipod_read"]).await;
     assert_failed(&run, FAIL_FAST, &["invalid_client", &client_id, other.kid(), "registered"], &other.secrets());
 }
@@ -515,6 +541,22 @@ async fn connection_refused_names_the_host(_env: &Env) {
     let endpoint = format!("http://127.0.0.1:{port}/token");
     let run = run_token("cli-refused", &key.path, &["--token-endpoint", &endpoint], &[]).await;
     assert_failed(&run, FAIL_FAST, &["cannot reach the token endpoint at 127.0.0.1", "connection"], &key.secrets());
+}
+
+async fn issuer_without_discovery_fails_clearly(env: &Env) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "jwk.json", "ES256").await;
+    let issuer = format!("{}/no-such-issuer", env.idp.issuer);
+    let run = run_token("c", &key.path, &["--issuer", &issuer], &[]).await;
+    assert_failed(&run, FAIL_FAST, &["OIDC discovery", &issuer, "HTTP 404"], &key.secrets());
+
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let closed = format!("http://127.0.0.1:{port}");
+    let run = run_token("c", &key.path, &["--issuer", &closed], &[]).await;
+    assert_failed(&run, FAIL_FAST, &["OIDC discovery", &closed, "127.0.0.1", "connection"], &key.secrets());
 }
 
 async fn server_arguments_are_validated(_env: &Env) {
@@ -608,6 +650,7 @@ fn main() {
         ec_and_ps_keys_obtain_tokens,
         jwk_set_with_key_id_signs_with_the_chosen_key,
         expires_in_as_a_string_is_accepted,
+        client_secret_file_obtains_a_token,
         unregistered_key_names_client_kid_and_registration,
         html_502_says_unavailable_and_html,
         html_with_200_says_not_json,
@@ -617,6 +660,7 @@ fn main() {
         hang_with_timeout_fails_in_time,
         redirect_is_not_followed,
         connection_refused_names_the_host,
+        issuer_without_discovery_fails_clearly,
         server_arguments_are_validated,
         unusable_key_files_give_clear_messages,
     ];

@@ -517,17 +517,22 @@ pub fn operator_binary() -> PathBuf {
 /// An operator process with its output captured.
 pub struct Operator {
     pub process: ChildGuard,
+    pub metrics_port: u16,
+    pub health_port: u16,
     output: Arc<Mutex<Vec<u8>>>,
 }
 
 impl Operator {
     pub fn start(kubeconfig: &Path, args: &[&str]) -> Operator {
+        let (metrics_port, health_port) = (free_port(), free_port());
         let mut process = spawn(
             "operator",
             Command::new(operator_binary())
                 .arg("run")
                 .arg("--kubeconfig")
                 .arg(kubeconfig)
+                .arg(format!("--metrics-bind-address=127.0.0.1:{metrics_port}"))
+                .arg(format!("--health-probe-bind-address=127.0.0.1:{health_port}"))
                 .args(args)
                 // Most verbose logging: the secret scan covers every line the code can print.
                 .env("RUST_LOG", "debug,hyper=info,h2=info,tower=info,rustls=info")
@@ -552,12 +557,19 @@ impl Operator {
                 }
             });
         }
-        Operator { process, output }
+        Operator { process, metrics_port, health_port, output }
     }
 
     /// Everything the operator printed so far.
     pub fn output(&self) -> String {
         String::from_utf8_lossy(&self.output.lock().unwrap()).to_string()
+    }
+
+    /// GET a path on the metrics or probe port: (status, body).
+    pub async fn get(&self, port: u16, path: &str) -> Option<(u16, String)> {
+        let response = reqwest::Client::new().get(format!("http://127.0.0.1:{port}{path}")).send().await.ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.text().await.ok()?))
     }
 
     pub fn tail(&self, lines: usize) -> String {

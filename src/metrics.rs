@@ -1,0 +1,115 @@
+//! Prometheus metrics. Labels are fixed words (results, reasons) or object names: never
+//! error text, never token data.
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CategoryLabel {
+    category: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClientLabels {
+    namespace: String,
+    name: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    token_requests: Family<ResultLabel, Counter>,
+    token_request_duration: Histogram,
+    token_expiry: Family<ClientLabels, Gauge>,
+    reconciles: Counter,
+    reconcile_errors: Family<CategoryLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("idv_token_operator");
+        let token_requests = Family::<ResultLabel, Counter>::default();
+        registry.register("token_requests", "Token requests to the IdP, by result (success or the failure reason)", token_requests.clone());
+        // 5 ms .. ~20 s.
+        let token_request_duration = Histogram::new(exponential_buckets(0.005, 2.0, 13));
+        registry.register("token_request_duration_seconds", "Duration of token requests (discovery included)", token_request_duration.clone());
+        let token_expiry = Family::<ClientLabels, Gauge>::default();
+        registry.register("token_expiry_timestamp_seconds", "When the token in each IdvClient's Secret expires (Unix seconds)", token_expiry.clone());
+        let reconciles = Counter::default();
+        registry.register("reconciles", "Reconciles of IdvClients", reconciles.clone());
+        let reconcile_errors = Family::<CategoryLabel, Counter>::default();
+        registry.register("reconcile_errors", "Failed reconciles, by category (the condition reason)", reconcile_errors.clone());
+        Self { registry, token_requests, token_request_duration, token_expiry, reconciles, reconcile_errors }
+    }
+}
+
+impl Metrics {
+    pub fn token_request(&self, result: &str, seconds: f64) {
+        self.token_requests.get_or_create(&ResultLabel { result: result.to_string() }).inc();
+        self.token_request_duration.observe(seconds);
+    }
+
+    pub fn token_expiry(&self, namespace: &str, name: &str, expires_at_unix: i64) {
+        self.token_expiry.get_or_create(&ClientLabels { namespace: namespace.into(), name: name.into() }).set(expires_at_unix);
+    }
+
+    /// A deleted IdvClient's series must go, or alerts would fire on it.
+    pub fn forget_client(&self, namespace: &str, name: &str) {
+        self.token_expiry.remove(&ClientLabels { namespace: namespace.into(), name: name.into() });
+    }
+
+    pub fn reconciled(&self) {
+        self.reconciles.inc();
+    }
+
+    pub fn reconcile_error(&self, category: &str) {
+        self.reconcile_errors.get_or_create(&CategoryLabel { category: category.to_string() }).inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_the_documented_names() {
+        let m = Metrics::default();
+        m.token_request("success", 0.02);
+        m.token_request("IdpUnavailable", 1.0);
+        m.token_expiry("ns", "gipod", 1_800_000_000);
+        m.reconciled();
+        m.reconcile_error("InvalidKey");
+        let text = m.render();
+        for needle in [
+            "idv_token_operator_token_requests_total{result=\"success\"} 1",
+            "idv_token_operator_token_requests_total{result=\"IdpUnavailable\"} 1",
+            "idv_token_operator_token_request_duration_seconds_count 2",
+            "idv_token_operator_token_expiry_timestamp_seconds{namespace=\"ns\",name=\"gipod\"} 1800000000",
+            "idv_token_operator_reconciles_total 1",
+            "idv_token_operator_reconcile_errors_total{category=\"InvalidKey\"} 1",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+        m.forget_client("ns", "gipod");
+        assert!(!m.render().contains("name=\"gipod\""));
+    }
+}
