@@ -2,7 +2,7 @@
 //! concurrency and shutdown. One controller per watched namespace (or one for all), sharing
 //! one context: HTTP client, key cache, backoff state, metrics.
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use futures::{FutureExt, StreamExt, future::BoxFuture};
 use k8s_openapi::api::core::v1::Secret;
@@ -12,7 +12,7 @@ use kube::{
     runtime::{
         Controller, WatchStreamExt, controller, predicates,
         reflector::{self, ObjectRef, Store},
-        utils::PredicateConfig,
+        utils::{PredicateConfig, ResetTimerBackoff},
         watcher::{self, Config as WatcherConfig},
     },
 };
@@ -74,6 +74,17 @@ fn clients_using(secret: &PartialObjectMeta<Secret>, clients: &Store<IdvClient>)
         .collect()
 }
 
+/// Watch reconnect backoff: 0.5 s doubling to 10 s (kube's default goes to 30 s), reset
+/// after a minute without errors, so that an apiserver restart costs seconds, not half a minute.
+fn watch_backoff() -> ResetTimerBackoff<watcher::ExponentialBackoff> {
+    backoff(Duration::from_millis(500), Duration::from_secs(10))
+}
+
+fn backoff(min: Duration, max: Duration) -> ResetTimerBackoff<watcher::ExponentialBackoff> {
+    let builder = backon::ExponentialBuilder::default().with_min_delay(min).with_max_delay(max).with_factor(2.0).with_jitter().without_max_times();
+    ResetTimerBackoff::new(builder.into(), Duration::from_secs(60))
+}
+
 /// Everything one watch scope (a namespace, or all) needs, built before the shared context.
 struct Scope {
     namespace: Option<String>,
@@ -101,7 +112,7 @@ pub async fn run(
                 api::<Secret>(&kube, namespace.as_deref()),
                 WatcherConfig::default().labels(&format!("{}={}", api::MANAGED_BY_LABEL, api::MANAGED_BY_VALUE)),
             )
-            .default_backoff()
+            .backoff(watch_backoff())
             .reflect(writer)
             .touched_objects()
             .boxed();
@@ -119,7 +130,7 @@ pub async fn run(
         let (client_store, client_writer) = reflector::store();
         let forget = ctx.clone();
         let clients = watcher::watcher(api::<IdvClient>(&kube, namespace), WatcherConfig::default())
-            .default_backoff()
+            .backoff(watch_backoff())
             .reflect(client_writer)
             .inspect(move |event| {
                 if let Ok(watcher::Event::Delete(client)) = event {
@@ -130,7 +141,7 @@ pub async fn run(
             .predicate_filter(spec_or_force_refresh, PredicateConfig::default());
         // Credential Secrets: metadata only, to notice a changed key at once.
         let credential_secrets = watcher::watcher(api::<PartialObjectMeta<Secret>>(&kube, namespace), WatcherConfig::default())
-            .default_backoff()
+            .backoff(watch_backoff())
             .touched_objects();
         let controller = Controller::for_stream(clients, client_store.clone());
         let lookup = controller.store();
@@ -147,6 +158,9 @@ pub async fn run(
             .owns_stream(scope.owned_secrets)
             .watches_stream(credential_secrets, move |secret| clients_using(&secret, &lookup))
             .with_config(controller::Config::default().concurrency(options.concurrency))
+            // The controller pauses all triggers after an error of any of its watches; keep that
+            // pause short (the watches back off on their own), or errors of four watches add up.
+            .trigger_backoff(backoff(Duration::from_millis(100), Duration::from_secs(1)))
             .graceful_shutdown_on(shutdown.clone())
             .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
             .for_each(|result: Result<_, controller::Error<Error, watcher::Error>>| {

@@ -38,7 +38,7 @@ pub enum Error {
     #[error("OIDC discovery for issuer {issuer} failed: {source}")]
     Discovery { issuer: String, source: DiscoveryError },
 
-    #[error("OIDC discovery for issuer {issuer} failed: {source}")]
+    #[error("OIDC discovery for issuer {issuer} failed: {}", discovery_cause(.source))]
     DiscoveryTransport { issuer: String, source: TokenError },
 
     /// The token endpoint said no or did not answer usefully.
@@ -50,6 +50,14 @@ pub enum Error {
 
     #[error("Kubernetes API error: {0}")]
     Kube(#[from] kube::Error),
+}
+
+fn discovery_cause(source: &TokenError) -> String {
+    match source {
+        TokenError::Transport { host, what, .. } => format!("cannot reach {host}: {what}"),
+        TokenError::BadAnswer { status, what } => format!("the issuer answered HTTP {status} with {what}"),
+        other => other.to_string(),
+    }
 }
 
 fn token_message(source: &TokenError, client_id: &str, key_id: &Option<String>) -> String {

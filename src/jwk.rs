@@ -51,6 +51,8 @@ pub enum KeyError {
     MissingCrtMembers,
     #[error("the RSA key has {0} bits; at least {MIN_RSA_BITS} are required")]
     RsaTooSmall(usize),
+    #[error("unsupported RSA size {0} bits; use 2048, 3072, 4096 or 8192")]
+    UnsupportedRsaSize(usize),
     #[error("the key's members are inconsistent; the crypto library rejected it ({0})")]
     Rejected(String),
 }
@@ -297,7 +299,7 @@ pub fn generate(alg: KeygenAlgorithm, rsa_bits: usize) -> Result<Map<String, Val
                 3072 => KeySize::Rsa3072,
                 4096 => KeySize::Rsa4096,
                 8192 => KeySize::Rsa8192,
-                other => return Err(KeyError::Rejected(format!("unsupported RSA size {other}; use 2048, 3072, 4096 or 8192"))),
+                other => return Err(KeyError::UnsupportedRsaSize(other)),
             };
             let pair = RsaKeyPair::generate(size).map_err(|_| KeyError::Rejected("RSA key generation failed".into()))?;
             let pkcs8 = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&pair)

@@ -382,9 +382,22 @@ fn keygen(args: KeygenArgs) -> Result<(), String> {
     };
     let private = jwk::generate(alg, args.bits).map_err(|e| e.to_string())?;
     let public = serde_json::to_string_pretty(&jwk::public_jwk(&private)).expect("JSON");
-    write_new_file(&args.private, &serde_json::to_string_pretty(&private).expect("JSON"), 0o600)?;
-    match &args.public {
-        Some(path) => write_new_file(path, &public, 0o644),
+    // Claim both files before writing either: a refusal must not leave half a key pair.
+    let mut private_file = create_new_file(&args.private, 0o600)?;
+    let public_file = match &args.public {
+        Some(path) => match create_new_file(path, 0o644) {
+            Ok(file) => Some((path, file)),
+            Err(e) => {
+                drop(private_file);
+                let _ = std::fs::remove_file(&args.private);
+                return Err(e);
+            }
+        },
+        None => None,
+    };
+    write_contents(&mut private_file, &args.private, &serde_json::to_string_pretty(&private).expect("JSON"))?;
+    match public_file {
+        Some((path, mut file)) => write_contents(&mut file, path, &public),
         None => {
             println!("{public}");
             Ok(())
@@ -393,14 +406,17 @@ fn keygen(args: KeygenArgs) -> Result<(), String> {
 }
 
 /// Create a file that must not exist yet, with the given mode from the start.
-fn write_new_file(path: &PathBuf, contents: &str, mode: u32) -> Result<(), String> {
+fn create_new_file(path: &PathBuf, mode: u32) -> Result<std::fs::File, String> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
-    let mut file = options.open(path).map_err(|e| match e.kind() {
+    options.open(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::AlreadyExists => format!("{} already exists; not overwriting it", path.display()),
         _ => format!("cannot create {}: {e}", path.display()),
-    })?;
+    })
+}
+
+fn write_contents(file: &mut std::fs::File, path: &std::path::Path, contents: &str) -> Result<(), String> {
     file.write_all(contents.as_bytes()).and_then(|_| file.write_all(b"\n")).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }

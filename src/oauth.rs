@@ -117,7 +117,7 @@ fn describe(description: &Option<String>) -> String {
 }
 
 fn content_note(content_type: &Option<String>) -> String {
-    content_type.as_ref().map(|c| format!(", {c} body")).unwrap_or_default()
+    content_type.as_ref().map(|c| format!(", {} body", c.split(';').next().unwrap_or_default().trim())).unwrap_or_default()
 }
 
 fn retry_note(retry_after: &Option<u64>) -> String {

@@ -26,29 +26,36 @@ pub fn parse_before_expiry(text: &str) -> Result<BeforeExpiry, String> {
     parse_duration(text).map(BeforeExpiry::Duration).ok_or_else(bad)
 }
 
-/// Parse a Go-style duration of hours, minutes and seconds: `10s`, `15m`, `1h30m`.
+/// Parse a Go-style duration of hours, minutes, seconds and milliseconds: `10s`, `15m`,
+/// `1h30m`, `500ms`.
 pub fn parse_duration(text: &str) -> Option<Duration> {
-    let mut total: u64 = 0;
+    let text = text.trim();
+    let mut total = Duration::ZERO;
     let mut number = String::new();
-    for c in text.trim().chars() {
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
         if c.is_ascii_digit() {
             number.push(c);
             continue;
         }
-        let unit = match c {
-            'h' => 3600,
-            'm' => 60,
-            's' => 1,
+        let value: u64 = number.parse().ok()?;
+        number.clear();
+        let part = match c {
+            'h' => Duration::from_secs(value.checked_mul(3600)?),
+            'm' if chars.peek() == Some(&'s') => {
+                chars.next();
+                Duration::from_millis(value)
+            }
+            'm' => Duration::from_secs(value.checked_mul(60)?),
+            's' => Duration::from_secs(value),
             _ => return None,
         };
-        let value: u64 = number.parse().ok()?;
-        total = total.saturating_add(value.saturating_mul(unit));
-        number.clear();
+        total = total.checked_add(part)?;
     }
-    if !number.is_empty() || text.trim().is_empty() {
+    if !number.is_empty() || text.is_empty() {
         return None;
     }
-    Some(Duration::from_secs(total))
+    Some(total)
 }
 
 /// When to refresh, and whether `beforeExpiry` had to be overruled.
@@ -143,6 +150,8 @@ mod tests {
         for bad in ["", "15", "m", "100%", "0%", "1d", "-5m", "1.5h"] {
             assert!(parse_before_expiry(bad).is_err(), "{bad}");
         }
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
     }
 
     #[test]

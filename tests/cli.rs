@@ -633,7 +633,7 @@ macro_rules! scenarios {
 }
 
 /// Scenarios that show a known bug in src/; run them with `--ignored` once it is fixed.
-const KNOWN_BUGS: &[&str] = &["keygen_writes_nothing_when_the_public_file_exists"];
+const KNOWN_BUGS: &[&str] = &[];
 
 fn main() {
     let args = Arguments::from_args();

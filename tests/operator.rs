@@ -18,14 +18,18 @@ use idv_token_operator::{
 };
 use k8s_openapi::{
     ByteString,
-    api::core::v1::{Namespace, Secret},
+    api::{
+        core::v1::{Namespace, Secret},
+        events::v1::Event as EventV1,
+    },
 };
 use kube::{
     Api, Client, ResourceExt,
-    api::{ObjectMeta, PostParams},
+    api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams},
 };
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::{Map, Value, json};
+use base64::{Engine, engine::general_purpose::STANDARD as STANDARD_B64};
 use support::{ControlPlane, Idp, Operator, eventually};
 
 struct Env {
@@ -45,6 +49,14 @@ struct Case {
     operator: Operator,
 }
 
+async fn create_namespace(env: &Env, label: &str) -> String {
+    let ns = format!("{label}-{}", NAMESPACES.fetch_add(1, Ordering::SeqCst));
+    let namespaces: Api<Namespace> = Api::all(env.plane.admin().await);
+    let namespace = Namespace { metadata: ObjectMeta { name: Some(ns.clone()), ..Default::default() }, ..Default::default() };
+    namespaces.create(&PostParams::default(), &namespace).await.unwrap();
+    ns
+}
+
 fn private_key(alg: KeygenAlgorithm) -> Map<String, Value> {
     jwk::generate(alg, 2048).unwrap()
 }
@@ -55,13 +67,9 @@ fn public_key(private: &Map<String, Value>) -> Value {
 
 impl Case {
     async fn new(env: &Env, label: &str, operator_args: &[&str]) -> Case {
-        let ns = format!("{label}-{}", NAMESPACES.fetch_add(1, Ordering::SeqCst));
-        let admin = env.plane.admin().await;
-        let namespaces: Api<Namespace> = Api::all(admin.clone());
-        let namespace = Namespace { metadata: ObjectMeta { name: Some(ns.clone()), ..Default::default() }, ..Default::default() };
-        namespaces.create(&PostParams::default(), &namespace).await.unwrap();
+        let ns = create_namespace(env, label).await;
         let operator = Self::start_operator(env, &ns, operator_args);
-        Case { ns, admin, operator }
+        Case { ns, admin: env.plane.admin().await, operator }
     }
 
     fn start_operator(env: &Env, ns: &str, extra: &[&str]) -> Operator {
@@ -116,7 +124,7 @@ impl Case {
             Ok(client) => client,
             Err(_) => {
                 let status = api.get(name).await.ok().and_then(|c| c.status).map(|s| serde_json::to_string_pretty(&s).unwrap());
-                panic!("timed out waiting for {name}: {what}\nstatus: {status:?}\noperator log tail:\n{}", self.operator.tail(30));
+                panic!("timed out waiting for {name}: {what}\nstatus: {status:?}\noperator log tail:\n{}", self.operator.tail(400));
             }
         }
     }
@@ -150,13 +158,19 @@ impl Case {
         found.unwrap_or_else(|_| panic!("timed out waiting for Secret {name}: {what}\noperator log tail:\n{}", self.operator.tail(30)))
     }
 
-    /// Nothing secret in the operator's output, nor in any IdvClient status.
+    async fn events(&self) -> Vec<EventV1> {
+        Api::<EventV1>::namespaced(self.admin.clone(), &self.ns).list(&Default::default()).await.unwrap().items
+    }
+
+    /// Nothing secret in the operator's output, any IdvClient (status included) or any Event.
     async fn assert_no_leaks(&self, secrets: &[String]) {
         let output = self.operator.output();
         let statuses = serde_json::to_string(&self.clients().list(&Default::default()).await.unwrap().items).unwrap();
+        let events = serde_json::to_string(&self.events().await).unwrap();
         for secret in secrets.iter().filter(|s| s.len() >= 8) {
             assert!(!output.contains(secret.as_str()), "a secret value appears in the operator output");
             assert!(!statuses.contains(secret.as_str()), "a secret value appears in an IdvClient");
+            assert!(!events.contains(secret.as_str()), "a secret value appears in an Event");
         }
         assert!(!output.contains("panicked"), "the operator panicked:\n{}", self.operator.tail(40));
     }
@@ -499,6 +513,322 @@ async fn the_crd_rejects_invalid_specs(env: &Env) {
     case.clients().create(&PostParams::default(), &good).await.expect("http to loopback is allowed");
 }
 
+/// A ready client with a fresh key, registered at the IdP.
+async fn ready_client(env: &Env, case: &Case, name: &str, ttl: Option<u64>) -> (String, Map<String, Value>) {
+    let private = private_key(KeygenAlgorithm::Es256);
+    let client_id = env.idp.register(&[public_key(&private)], ttl).await;
+    case.put_secret(&format!("{name}-jwk"), &[("jwk.json", &serde_json::to_vec(&private).unwrap())]).await;
+    case.put_client(name, json!({
+        "clientId": client_id,
+        "authServer": {"tokenEndpoint": env.idp.token_endpoint},
+        "privateKey": {"secretRef": {"name": format!("{name}-jwk"), "key": "jwk.json"}},
+    }))
+    .await;
+    case.wait_ready(name).await;
+    (client_id, private)
+}
+
+async fn metrics_probes_and_events(env: &Env) {
+    let case = Case::new(env, "observe", &[]).await;
+    let (_, private) = ready_client(env, &case, "good", None).await;
+    case.put_client("broken", json!({
+        "clientId": "c",
+        "authServer": {"tokenEndpoint": env.idp.token_endpoint},
+        "privateKey": {"secretRef": {"name": "absent", "key": "jwk.json"}},
+    }))
+    .await;
+    case.wait_not_ready("broken", "KeySecretNotFound").await;
+
+    let op = &case.operator;
+    let metrics = eventually(WAIT, "metrics with the issued token and the error", || async {
+        let (status, body) = op.get(op.metrics_port, "/metrics").await?;
+        (status == 200
+            && body.contains("idv_token_operator_token_requests_total{result=\"success\"} 1")
+            && body.contains("idv_token_operator_reconcile_errors_total{category=\"KeySecretNotFound\"}"))
+        .then_some(body)
+    })
+    .await;
+    let gauge = format!("idv_token_operator_token_expiry_timestamp_seconds{{namespace=\"{}\",name=\"good\"}}", case.ns);
+    assert!(metrics.contains(&gauge), "{metrics}");
+    assert!(metrics.contains("idv_token_operator_token_request_duration_seconds_bucket"));
+    assert!(metrics.contains("idv_token_operator_reconciles_total"));
+    assert_eq!(op.get(op.health_port, "/healthz").await.map(|r| r.0), Some(200));
+    assert_eq!(op.get(op.health_port, "/readyz").await.map(|r| r.0), Some(200));
+    assert_eq!(op.get(op.health_port, "/metrics").await.map(|r| r.0), Some(404));
+
+    let events = eventually(WAIT, "a TokenIssued and a KeySecretNotFound event", || async {
+        let events = case.events().await;
+        let has = |name: &str, type_: &str, reason: &str| {
+            events.iter().any(|e| {
+                e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+                    && e.type_.as_deref() == Some(type_)
+                    && e.reason.as_deref() == Some(reason)
+            })
+        };
+        (has("good", "Normal", "TokenIssued") && has("broken", "Warning", "KeySecretNotFound")).then_some(events)
+    })
+    .await;
+    let warning = events.iter().find(|e| e.reason.as_deref() == Some("KeySecretNotFound")).unwrap();
+    assert!(warning.note.as_deref().unwrap_or_default().contains("next attempt at"), "{warning:?}");
+    let token = text(&case.secrets().get("good-token").await.unwrap(), "access_token");
+    let mut secrets = key_material(&private);
+    secrets.push(token);
+    case.assert_no_leaks(&secrets).await;
+}
+
+async fn force_refresh_issues_exactly_one_new_token(env: &Env) {
+    let case = Case::new(env, "force", &[]).await;
+    let (client_id, _) = ready_client(env, &case, "forced", None).await;
+    let first = text(&case.secrets().get("forced-token").await.unwrap(), "access_token");
+    let annotate = |value: &str| {
+        let patch = json!({"metadata": {"annotations": {api::FORCE_REFRESH_ANNOTATION: value}}});
+        let clients = case.clients();
+        async move { clients.patch("forced", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap() }
+    };
+    annotate("2026-11-27T10:00").await;
+    let second = case.wait_secret("forced-token", "a new token", |s| text(s, "access_token") != first).await;
+    // Watch for a while: the same annotation value must not bring more tokens.
+    let window = Instant::now();
+    while window.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(env.idp.stats(&client_id).await, (2, 2), "exactly one new token");
+    annotate("2026-11-27T11:00").await;
+    case.wait_secret("forced-token", "a third token", |s| text(s, "access_token") != text(&second, "access_token")).await;
+    assert_eq!(env.idp.stats(&client_id).await, (3, 3));
+}
+
+async fn drift_is_repaired(env: &Env) {
+    let mut case = Case::new(env, "drift", &[]).await;
+    ready_client(env, &case, "drifty", None).await;
+    let secrets = case.secrets();
+    let original = secrets.get("drifty-token").await.unwrap();
+
+    secrets.delete("drifty-token", &DeleteParams::default()).await.unwrap();
+    let recreated = case.wait_secret("drifty-token", "recreated", |s| s.uid() != original.uid()).await;
+    assert_eq!(env.idp.introspect(&text(&recreated, "access_token")).await["active"], json!(true));
+
+    let tamper = json!({"data": {"access_token": STANDARD_B64.encode("tampered")}});
+    secrets.patch("drifty-token", &PatchParams::default(), &Patch::Merge(&tamper)).await.unwrap();
+    let repaired = case.wait_secret("drifty-token", "repaired data", |s| text(s, "access_token") != "tampered").await;
+    assert_eq!(env.idp.introspect(&text(&repaired, "access_token")).await["active"], json!(true));
+
+    let unlabel = json!({"metadata": {"labels": {api::MANAGED_BY_LABEL: null}}});
+    secrets.patch("drifty-token", &PatchParams::default(), &Patch::Merge(&unlabel)).await.unwrap();
+    case.wait_secret("drifty-token", "the managed-by label back", |s| s.labels().get(api::MANAGED_BY_LABEL).is_some()).await;
+    assert!(case.operator.process.is_running());
+}
+
+async fn a_rotated_key_is_used_at_once(env: &Env) {
+    let case = Case::new(env, "rotate", &[]).await;
+    let old = private_key(KeygenAlgorithm::Es256);
+    let new = private_key(KeygenAlgorithm::Rs256);
+    let client_id = env.idp.register(&[public_key(&old), public_key(&new)], None).await;
+    case.put_secret("jwk", &[("jwk.json", &serde_json::to_vec(&old).unwrap())]).await;
+    case.put_client("rotating", json!({
+        "clientId": client_id,
+        "authServer": {"tokenEndpoint": env.idp.token_endpoint},
+        "privateKey": {"secretRef": {"name": "jwk", "key": "jwk.json"}},
+    }))
+    .await;
+    let first = case.wait_client("rotating", "ready with the old key", |c| {
+        c.status.as_ref().and_then(|s| s.key_id.as_deref()) == old["kid"].as_str()
+    })
+    .await;
+    let patch = json!({"data": {"jwk.json": STANDARD_B64.encode(serde_json::to_vec(&new).unwrap())}});
+    let rotated_at = Instant::now();
+    case.secrets().patch("jwk", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    case.wait_client("rotating", "ready with the new key", |c| {
+        c.status.as_ref().and_then(|s| s.key_id.as_deref()) == new["kid"].as_str()
+    })
+    .await;
+    assert!(rotated_at.elapsed() < Duration::from_secs(10), "rotation took {:?}", rotated_at.elapsed());
+    let assertions = env.idp.assertions(&client_id).await;
+    assert_eq!(assertions.last().unwrap()["header"]["kid"], new["kid"]);
+    assert_ne!(first.status.unwrap().expires_at, None);
+    case.assert_no_leaks(&[key_material(&old), key_material(&new)].concat()).await;
+}
+
+async fn a_renamed_secret_moves(env: &Env) {
+    let case = Case::new(env, "rename", &[]).await;
+    ready_client(env, &case, "mover", None).await;
+    let patch = json!({"spec": {"secret": {"name": "mover-bearer"}}});
+    case.clients().patch("mover", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    case.wait_secret("mover-bearer", "the Secret under its new name", |_| true).await;
+    eventually(WAIT, "the old Secret to go", || async { case.secrets().get_opt("mover-token").await.unwrap().is_none().then_some(()) }).await;
+    let client = case.wait_client("mover", "status names the new Secret", |c| {
+        c.status.as_ref().and_then(|s| s.secret_name.as_deref()) == Some("mover-bearer")
+    })
+    .await;
+    assert_eq!(ready(&client).unwrap().status, "True");
+}
+
+async fn bad_idp_answers_give_clear_messages(env: &Env) {
+    let mut case = Case::new(env, "badidp", &["--token-request-timeout", "2s"]).await;
+    let html = "<html><body>Bad gateway</body></html>";
+    let json_body = |v: Value| v.to_string();
+    let cases: Vec<(&str, Value, &str, &str)> = vec![
+        ("html-502", json!({"mode": "respond", "status": 502, "content_type": "text/html", "body": html}), "IdpUnavailable", "HTTP 502, text/html body"),
+        ("html-200", json!({"mode": "respond", "status": 200, "content_type": "text/html", "body": html}), "InvalidTokenResponse", "non-JSON body (HTML"),
+        ("no-token", json!({"mode": "respond", "status": 200, "content_type": "application/json", "body": json_body(json!({"token_type": "Bearer"}))}), "InvalidTokenResponse", "without an access_token"),
+        ("error-200", json!({"mode": "respond", "status": 200, "content_type": "application/json", "body": json_body(json!({"error": "invalid_scope"}))}), "TokenRequestRejected", "invalid_scope"),
+        ("negative", json!({"mode": "respond", "status": 200, "content_type": "application/json", "body": json_body(json!({"access_token": "abcdefgh", "token_type": "Bearer", "expires_in": -5}))}), "InvalidTokenResponse", "expires_in -5"),
+        ("huge", json!({"mode": "respond", "status": 200, "content_type": "application/json", "body": json_body(json!({"access_token": "abcdefgh", "token_type": "Bearer", "expires_in": 99_999_999_999u64}))}), "InvalidTokenResponse", "longer than a year"),
+        ("mac", json!({"mode": "respond", "status": 200, "content_type": "application/json", "body": json_body(json!({"access_token": "abcdefgh", "token_type": "mac", "expires_in": 60}))}), "InvalidTokenResponse", "only Bearer"),
+        ("hang", json!({"mode": "hang"}), "IdpUnreachable", "timed out"),
+        ("redirect", json!({"mode": "respond", "status": 302, "headers": {"location": "https://elsewhere.example/token"}, "body": ""}), "IdpUnreachable", "redirect"),
+        ("unavailable-json", json!({"mode": "respond", "status": 503, "content_type": "application/json", "body": json_body(json!({"error": "temporarily_unavailable"}))}), "IdpUnavailable", "temporarily_unavailable"),
+    ];
+    let mut ids = Vec::new();
+    for (name, mut fault, _, _) in cases.clone() {
+        let private = private_key(KeygenAlgorithm::Es256);
+        let client_id = env.idp.register(&[public_key(&private)], None).await;
+        fault["client_id"] = json!(client_id);
+        env.idp.fault(fault).await;
+        case.put_secret(&format!("{name}-jwk"), &[("jwk.json", &serde_json::to_vec(&private).unwrap())]).await;
+        case.put_client(name, json!({
+            "clientId": client_id,
+            "authServer": {"tokenEndpoint": env.idp.token_endpoint},
+            "privateKey": {"secretRef": {"name": format!("{name}-jwk"), "key": "jwk.json"}},
+        }))
+        .await;
+        ids.push(client_id);
+    }
+    for (name, _, reason, message) in &cases {
+        let condition = case.wait_not_ready(name, reason).await;
+        assert!(condition.message.contains(message), "{name}: {:?} lacks {message:?}", condition.message);
+        assert!(condition.message.contains("next attempt at"), "{name}: {}", condition.message);
+        assert!(case.secrets().get_opt(&format!("{name}-token")).await.unwrap().is_none(), "{name}: no Secret without a token");
+    }
+    assert!(case.operator.process.is_running(), "the operator died:\n{}", case.operator.tail(30));
+    // Transient failures back off (1 s, 2 s, 4 s, ...): a handful of requests, no storm.
+    for client_id in &ids {
+        let (requests, _) = env.idp.stats(client_id).await;
+        assert!((1..=8).contains(&requests), "{requests} requests");
+    }
+    case.assert_no_leaks(&["abcdefgh".to_string()]).await;
+}
+
+async fn stale_token_is_served_while_the_idp_is_down(env: &Env) {
+    let case = Case::new(env, "stale", &[]).await;
+    let (client_id, _) = ready_client(env, &case, "steady", Some(12)).await;
+    let first = case.secrets().get("steady-token").await.unwrap();
+    env.idp.fault(json!({"client_id": client_id, "mode": "respond", "status": 503, "content_type": "text/html", "body": "<html>down</html>"})).await;
+    // Wait until refreshes have failed a few times.
+    eventually(WAIT, "failed refreshes", || async {
+        let (requests, successes) = env.idp.stats(&client_id).await;
+        (requests - successes >= 2).then_some(())
+    })
+    .await;
+    let during = case.secrets().get("steady-token").await.unwrap();
+    assert_eq!(during.data, first.data, "the token is kept while the IdP is down");
+    let expires: jiff::Timestamp = text(&first, "expires_at").parse().unwrap();
+    if jiff::Timestamp::now() < expires {
+        assert_eq!(ready(&case.clients().get("steady").await.unwrap()).unwrap().status, "True", "still ready while the token is valid");
+    }
+    env.idp.fault(json!({"client_id": client_id, "mode": "none"})).await;
+    case.wait_secret("steady-token", "a new token after recovery", |s| text(s, "access_token") != text(&first, "access_token")).await;
+    case.wait_ready("steady").await;
+    let (requests, _) = env.idp.stats(&client_id).await;
+    assert!(requests <= 12, "{requests} requests: retries are bounded");
+}
+
+async fn retry_after_is_respected(env: &Env) {
+    let case = Case::new(env, "retryafter", &[]).await;
+    let private = private_key(KeygenAlgorithm::Es256);
+    let client_id = env.idp.register(&[public_key(&private)], None).await;
+    env.idp
+        .fault(json!({"client_id": client_id, "mode": "respond", "status": 429, "headers": {"retry-after": "4"}, "content_type": "text/plain", "body": "slow down", "times": 1}))
+        .await;
+    case.put_secret("jwk", &[("jwk.json", &serde_json::to_vec(&private).unwrap())]).await;
+    case.put_client("patient", json!({
+        "clientId": client_id,
+        "authServer": {"tokenEndpoint": env.idp.token_endpoint},
+        "privateKey": {"secretRef": {"name": "jwk", "key": "jwk.json"}},
+    }))
+    .await;
+    case.wait_ready("patient").await;
+    let assertions = env.idp.assertions(&client_id).await;
+    assert_eq!(assertions.len(), 2, "one refused request, one retry");
+    let gap = assertions[1]["received_at_ms"].as_i64().unwrap() - assertions[0]["received_at_ms"].as_i64().unwrap();
+    assert!(gap >= 4000, "retried after {gap} ms despite Retry-After: 4");
+}
+
+async fn a_standby_takes_over_from_a_dead_leader(env: &Env) {
+    let mut case = Case::new(env, "ha", &[]).await;
+    let lease = format!("lease-{}", case.ns);
+    let ha = ["--leader-elect", "--leader-election-id", &lease, "--leader-election-lease-duration", "4s", "--leader-election-retry-period", "500ms"];
+    // Replace the plain operator with two electing replicas.
+    case.operator.process.kill();
+    let first = Case::start_operator(env, &case.ns, &ha);
+    let waited = tokio::time::timeout(WAIT, eventually(WAIT, "the first replica to lead", || async { first.output().contains("leadership acquired").then_some(()) })).await;
+    assert!(waited.is_ok(), "first replica never led:\n{}", first.tail(30));
+    let second = Case::start_operator(env, &case.ns, &ha);
+    eventually(WAIT, "the second replica to stand by", || async { second.output().contains("waiting for leadership").then_some(()) }).await;
+    case.operator = first;
+    ready_client(env, &case, "before", None).await;
+    assert!(!second.output().contains("leadership acquired"), "only one leader");
+    assert_eq!(second.get(second.health_port, "/readyz").await.map(|r| r.0), Some(200), "a standby is ready");
+
+    case.operator.process.kill(); // SIGKILL: no release, the lease must expire
+    let killed_at = Instant::now();
+    case.operator = second;
+    ready_client(env, &case, "after", None).await;
+    let takeover = killed_at.elapsed();
+    assert!(takeover < Duration::from_secs(15), "takeover took {takeover:?}");
+
+    // SIGTERM releases the lease: a new replica leads at once, well within the lease duration.
+    let third = Case::start_operator(env, &case.ns, &ha);
+    eventually(WAIT, "the third replica to stand by", || async { third.output().contains("waiting for leadership").then_some(()) }).await;
+    let terminated_at = Instant::now();
+    assert!(case.operator.process.terminate(Duration::from_secs(10)), "SIGTERM stops the leader");
+    assert!(case.operator.output().contains("leadership released"), "{}", case.operator.tail(10));
+    eventually(WAIT, "the third replica to lead", || async { third.output().contains("leadership acquired").then_some(()) }).await;
+    assert!(terminated_at.elapsed() < Duration::from_secs(4), "handover after release took {:?}", terminated_at.elapsed());
+    case.operator = third;
+}
+
+async fn one_operator_serves_several_namespaces_and_no_others(env: &Env) {
+    let admin = env.plane.admin().await;
+    let (a, b, c) = (create_namespace(env, "multi-a").await, create_namespace(env, "multi-b").await, create_namespace(env, "multi-c").await);
+    let operator = Operator::start(&env.plane.operator_kubeconfig, &["--watch-namespaces", &format!("{a},{b}"), "--min-refresh-interval", "2s"]);
+    let in_a = Case { ns: a, admin: admin.clone(), operator };
+    ready_client(env, &in_a, "x", None).await;
+    let in_b = Case { ns: b, admin: admin.clone(), operator: in_a.operator };
+    ready_client(env, &in_b, "y", None).await;
+    let in_c = Case { ns: c.clone(), admin, operator: in_b.operator };
+    let private = private_key(KeygenAlgorithm::Es256);
+    let client_id = env.idp.register(&[public_key(&private)], None).await;
+    in_c.put_secret("jwk", &[("jwk.json", &serde_json::to_vec(&private).unwrap())]).await;
+    in_c.put_client("z", json!({
+        "clientId": client_id,
+        "authServer": {"tokenEndpoint": env.idp.token_endpoint},
+        "privateKey": {"secretRef": {"name": "jwk", "key": "jwk.json"}},
+    }))
+    .await;
+    // Give the operator time it would need to act (it acted within this in a and b).
+    let window = Instant::now();
+    while window.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(in_c.clients().get("z").await.unwrap().status.is_none(), "a namespace outside --watch-namespaces was touched");
+    assert!(in_c.secrets().get_opt("z-token").await.unwrap().is_none());
+    assert_eq!(env.idp.stats(&client_id).await.0, 0);
+    assert!(!in_c.operator.output().contains(&c), "the operator never mentions the unwatched namespace");
+}
+
+async fn the_operator_survives_an_apiserver_restart(env: &Env) {
+    let case = Case::new(env, "restart-api", &[]).await;
+    ready_client(env, &case, "before", None).await;
+    env.plane.stop_apiserver();
+    env.plane.start_apiserver().await;
+    let mut case = Case { admin: env.plane.admin().await, ..case };
+    let restarted = Instant::now();
+    ready_client(env, &case, "after", None).await;
+    assert!(restarted.elapsed() < Duration::from_secs(30), "served {:?} after the restart", restarted.elapsed());
+    assert!(case.operator.process.is_running());
+}
+
 // ---------------------------------------------------------------------------------------------
 
 type Scenario = for<'a> fn(&'a Env) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>;
@@ -522,9 +852,21 @@ fn main() {
         a_client_secret_client_gets_a_token,
         a_spec_change_brings_a_new_token,
         the_crd_rejects_invalid_specs,
+        metrics_probes_and_events,
+        force_refresh_issues_exactly_one_new_token,
+        drift_is_repaired,
+        a_rotated_key_is_used_at_once,
+        a_renamed_secret_moves,
+        bad_idp_answers_give_clear_messages,
+        stale_token_is_served_while_the_idp_is_down,
+        retry_after_is_respected,
+        a_standby_takes_over_from_a_dead_leader,
+        one_operator_serves_several_namespaces_and_no_others,
     ];
+    // Disruptive scenarios run alone, after the others.
+    let disruptive: Vec<(&str, Scenario)> = scenarios![the_operator_survives_an_apiserver_restart];
     if args.list {
-        let trials = list.iter().map(|(name, _)| Trial::test(*name, || Ok(()))).collect();
+        let trials = list.iter().chain(&disruptive).map(|(name, _)| Trial::test(*name, || Ok(()))).collect();
         libtest_mimic::run(&args, trials).exit();
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -551,6 +893,20 @@ fn main() {
         })
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
+    let alone = Arguments { test_threads: Some(1), ..args.clone() };
+    let trials: Vec<Trial> = disruptive
+        .into_iter()
+        .map(|(name, scenario)| {
+            let env = env.clone();
+            Trial::test(name, move || {
+                let deadline = Duration::from_secs(180);
+                env.rt
+                    .block_on(async { tokio::time::timeout(deadline, scenario(&env)).await })
+                    .map_err(|_| Failed::from(format!("{name} did not finish within {deadline:?}")))
+            })
+        })
+        .collect();
+    let disruptive_conclusion = libtest_mimic::run(&alone, trials);
     match Arc::try_unwrap(env) {
         Ok(env) => {
             let Env { rt, plane, idp, _dir } = env;
@@ -559,6 +915,9 @@ fn main() {
             drop(rt);
         }
         Err(_) => eprintln!("environment still shared; processes end with this one"),
+    }
+    if disruptive_conclusion.has_failed() {
+        disruptive_conclusion.exit();
     }
     conclusion.exit();
 }

@@ -425,7 +425,8 @@ proptest! {
         s in prop::option::of(0u64..10_000),
         space in select(&["", " ", "\t"][..]),
     ) {
-        prop_assume!(h.is_some() || m.is_some() || s.is_some());
+        // At least one component: "" is not a duration.
+        let s = if h.is_none() && m.is_none() { Some(s.unwrap_or(0)) } else { s };
         let mut text = String::from(space);
         for (value, unit) in [(h, 'h'), (m, 'm'), (s, 's')] {
             if let Some(v) = value {
@@ -543,6 +544,46 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(config(512))]
+
+    #[test]
+    fn allowed_hosts_are_the_pattern_or_below_it(
+        labels in prop::collection::vec("[a-z0-9-]{1,10}", 1..3),
+        suffix_labels in prop::collection::vec("[a-z]{2,10}", 1..3),
+        upper in any::<bool>(),
+        trailing_dot in any::<bool>(),
+        other in "[a-zA-Z0-9.-]{0,30}",
+    ) {
+        let suffix = suffix_labels.join(".");
+        let below = format!("{}.{suffix}", labels.join("."));
+        let spelled = |h: &str| {
+            let h = if upper { h.to_uppercase() } else { h.to_string() };
+            if trailing_dot { h + "." } else { h }
+        };
+        let wildcard = [format!("*.{suffix}")];
+        prop_assert!(authserver::host_allowed(&spelled(&below), &wildcard));
+        prop_assert!(authserver::host_allowed(&spelled(&below), std::slice::from_ref(&below)));
+        prop_assert!(!authserver::host_allowed(&spelled(&suffix), &wildcard), "the apex is not below itself");
+        let outside = [
+            format!("{}{suffix}", labels[0]),
+            format!("{suffix}.attacker-9z"),
+            format!("{below}.attacker-9z"),
+        ];
+        for host in &outside {
+            prop_assert!(!authserver::host_allowed(host, &wildcard), "{} admitted by {:?}", host, wildcard);
+        }
+        let longer = format!("x{below}");
+        prop_assert!(!authserver::host_allowed(&longer, std::slice::from_ref(&below)), "{} admitted", longer);
+        prop_assert!(authserver::host_allowed(&other, &[]), "no patterns, no restriction");
+        // Whatever the host, a wildcard admits it only when it ends in ".suffix".
+        if authserver::host_allowed(&other, &wildcard) {
+            let dotted = format!(".{suffix}");
+            prop_assert!(other.trim_end_matches('.').to_ascii_lowercase().ends_with(&dotted), "{} admitted", other);
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Known issues found by these properties (docs/fuzzing.md, "Findings"). Each test states the
 // wanted behaviour and fails today; drop its `#[ignore]` with the fix in src/.
@@ -562,6 +603,26 @@ proptest! {
         let body = json!({ "error": "invalid_client", "error_description": description });
         let message = oauth::parse_token_answer(&json_answer(401, &body), &[sent.as_str()]).unwrap_err().to_string();
         prop_assert!(!message.contains(&sent[..8]), "{message:?} quotes the start of a sent value");
+    }
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// `--min-refresh-interval` may be given in milliseconds (`500ms`), but refresh_at floors
+    /// the wait at `min_interval.as_secs()`: a sub-second interval gives no floor at all, and
+    /// 1500ms gives 1 s.
+    #[test]
+    #[ignore = "known issue: schedule::refresh_at truncates a sub-second min_interval"]
+    fn known_issue_refresh_floor_honours_sub_second_intervals(
+        issued in 0i64..4_000_000_000,
+        lifetime in 0i64..=5,
+        min_millis in 1u64..=10_000,
+    ) {
+        let issued_at = Timestamp::from_second(issued).unwrap();
+        let min = Duration::from_millis(min_millis);
+        let plan = schedule::refresh_at(issued_at, issued_at + SignedDuration::from_secs(lifetime), None, min, 0.0);
+        prop_assert!(plan.refresh_at >= issued_at + min, "{plan:?} sooner than {min:?} after {issued_at}");
     }
 }
 

@@ -200,7 +200,7 @@ pub struct ControlPlane {
     pub operator_kubeconfig: PathBuf,
     apiserver_args: Vec<String>,
     assets: PathBuf,
-    pub apiserver: Option<ChildGuard>,
+    apiserver: Mutex<Option<ChildGuard>>,
     etcd: ChildGuard,
 }
 
@@ -267,14 +267,14 @@ impl ControlPlane {
         let operator_kubeconfig = dir.join("operator.kubeconfig");
         std::fs::write(&operator_kubeconfig, kubeconfig(&server, &pki.ca_pem, &pki.operator_cert, &pki.operator_key)).unwrap();
 
-        let mut plane = ControlPlane {
+        let plane = ControlPlane {
             dir: dir.to_path_buf(),
             server,
             admin_kubeconfig,
             operator_kubeconfig,
             apiserver_args,
             assets,
-            apiserver: None,
+            apiserver: Mutex::new(None),
             etcd,
         };
         plane.start_apiserver().await;
@@ -282,9 +282,9 @@ impl ControlPlane {
     }
 
     /// (Re)start kube-apiserver and wait until it is ready.
-    pub async fn start_apiserver(&mut self) {
+    pub async fn start_apiserver(&self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("apiserver.log")).unwrap();
-        self.apiserver = Some(spawn(
+        *self.apiserver.lock().unwrap() = Some(spawn(
             "kube-apiserver",
             Command::new(self.assets.join("kube-apiserver"))
                 .args(&self.apiserver_args)
@@ -317,8 +317,8 @@ impl ControlPlane {
         eprintln!("kube-apiserver ready in {:.1}s", started.elapsed().as_secs_f64());
     }
 
-    pub fn stop_apiserver(&mut self) {
-        self.apiserver.take();
+    pub fn stop_apiserver(&self) {
+        self.apiserver.lock().unwrap().take();
     }
 
     pub async fn admin(&self) -> Client {
@@ -535,7 +535,7 @@ impl Operator {
                 .arg(format!("--health-probe-bind-address=127.0.0.1:{health_port}"))
                 .args(args)
                 // Most verbose logging: the secret scan covers every line the code can print.
-                .env("RUST_LOG", "debug,hyper=info,h2=info,tower=info,rustls=info")
+                .env("RUST_LOG", std::env::var("IDV_TEST_OPERATOR_LOG").unwrap_or_else(|_| "debug,hyper=info,h2=info,tower=info,rustls=info".into()))
                 .env("RUST_BACKTRACE", "1")
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped()),
