@@ -23,3 +23,11 @@ demo: ## local control plane + IdP, the operator, an example IdvClient and its t
 	  cargo build --locked --quiet && \
 	  KUBEBUILDER_ASSETS="$$assets" IDV_OPERATOR_BIN="$(CARGO_TARGET_DIR)/debug/idv-token-operator" \
 	  cargo run --locked --quiet --example demo
+
+.PHONY: bench
+bench: ## convergence benchmark: N IdvClients (BENCH_CLIENTS, default 1000) vs the bare work; see docs/benchmarks.md
+	@assets=$$(bash tests/envtest/build-assets.sh | tail -n1) && \
+	  cargo build --release --locked --quiet && \
+	  KUBEBUILDER_ASSETS="$$assets" IDV_OPERATOR_BIN="$(CARGO_TARGET_DIR)/release/idv-token-operator" \
+	  BENCH_CLIENTS="$(or $(BENCH_CLIENTS),1000)" \
+	  cargo bench --locked --quiet --bench convergence

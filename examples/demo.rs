@@ -39,7 +39,7 @@ fn main() {
     step("Starting a local control plane (etcd + kube-apiserver) and a local IdP (oidc-provider)");
     let plane = rt.block_on(async {
         let plane = ControlPlane::start(dir.path()).await;
-        plane.apply_files(&["deploy/namespace.yaml", "deploy/serviceaccount.yaml", "deploy/rbac.yaml"]).await;
+        plane.install_operator_rbac().await;
         plane
     });
     let idp = Idp::start();

@@ -231,10 +231,12 @@ fn run(args: RunArgs) -> Result<(), String> {
         let health = Arc::new(Health::default());
         if args.metrics_bind_address != "0" {
             let listener = http::bind(&args.metrics_bind_address).await?;
+            tracing::info!(address = %listener.local_addr().map_err(|e| e.to_string())?, "serving /metrics");
             tokio::spawn(http::serve(listener, health.clone(), Some(metrics.clone())));
         }
         if args.health_probe_bind_address != "0" {
             let listener = http::bind(&args.health_probe_bind_address).await?;
+            tracing::info!(address = %listener.local_addr().map_err(|e| e.to_string())?, "serving /healthz and /readyz");
             tokio::spawn(http::serve(listener, health.clone(), None));
         }
 

@@ -62,8 +62,10 @@ pub fn decide(inputs_hash: &str, observed: Option<&ObservedToken>, now: Timestam
     if observed.inputs_hash.as_deref() != Some(inputs_hash) {
         return Decision::Refresh(RefreshReason::InputsChanged);
     }
+    // The recorded refresh time rules, even past expiry: for tiny lifetimes it is the floor
+    // that keeps the operator from asking the IdP in a tight loop.
     match (observed.expires_at, observed.refresh_at) {
-        (Some(expires), Some(refresh)) if now < refresh && now < expires => Decision::Wait { until: refresh.min(expires) },
+        (Some(_), Some(refresh)) if now < refresh => Decision::Wait { until: refresh },
         (Some(_), Some(_)) => Decision::Refresh(RefreshReason::Due),
         _ => Decision::Refresh(RefreshReason::SecretModified),
     }
@@ -92,6 +94,8 @@ mod tests {
         let tampered = ObservedToken { data_intact: false, inputs_hash: Some("old".into()), ..good() };
         let changed = ObservedToken { inputs_hash: Some("old".into()), ..good() };
         let unannotated = ObservedToken { refresh_at: None, ..good() };
+        // A 1 s token whose refresh was floored to 10 s after issue.
+        let floored = ObservedToken { expires_at: Some(at(1)), refresh_at: Some(at(10)), ..good() };
         let cases = [
             (None, at(10), Decision::Refresh(RefreshReason::NoSecret)),
             (Some(tampered), at(10), Decision::Refresh(RefreshReason::SecretModified)),
@@ -100,6 +104,8 @@ mod tests {
             (Some(good()), at(10), Decision::Wait { until: at(2400) }),
             (Some(good()), at(2400), Decision::Refresh(RefreshReason::Due)),
             (Some(good()), at(4000), Decision::Refresh(RefreshReason::Due)),
+            (Some(floored.clone()), at(5), Decision::Wait { until: at(10) }),
+            (Some(floored), at(10), Decision::Refresh(RefreshReason::Due)),
         ];
         for (observed, now, expected) in cases {
             assert_eq!(decide("h", observed.as_ref(), now), expected, "{observed:?} at {now}");

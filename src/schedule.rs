@@ -80,7 +80,8 @@ pub fn refresh_at(
     min_interval: Duration,
     jitter: f64,
 ) -> RefreshPlan {
-    let lifetime = expires.duration_since(issued).as_secs().max(0) as u64;
+    let base = whole_seconds(issued);
+    let lifetime = expires.duration_since(base).as_secs().max(0) as u64;
     let default_wait = lifetime * 2 / 3;
     let (wait, clamped) = match before {
         None => (default_wait, false),
@@ -90,12 +91,19 @@ pub fn refresh_at(
     };
     let jitter = jitter.clamp(0.0, 1.0);
     let advance = ((wait as f64 * 0.05).min(MAX_JITTER.as_secs_f64()) * jitter) as u64;
-    let wait = (wait - advance).max(min_interval.as_secs());
-    RefreshPlan { refresh_at: whole_seconds(issued) + SignedDuration::from_secs(wait as i64), clamped }
+    let refresh_at = base + SignedDuration::from_secs((wait - advance) as i64);
+    // The floor counts from the precise issue time, rounded up to whole seconds.
+    let floor = ceil_seconds(issued + SignedDuration::try_from(min_interval).unwrap_or(SignedDuration::MAX));
+    RefreshPlan { refresh_at: refresh_at.max(floor), clamped }
 }
 
 pub fn whole_seconds(t: Timestamp) -> Timestamp {
     Timestamp::from_second(t.as_second()).expect("a truncated timestamp is in range")
+}
+
+fn ceil_seconds(t: Timestamp) -> Timestamp {
+    let whole = whole_seconds(t);
+    if whole == t { whole } else { whole + SignedDuration::from_secs(1) }
 }
 
 /// How a failure is classed for retrying.
@@ -175,6 +183,13 @@ mod tests {
             let plan = refresh_at(at(0), at(lifetime), before, min, jitter);
             assert_eq!(plan, RefreshPlan { refresh_at: at(wait), clamped }, "{lifetime} {before:?} {jitter}");
         }
+    }
+
+    #[test]
+    fn the_floor_counts_from_the_precise_issue_time() {
+        let issued = at(0) + SignedDuration::from_millis(900);
+        let plan = refresh_at(issued, at(1), None, Duration::from_secs(2), 0.0);
+        assert_eq!(plan.refresh_at, at(3), "2 s after 0.9 s, rounded up");
     }
 
     #[test]

@@ -323,6 +323,21 @@ async fn broken_keys_give_ready_false_and_the_operator_lives_on(env: &Env) {
     case.put_secret("not-json", &[("jwk.json", b"this is not a JWK")]).await;
     let public_only = serde_json::to_vec(&public_key(&private)).unwrap();
     case.put_secret("public-only", &[("jwk.json", &public_only)]).await;
+    let with = |k: &str, v: Value| {
+        let mut jwk = private.clone();
+        jwk.insert(k.into(), v);
+        serde_json::to_vec(&jwk).unwrap()
+    };
+    case.put_secret("odd", &[
+        ("oct.json", br#"{"kty":"oct","k":"c2VjcmV0","d":"x"}"#.as_slice()),
+        ("p521.json", &with("crv", json!("P-521"))),
+        ("mismatch.json", &with("alg", json!("RS256"))),
+        ("empty.json", b"".as_slice()),
+    ])
+    .await;
+    for (name, key) in [("oct", "oct.json"), ("p521", "p521.json"), ("mismatch", "mismatch.json"), ("empty", "empty.json")] {
+        case.put_client(name, spec("odd", key)).await;
+    }
     case.put_client("garbage", spec("not-json", "jwk.json")).await;
     case.put_client("public", spec("public-only", "jwk.json")).await;
     case.put_client("missing-secret", spec("nowhere", "jwk.json")).await;
@@ -336,6 +351,15 @@ async fn broken_keys_give_ready_false_and_the_operator_lives_on(env: &Env) {
     assert!(missing.message.contains("\"nowhere\""), "{}", missing.message);
     let key = case.wait_not_ready("missing-key", "KeyNotFound").await;
     assert!(key.message.contains("\"other.json\""), "{}", key.message);
+    for (name, reason, expected) in [
+        ("oct", "InvalidKey", "unsupported key type (kty) \"oct\""),
+        ("p521", "InvalidKey", "unsupported EC curve \"P-521\""),
+        ("mismatch", "InvalidKey", "algorithm \"RS256\" does not fit a EC P-256 key"),
+        ("empty", "KeyNotFound", "has no key \"empty.json\" (or it is empty)"),
+    ] {
+        let condition = case.wait_not_ready(name, reason).await;
+        assert!(condition.message.contains(expected), "{name}: {:?} lacks {expected:?}", condition.message);
+    }
 
     assert!(case.operator.process.is_running(), "the operator died:\n{}", case.operator.tail(30));
     assert_eq!(env.idp.stats(&client_id).await.0, 0, "a broken key never reaches the IdP");
@@ -397,26 +421,64 @@ async fn a_restarted_operator_reuses_the_recorded_token(env: &Env) {
     let private = private_key(KeygenAlgorithm::Es256);
     let client_id = env.idp.register(&[public_key(&private)], None).await;
     case.put_secret("jwk", &[("jwk.json", &serde_json::to_vec(&private).unwrap())]).await;
-    case.put_client("steady", json!({
+    let names = ["one", "two", "three"];
+    for name in names {
+        case.put_client(name, json!({
+            "clientId": client_id,
+            "authServer": {"tokenEndpoint": env.idp.token_endpoint},
+            "privateKey": {"secretRef": {"name": "jwk", "key": "jwk.json"}},
+            // Longer than the lifetime: clamped to the default, and said so in the status.
+            "refresh": {"beforeExpiry": "2h"},
+        }))
+        .await;
+    }
+    let mut before = Vec::new();
+    for name in names {
+        let client = case.wait_ready(name).await;
+        let message = ready(&client).unwrap().message;
+        assert!(message.contains("not shorter than the token lifetime"), "{message}");
+        before.push((client.status.clone(), case.wait_secret(&format!("{name}-token"), "exists", |_| true).await));
+    }
+    assert_eq!(env.idp.stats(&client_id).await.0, 3);
+    assert!(case.operator.process.terminate(Duration::from_secs(10)), "SIGTERM stops the operator");
+
+    case.operator = Case::start_operator(env, &case.ns, &[]);
+    eventually(WAIT, "the new operator to reconcile all clients", || {
+        let reconciled = case.operator.output().matches("reconciled object=").count();
+        async move { (reconciled >= names.len()).then_some(()) }
+    })
+    .await;
+    assert_eq!(env.idp.stats(&client_id).await.0, 3, "no token request after a restart while tokens are valid");
+    for (name, (status, secret)) in names.iter().zip(&before) {
+        let after = case.secrets().get(&format!("{name}-token")).await.unwrap();
+        assert_eq!(after.resource_version(), secret.resource_version(), "no Secret write after a restart");
+        assert_eq!(&case.clients().get(name).await.unwrap().status, status, "the same status after a restart");
+    }
+    case.assert_no_leaks(&before.iter().map(|(_, s)| text(s, "access_token")).collect::<Vec<_>>()).await;
+}
+
+async fn tiny_lifetimes_do_not_cause_a_hot_loop(env: &Env) {
+    let case = Case::new(env, "tiny", &[]).await;
+    let private = private_key(KeygenAlgorithm::Es256);
+    let client_id = env.idp.register(&[public_key(&private)], None).await;
+    let body = json!({"access_token": "short-lived-token", "token_type": "Bearer", "expires_in": 1}).to_string();
+    env.idp.fault(json!({"client_id": client_id, "mode": "respond", "status": 200, "content_type": "application/json", "body": body})).await;
+    case.put_secret("jwk", &[("jwk.json", &serde_json::to_vec(&private).unwrap())]).await;
+    case.put_client("tiny", json!({
         "clientId": client_id,
         "authServer": {"tokenEndpoint": env.idp.token_endpoint},
         "privateKey": {"secretRef": {"name": "jwk", "key": "jwk.json"}},
     }))
     .await;
-    case.wait_ready("steady").await;
-    let secret = case.wait_secret("steady-token", "exists", |_| true).await;
-    assert!(case.operator.process.terminate(Duration::from_secs(10)), "SIGTERM stops the operator");
-
-    case.operator = Case::start_operator(env, &case.ns, &[]);
-    eventually(WAIT, "the new operator to reconcile the client", || {
-        let seen = case.operator.output().contains("reconciled");
-        async move { seen.then_some(()) }
-    })
-    .await;
-    assert_eq!(env.idp.stats(&client_id).await.0, 1, "no new token request after a restart");
-    let after = case.secrets().get("steady-token").await.unwrap();
-    assert_eq!(after.resource_version(), secret.resource_version(), "no write after a restart");
-    case.assert_no_leaks(&[text(&secret, "access_token")]).await;
+    case.wait_secret("tiny-token", "exists", |_| true).await;
+    let start = env.idp.stats(&client_id).await.0;
+    let window = Instant::now();
+    while window.elapsed() < Duration::from_secs(6) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let requests = env.idp.stats(&client_id).await.0 - start;
+    // --min-refresh-interval 2s: at most one request per 2 s, however short the lifetime.
+    assert!(requests <= 4, "{requests} requests in 6 s for a 1 s token");
 }
 
 async fn a_client_secret_client_gets_a_token(env: &Env) {
@@ -529,8 +591,16 @@ async fn ready_client(env: &Env, case: &Case, name: &str, ttl: Option<u64>) -> (
 }
 
 async fn metrics_probes_and_events(env: &Env) {
-    let case = Case::new(env, "observe", &[]).await;
+    let case = Case::new(env, "observe", &["--log-format", "json"]).await;
     let (_, private) = ready_client(env, &case, "good", None).await;
+    // JSON logs: every line an object; one line per token issued, with who and until when.
+    let output = case.operator.output();
+    let lines: Vec<Value> = output.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    let issued = lines.iter().find(|l| l["message"] == json!("token issued")).expect("a 'token issued' line");
+    assert_eq!(issued["namespace"], json!(case.ns));
+    assert_eq!(issued["name"], json!("good"));
+    assert_eq!(issued["key_id"], private["kid"]);
+    assert!(issued["expires_at"].as_str().is_some());
     case.put_client("broken", json!({
         "clientId": "c",
         "authServer": {"tokenEndpoint": env.idp.token_endpoint},
@@ -541,7 +611,7 @@ async fn metrics_probes_and_events(env: &Env) {
 
     let op = &case.operator;
     let metrics = eventually(WAIT, "metrics with the issued token and the error", || async {
-        let (status, body) = op.get(op.metrics_port, "/metrics").await?;
+        let (status, body) = op.get(op.metrics_port(), "/metrics").await?;
         (status == 200
             && body.contains("idv_token_operator_token_requests_total{result=\"success\"} 1")
             && body.contains("idv_token_operator_reconcile_errors_total{category=\"KeySecretNotFound\"}"))
@@ -552,9 +622,12 @@ async fn metrics_probes_and_events(env: &Env) {
     assert!(metrics.contains(&gauge), "{metrics}");
     assert!(metrics.contains("idv_token_operator_token_request_duration_seconds_bucket"));
     assert!(metrics.contains("idv_token_operator_reconciles_total"));
-    assert_eq!(op.get(op.health_port, "/healthz").await.map(|r| r.0), Some(200));
-    assert_eq!(op.get(op.health_port, "/readyz").await.map(|r| r.0), Some(200));
-    assert_eq!(op.get(op.health_port, "/metrics").await.map(|r| r.0), Some(404));
+    assert_eq!(op.get(op.health_port(), "/healthz").await.map(|r| r.0), Some(200), "healthz on {} (metrics {}):\n{}", op.health_port(), op.metrics_port(), op.tail(5));
+    eventually(WAIT, "/readyz to answer 200 once the watches have synced", || async {
+        (op.get(op.health_port(), "/readyz").await?.0 == 200).then_some(())
+    })
+    .await;
+    assert_eq!(op.get(op.health_port(), "/metrics").await.map(|r| r.0), Some(404));
 
     let events = eventually(WAIT, "a TokenIssued and a KeySecretNotFound event", || async {
         let events = case.events().await;
@@ -768,7 +841,7 @@ async fn a_standby_takes_over_from_a_dead_leader(env: &Env) {
     case.operator = first;
     ready_client(env, &case, "before", None).await;
     assert!(!second.output().contains("leadership acquired"), "only one leader");
-    assert_eq!(second.get(second.health_port, "/readyz").await.map(|r| r.0), Some(200), "a standby is ready");
+    assert_eq!(second.get(second.health_port(), "/readyz").await.map(|r| r.0), Some(200), "a standby is ready");
 
     case.operator.process.kill(); // SIGKILL: no release, the lease must expire
     let killed_at = Instant::now();
@@ -817,6 +890,103 @@ async fn one_operator_serves_several_namespaces_and_no_others(env: &Env) {
     assert!(!in_c.operator.output().contains(&c), "the operator never mentions the unwatched namespace");
 }
 
+async fn namespaced_mode_touches_only_its_namespaces(env: &Env) {
+    let (a, b, c) = (create_namespace(env, "team-a").await, create_namespace(env, "team-b").await, create_namespace(env, "team-c").await);
+    // deploy/namespaced/roles.yaml for namespaces a and b, bound to a ServiceAccount that has no
+    // cluster-wide rights at all.
+    let account = "idv-token-operator-namespaced";
+    env.plane
+        .apply_yaml(&format!(
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {account}, namespace: {}}}\n",
+            support::OPERATOR_NAMESPACE
+        ))
+        .await;
+    let roles = std::fs::read_to_string(format!("{}/deploy/namespaced/roles.yaml", support::REPO))
+        .unwrap()
+        .replace("namespace: team-a", &format!("namespace: {a}"))
+        .replace("namespace: team-b", &format!("namespace: {b}"))
+        .replace("  - kind: ServiceAccount\n    name: idv-token-operator\n", &format!("  - kind: ServiceAccount\n    name: {account}\n"));
+    env.plane.apply_yaml(&roles).await;
+    let kubeconfig = env.plane.service_account_kubeconfig(support::OPERATOR_NAMESPACE, account, &format!("{account}.kubeconfig")).await;
+
+    let operator = Operator::start(&kubeconfig, &["--watch-namespaces", &format!("{a},{b}")]);
+    let in_a = Case { ns: a.clone(), admin: env.plane.admin().await, operator };
+    ready_client(env, &in_a, "x", None).await;
+    let in_b = Case { ns: b, admin: env.plane.admin().await, operator: in_a.operator };
+    ready_client(env, &in_b, "y", None).await;
+    let output = in_b.operator.output().to_lowercase();
+    assert!(!output.contains("forbidden") && !output.contains("403"), "permission errors in namespaced mode:\n{}", in_b.operator.tail(20));
+
+    // The identity itself cannot reach into another namespace...
+    let restricted = support::client_from(&kubeconfig).await;
+    let elsewhere: Api<Secret> = Api::namespaced(restricted.clone(), &c);
+    match elsewhere.list(&Default::default()).await {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 403),
+        other => panic!("listing Secrets in {c} should be forbidden: {other:?}"),
+    }
+    // ...and an operator told to watch it anyway gets refused there and touches nothing.
+    let in_c = Case { ns: c.clone(), admin: env.plane.admin().await, operator: Operator::start(&kubeconfig, &["--watch-namespaces", &format!("{a},{c}")]) };
+    let private = private_key(KeygenAlgorithm::Es256);
+    let client_id = env.idp.register(&[public_key(&private)], None).await;
+    in_c.put_secret("jwk", &[("jwk.json", &serde_json::to_vec(&private).unwrap())]).await;
+    in_c.put_client("z", json!({
+        "clientId": client_id,
+        "authServer": {"tokenEndpoint": env.idp.token_endpoint},
+        "privateKey": {"secretRef": {"name": "jwk", "key": "jwk.json"}},
+    }))
+    .await;
+    eventually(WAIT, "the operator to report that it may not watch the other namespace", || async {
+        in_c.operator.output().contains("403").then_some(())
+    })
+    .await;
+    assert!(in_c.clients().get("z").await.unwrap().status.is_none());
+    assert!(in_c.secrets().get_opt("z-token").await.unwrap().is_none());
+    assert_eq!(env.idp.stats(&client_id).await.0, 0);
+    drop(in_b);
+}
+
+async fn allowed_token_hosts_keep_assertions_home(env: &Env) {
+    let case = Case::new(env, "allowlist", &["--allowed-token-hosts", "*.vlaanderen.be,idp.example"]).await;
+    let private = private_key(KeygenAlgorithm::Es256);
+    let client_id = env.idp.register(&[public_key(&private)], None).await;
+    case.put_secret("jwk", &[("jwk.json", &serde_json::to_vec(&private).unwrap())]).await;
+    for (name, server) in [("endpoint", json!({"tokenEndpoint": env.idp.token_endpoint})), ("issuer", json!({"issuer": env.idp.issuer}))] {
+        case.put_client(name, json!({
+            "clientId": client_id,
+            "authServer": server,
+            "privateKey": {"secretRef": {"name": "jwk", "key": "jwk.json"}},
+        }))
+        .await;
+        let condition = case.wait_not_ready(name, "TokenHostNotAllowed").await;
+        assert!(condition.message.contains("\"127.0.0.1\"") && condition.message.contains("--allowed-token-hosts"), "{}", condition.message);
+    }
+    assert_eq!(env.idp.stats(&client_id).await.0, 0, "no assertion left for a host outside the list");
+}
+
+async fn kubectl_apply_k_installs_everything(env: &Env) {
+    let built = std::process::Command::new("kubectl").args(["kustomize", &format!("{}/deploy/namespaced", support::REPO)]).output().unwrap();
+    assert!(built.status.success(), "kubectl kustomize deploy/namespaced: {}", String::from_utf8_lossy(&built.stderr));
+    let applied = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&env.plane.admin_kubeconfig)
+        .args(["apply", "--server-side", "--force-conflicts", "-k", &format!("{}/deploy", support::REPO)])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&applied.stdout);
+    assert!(applied.status.success(), "kubectl apply -k deploy/: {}{}", stdout, String::from_utf8_lossy(&applied.stderr));
+    for object in [
+        "customresourcedefinition.apiextensions.k8s.io/idvclients.idv-token-operator.dev",
+        "namespace/idv-token-operator-system",
+        "serviceaccount/idv-token-operator",
+        "clusterrole.rbac.authorization.k8s.io/idv-token-operator",
+        "clusterrolebinding.rbac.authorization.k8s.io/idv-token-operator",
+        "role.rbac.authorization.k8s.io/idv-token-operator-leader-election",
+        "deployment.apps/idv-token-operator",
+    ] {
+        assert!(stdout.contains(object), "{object} not applied:\n{stdout}");
+    }
+}
+
 async fn the_operator_survives_an_apiserver_restart(env: &Env) {
     let case = Case::new(env, "restart-api", &[]).await;
     ready_client(env, &case, "before", None).await;
@@ -849,6 +1019,7 @@ fn main() {
         idp_refusal_gives_ready_false_without_a_retry_storm,
         a_foreign_secret_of_the_same_name_is_left_untouched,
         a_restarted_operator_reuses_the_recorded_token,
+        tiny_lifetimes_do_not_cause_a_hot_loop,
         a_client_secret_client_gets_a_token,
         a_spec_change_brings_a_new_token,
         the_crd_rejects_invalid_specs,
@@ -862,6 +1033,9 @@ fn main() {
         retry_after_is_respected,
         a_standby_takes_over_from_a_dead_leader,
         one_operator_serves_several_namespaces_and_no_others,
+        namespaced_mode_touches_only_its_namespaces,
+        allowed_token_hosts_keep_assertions_home,
+        kubectl_apply_k_installs_everything,
     ];
     // Disruptive scenarios run alone, after the others.
     let disruptive: Vec<(&str, Scenario)> = scenarios![the_operator_survives_an_apiserver_restart];
@@ -873,9 +1047,12 @@ fn main() {
     let dir = tempfile::Builder::new().prefix("idv-envtest-").tempdir().unwrap();
     let started = Instant::now();
     let (plane, idp) = rt.block_on(async {
-        let plane = ControlPlane::start(dir.path()).await;
+        let mut plane = ControlPlane::start(dir.path()).await;
         plane.install_crds().await;
-        plane.apply_files(&["deploy/namespace.yaml", "deploy/serviceaccount.yaml", "deploy/rbac.yaml"]).await;
+        plane.install_operator_rbac().await;
+        // The operator runs as its ServiceAccount, with a token from the TokenRequest API.
+        plane.operator_kubeconfig =
+            plane.service_account_kubeconfig(support::OPERATOR_NAMESPACE, support::OPERATOR_SERVICE_ACCOUNT, "operator-sa.kubeconfig").await;
         (plane, Idp::start())
     });
     eprintln!("test environment up in {:.1}s", started.elapsed().as_secs_f64());

@@ -27,8 +27,8 @@ const MEMBERS: [&str; 19] =
     ["kty", "crv", "x", "y", "d", "n", "e", "p", "q", "dp", "dq", "qi", "kid", "use", "alg", "keys", "x5c", "x5t", "oth"];
 /// Values with a meaning somewhere in the parser.
 const WORDS: [&str; 18] = [
-    "RSA", "EC", "oct", "OKP", "P-256", "P-384", "P-521", "sig", "enc", "RS256", "RS384", "PS256", "ES256", "ES384", "HS256",
-    "AQAB", "", "none",
+    "RSA", "EC", "oct", "OKP", "P-256", "P-384", "P-521", "sig", "enc", "RS256", "RS384", "PS256", "ES256", "ES384", "HS256", "AQAB", "",
+    "none",
 ];
 
 fn config(cases: u32) -> ProptestConfig {
@@ -267,15 +267,25 @@ proptest! {
 
 fn content_type() -> impl Strategy<Value = Option<String>> {
     prop::option::of(prop_oneof![
-        select(&["application/json", "application/json; charset=utf-8", "text/html", "text/plain", "application/problem+json", "APPLICATION/JSON"][..])
-            .prop_map(String::from),
+        select(
+            &[
+                "application/json",
+                "application/json; charset=utf-8",
+                "text/html",
+                "text/plain",
+                "application/problem+json",
+                "APPLICATION/JSON"
+            ][..]
+        )
+        .prop_map(String::from),
         ".{0,40}",
     ])
 }
 
 fn token_body() -> impl Strategy<Value = Vec<u8>> {
     let member = prop_oneof![
-        select(&["access_token", "token_type", "expires_in", "scope", "error", "error_description", "refresh_token"][..]).prop_map(String::from),
+        select(&["access_token", "token_type", "expires_in", "scope", "error", "error_description", "refresh_token"][..])
+            .prop_map(String::from),
         "[a-z_]{0,8}",
     ];
     let value = prop_oneof![
@@ -623,6 +633,19 @@ proptest! {
         let min = Duration::from_millis(min_millis);
         let plan = schedule::refresh_at(issued_at, issued_at + SignedDuration::from_secs(lifetime), None, min, 0.0);
         prop_assert!(plan.refresh_at >= issued_at + min, "{plan:?} sooner than {min:?} after {issued_at}");
+    }
+}
+
+/// The Content-Type header is quoted in errors through `sanitize(.., &[])`: the sent values
+/// are not redacted there (found by the token_answer fuzz target).
+#[test]
+#[ignore = "known issue: oauth quotes the Content-Type header without redacting sent values"]
+fn known_issue_content_type_is_redacted_too() {
+    let secret = "s3cr3t-client-secret";
+    for status in [200, 502] {
+        let answer = HttpAnswer { status, content_type: Some(format!("text/{secret}")), retry_after: None, body: b"<html>".to_vec() };
+        let message = oauth::parse_token_answer(&answer, &[secret]).unwrap_err().to_string();
+        assert!(!message.contains(secret), "{message}");
     }
 }
 

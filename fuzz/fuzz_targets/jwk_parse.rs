@@ -30,11 +30,8 @@ fn objects(value: &Value) -> Vec<&Map<String, Value>> {
 fn secrets(value: Option<&Value>, wanted: Option<&str>) -> Vec<String> {
     let Some(value) = value else { return Vec::new() };
     let objects = objects(value);
-    let quoted: Vec<&str> = objects
-        .iter()
-        .flat_map(|o| QUOTED_MEMBERS.iter().filter_map(|m| o.get(*m).and_then(Value::as_str)))
-        .chain(wanted)
-        .collect();
+    let quoted: Vec<&str> =
+        objects.iter().flat_map(|o| QUOTED_MEMBERS.iter().filter_map(|m| o.get(*m).and_then(Value::as_str))).chain(wanted).collect();
     objects
         .iter()
         .flat_map(|o| PRIVATE_MEMBERS.iter().filter_map(|m| o.get(*m).and_then(Value::as_str)))

@@ -197,6 +197,8 @@ pub struct ControlPlane {
     pub dir: PathBuf,
     pub server: String,
     pub admin_kubeconfig: PathBuf,
+    /// The operator's identity: its ServiceAccount's user name (client certificate), until a
+    /// test swaps in a TokenRequest token (`service_account_kubeconfig`).
     pub operator_kubeconfig: PathBuf,
     apiserver_args: Vec<String>,
     assets: PathBuf,
@@ -345,12 +347,51 @@ impl ControlPlane {
         }
     }
 
+    /// The operator's namespace, ServiceAccount and RBAC, exactly as deploy/ has them.
+    pub async fn install_operator_rbac(&self) {
+        self.apply_files(&["deploy/base/namespace.yaml", "deploy/base/serviceaccount.yaml", "deploy/base/leader-election.yaml", "deploy/rbac.yaml"])
+            .await;
+    }
+
+    /// A kubeconfig that authenticates as a ServiceAccount with a token from the TokenRequest
+    /// API, as a pod would. Written to `file` in the control plane's folder.
+    pub async fn service_account_kubeconfig(&self, namespace: &str, service_account: &str, file: &str) -> PathBuf {
+        let admin = self.admin().await;
+        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(admin, namespace);
+        let request = json!({
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 7200},
+        });
+        let answer: k8s_openapi::api::authentication::v1::TokenRequest = accounts
+            .create_subresource("token", service_account, &Default::default(), &request)
+            .await
+            .unwrap_or_else(|e| panic!("TokenRequest for {namespace}/{service_account}: {e}"));
+        let token = answer.status.and_then(|s| s.token).expect("a TokenRequest answer has a token");
+        let ca = std::fs::read_to_string(self.dir.join("ca.crt")).unwrap();
+        let config = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: envtest\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: sa\n  user:\n    token: {token}\ncontexts:\n- name: envtest\n  context:\n    cluster: envtest\n    user: sa\ncurrent-context: envtest\n",
+            self.server,
+            STANDARD.encode(ca)
+        );
+        let path = self.dir.join(file);
+        std::fs::write(&path, config).unwrap();
+        path
+    }
+
     /// Apply YAML files (multi-document) with the admin identity.
     pub async fn apply_files(&self, files: &[&str]) {
-        let admin = self.admin().await;
         for file in files {
             let text = std::fs::read_to_string(format!("{REPO}/{file}")).unwrap();
-            for document in serde_yaml::Deserializer::from_str(&text) {
+            self.apply_yaml(&text).await;
+        }
+    }
+
+    /// Apply multi-document YAML with the admin identity.
+    pub async fn apply_yaml(&self, text: &str) {
+        let admin = self.admin().await;
+        {
+            for document in serde_yaml::Deserializer::from_str(text) {
                 let value = serde_yaml::Value::deserialize(document).unwrap();
                 if value.is_null() {
                     continue;
@@ -517,22 +558,20 @@ pub fn operator_binary() -> PathBuf {
 /// An operator process with its output captured.
 pub struct Operator {
     pub process: ChildGuard,
-    pub metrics_port: u16,
-    pub health_port: u16,
     output: Arc<Mutex<Vec<u8>>>,
 }
 
 impl Operator {
     pub fn start(kubeconfig: &Path, args: &[&str]) -> Operator {
-        let (metrics_port, health_port) = (free_port(), free_port());
+        // Port 0: the operator picks free ports and logs them (no race with other processes).
         let mut process = spawn(
             "operator",
             Command::new(operator_binary())
                 .arg("run")
                 .arg("--kubeconfig")
                 .arg(kubeconfig)
-                .arg(format!("--metrics-bind-address=127.0.0.1:{metrics_port}"))
-                .arg(format!("--health-probe-bind-address=127.0.0.1:{health_port}"))
+                .arg("--metrics-bind-address=127.0.0.1:0")
+                .arg("--health-probe-bind-address=127.0.0.1:0")
                 .args(args)
                 // Most verbose logging: the secret scan covers every line the code can print.
                 .env("RUST_LOG", std::env::var("IDV_TEST_OPERATOR_LOG").unwrap_or_else(|_| "debug,hyper=info,h2=info,tower=info,rustls=info".into()))
@@ -557,12 +596,41 @@ impl Operator {
                 }
             });
         }
-        Operator { process, metrics_port, health_port, output }
+        Operator { process, output }
     }
 
     /// Everything the operator printed so far.
     pub fn output(&self) -> String {
         String::from_utf8_lossy(&self.output.lock().unwrap()).to_string()
+    }
+
+    /// The port the operator logged for a listener ("serving /metrics" or "serving /healthz").
+    fn logged_port(&self, what: &str) -> Option<u16> {
+        let output = self.output();
+        let line = output.lines().find(|l| l.contains(what) && l.contains("address"))?;
+        let after = &line[line.find("127.0.0.1:")? + "127.0.0.1:".len()..];
+        after.chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok()
+    }
+
+    /// Port of /metrics; waits up to 10 s for the operator to log it.
+    pub fn metrics_port(&self) -> u16 {
+        self.wait_for_port("serving /metrics")
+    }
+
+    /// Port of /healthz and /readyz; waits up to 10 s for the operator to log it.
+    pub fn health_port(&self) -> u16 {
+        self.wait_for_port("serving /healthz")
+    }
+
+    fn wait_for_port(&self, what: &str) -> u16 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(port) = self.logged_port(what) {
+                return port;
+            }
+            assert!(std::time::Instant::now() < deadline, "the operator did not log {what:?}:\n{}", self.tail(20));
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// GET a path on the metrics or probe port: (status, body).
