@@ -125,17 +125,23 @@ fn pick_from_set<'a>(keys: &'a [Value], key_id: Option<&str>) -> Result<&'a Map<
     }
     match key_id {
         Some(wanted) => {
-            let jwk = objects
-                .into_iter()
-                .find(|k| k.get("kid").and_then(Value::as_str) == Some(wanted))
-                .ok_or_else(|| KeyError::KeyIdNotFound(wanted.to_string()))?;
-            if !is_private_signing_key(jwk) {
-                return Err(KeyError::KeyIdNotPrivate(wanted.to_string()));
+            let with_kid: Vec<&Map<String, Value>> =
+                objects.into_iter().filter(|k| k.get("kid").and_then(Value::as_str) == Some(wanted)).collect();
+            if with_kid.is_empty() {
+                return Err(KeyError::KeyIdNotFound(wanted.to_string()));
             }
-            Ok(jwk)
+            // A set may list a key's public copy too: take the private one.
+            with_kid.into_iter().find(|k| is_private_signing_key(k)).ok_or_else(|| KeyError::KeyIdNotPrivate(wanted.to_string()))
         }
         None => objects.into_iter().find(|k| is_private_signing_key(k)).ok_or(KeyError::NoPrivateSigningKey),
     }
+}
+
+/// A member value for an error message: short identifier-like values (`oct`, `P-521`,
+/// `RS256`) as they are, anything else (possibly key material put in the wrong member) not.
+fn shown(value: &str) -> String {
+    let plain = value.len() <= 16 && value.chars().all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c));
+    if plain { value.to_string() } else { format!("({} characters, not shown)", value.chars().count()) }
 }
 
 fn text<'a>(jwk: &'a Map<String, Value>, name: &'static str) -> Result<&'a str, KeyError> {
@@ -163,7 +169,7 @@ fn signing_key_from_jwk(jwk: &Map<String, Value>) -> Result<SigningKey, KeyError
     let (algorithm, encoding_key) = match kty {
         "RSA" => rsa_key(jwk, alg)?,
         "EC" => ec_key(jwk, alg)?,
-        other => return Err(KeyError::UnsupportedKty(other.to_string())),
+        other => return Err(KeyError::UnsupportedKty(shown(other))),
     };
     Ok(SigningKey { kid, thumbprint, certificate_thumbprint, algorithm, encoding_key })
 }
@@ -191,7 +197,7 @@ fn rsa_key(jwk: &Map<String, Value>, alg: Option<&str>) -> Result<(Algorithm, En
         Some("PS256") => Algorithm::PS256,
         Some("PS384") => Algorithm::PS384,
         Some("PS512") => Algorithm::PS512,
-        Some(other) => return Err(KeyError::AlgorithmMismatch { alg: other.into(), kind: "RSA".into() }),
+        Some(other) => return Err(KeyError::AlgorithmMismatch { alg: shown(other), kind: "RSA".into() }),
     };
     let n = bytes(jwk, "n")?;
     let e = bytes(jwk, "e")?;
@@ -228,12 +234,12 @@ fn ec_key(jwk: &Map<String, Value>, alg: Option<&str>) -> Result<(Algorithm, Enc
     let (algorithm, signing, coordinate_len) = match crv {
         "P-256" => (Algorithm::ES256, &ECDSA_P256_SHA256_FIXED_SIGNING, 32),
         "P-384" => (Algorithm::ES384, &ECDSA_P384_SHA384_FIXED_SIGNING, 48),
-        other => return Err(KeyError::UnsupportedCurve(other.to_string())),
+        other => return Err(KeyError::UnsupportedCurve(shown(other))),
     };
     if let Some(alg) = alg
         && alg != format!("{algorithm:?}")
     {
-        return Err(KeyError::AlgorithmMismatch { alg: alg.into(), kind: format!("EC {crv}") });
+        return Err(KeyError::AlgorithmMismatch { alg: shown(alg), kind: format!("EC {crv}") });
     }
     let (x, y, d) = (bytes(jwk, "x")?, bytes(jwk, "y")?, bytes(jwk, "d")?);
     if x.len() != coordinate_len || y.len() != coordinate_len {
@@ -260,7 +266,7 @@ pub fn thumbprint(jwk: &Map<String, Value>) -> Result<String, KeyError> {
     let canonical = match kty {
         "RSA" => serde_json::json!({"e": text(jwk, "e")?, "kty": "RSA", "n": text(jwk, "n")?}),
         "EC" => serde_json::json!({"crv": text(jwk, "crv")?, "kty": "EC", "x": text(jwk, "x")?, "y": text(jwk, "y")?}),
-        other => return Err(KeyError::UnsupportedKty(other.to_string())),
+        other => return Err(KeyError::UnsupportedKty(shown(other))),
     };
     // serde_json's Map is a BTreeMap here (no preserve_order feature), so keys come out sorted.
     let json = serde_json::to_string(&canonical).expect("a JSON value serialises");

@@ -145,11 +145,12 @@ impl TokenError {
 
 /// Keep server-supplied text short, printable, and free of anything we sent.
 fn sanitize(text: &str, secrets: &[&str]) -> String {
-    let mut clean: String = text.chars().filter(|c| !c.is_control()).take(300).collect();
+    // Redact first: a cut made before could split a secret and leave its start in place.
+    let mut clean = text.to_string();
     for secret in secrets.iter().filter(|s| s.len() >= 8) {
         clean = clean.replace(secret, "[redacted]");
     }
-    clean
+    clean.chars().filter(|c| !c.is_control()).take(300).collect()
 }
 
 /// `expires_in` as a JSON number or a numeric string (Geosecure sends strings).
@@ -201,7 +202,7 @@ pub fn parse_token_answer(answer: &HttpAnswer, sent: &[&str]) -> Result<TokenAns
     if status == 429 || status >= 500 {
         return Err(TokenError::Unavailable {
             status,
-            content_type: answer.content_type.as_deref().map(|c| sanitize(c, &[])),
+            content_type: answer.content_type.as_deref().map(|c| sanitize(c, sent)),
             retry_after: answer.retry_after,
         });
     }
@@ -211,7 +212,7 @@ pub fn parse_token_answer(answer: &HttpAnswer, sent: &[&str]) -> Result<TokenAns
         } else if is_json(answer.content_type.as_deref()) && body.is_some() {
             "JSON that is not an object".to_string()
         } else {
-            let kind = answer.content_type.as_deref().map(|c| sanitize(c, &[])).unwrap_or_else(|| "no content type".into());
+            let kind = answer.content_type.as_deref().map(|c| sanitize(c, sent)).unwrap_or_else(|| "no content type".into());
             let html = String::from_utf8_lossy(&answer.body[..answer.body.len().min(512)]).to_ascii_lowercase().contains("<html");
             format!("a non-JSON body ({}{kind}), not a token response", if html { "HTML, " } else { "" })
         };
