@@ -25,16 +25,7 @@ pub struct TokenParams {
 
 /// The form of a client_credentials request authenticated with a JWT assertion.
 pub fn token_form(params: &TokenParams, assertion: &Assertion) -> Vec<(&'static str, String)> {
-    let mut form = vec![("grant_type", "client_credentials".to_string())];
-    if !params.scopes.is_empty() {
-        form.push(("scope", params.scopes.join(" ")));
-    }
-    if let Some(audience) = &params.audience {
-        form.push(("audience", audience.clone()));
-    }
-    if let Some(resource) = &params.resource {
-        form.push(("resource", resource.clone()));
-    }
+    let mut form = token_form_without_assertion(params);
     form.push(("client_assertion_type", CLIENT_ASSERTION_TYPE.to_string()));
     form.push(("client_assertion", assertion.expose().to_string()));
     form

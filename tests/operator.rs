@@ -459,17 +459,9 @@ async fn a_restarted_operator_reuses_the_recorded_token(env: &Env) {
 
 async fn tiny_lifetimes_do_not_cause_a_hot_loop(env: &Env) {
     let case = Case::new(env, "tiny", &[]).await;
-    let private = private_key(KeygenAlgorithm::Es256);
-    let client_id = env.idp.register(&[public_key(&private)], None).await;
     let body = json!({"access_token": "short-lived-token", "token_type": "Bearer", "expires_in": 1}).to_string();
-    env.idp.fault(json!({"client_id": client_id, "mode": "respond", "status": 200, "content_type": "application/json", "body": body})).await;
-    case.put_secret("jwk", &[("jwk.json", &serde_json::to_vec(&private).unwrap())]).await;
-    case.put_client("tiny", json!({
-        "clientId": client_id,
-        "authServer": {"tokenEndpoint": env.idp.token_endpoint},
-        "privateKey": {"secretRef": {"name": "jwk", "key": "jwk.json"}},
-    }))
-    .await;
+    let fault = json!({"mode": "respond", "status": 200, "content_type": "application/json", "body": body});
+    let (client_id, _) = keyed_client(env, &case, "tiny", None, Some(fault)).await;
     case.wait_secret("tiny-token", "exists", |_| true).await;
     let start = env.idp.stats(&client_id).await.0;
     let window = Instant::now();
@@ -575,10 +567,15 @@ async fn the_crd_rejects_invalid_specs(env: &Env) {
     case.clients().create(&PostParams::default(), &good).await.expect("http to loopback is allowed");
 }
 
-/// A ready client with a fresh key, registered at the IdP.
-async fn ready_client(env: &Env, case: &Case, name: &str, ttl: Option<u64>) -> (String, Map<String, Value>) {
+/// A client with a fresh EC key registered at the IdP (token lifetime `ttl`), its key Secret
+/// `<name>-jwk`, and `fault` set at the IdP before the IdvClient exists. Returns (client id, key).
+async fn keyed_client(env: &Env, case: &Case, name: &str, ttl: Option<u64>, fault: Option<Value>) -> (String, Map<String, Value>) {
     let private = private_key(KeygenAlgorithm::Es256);
     let client_id = env.idp.register(&[public_key(&private)], ttl).await;
+    if let Some(mut fault) = fault {
+        fault["client_id"] = json!(client_id);
+        env.idp.fault(fault).await;
+    }
     case.put_secret(&format!("{name}-jwk"), &[("jwk.json", &serde_json::to_vec(&private).unwrap())]).await;
     case.put_client(name, json!({
         "clientId": client_id,
@@ -586,8 +583,14 @@ async fn ready_client(env: &Env, case: &Case, name: &str, ttl: Option<u64>) -> (
         "privateKey": {"secretRef": {"name": format!("{name}-jwk"), "key": "jwk.json"}},
     }))
     .await;
-    case.wait_ready(name).await;
     (client_id, private)
+}
+
+/// `keyed_client`, then wait until it is Ready.
+async fn ready_client(env: &Env, case: &Case, name: &str, ttl: Option<u64>) -> (String, Map<String, Value>) {
+    let made = keyed_client(env, case, name, ttl, None).await;
+    case.wait_ready(name).await;
+    made
 }
 
 async fn metrics_probes_and_events(env: &Env) {
@@ -753,19 +756,8 @@ async fn bad_idp_answers_give_clear_messages(env: &Env) {
         ("unavailable-json", json!({"mode": "respond", "status": 503, "content_type": "application/json", "body": json_body(json!({"error": "temporarily_unavailable"}))}), "IdpUnavailable", "temporarily_unavailable"),
     ];
     let mut ids = Vec::new();
-    for (name, mut fault, _, _) in cases.clone() {
-        let private = private_key(KeygenAlgorithm::Es256);
-        let client_id = env.idp.register(&[public_key(&private)], None).await;
-        fault["client_id"] = json!(client_id);
-        env.idp.fault(fault).await;
-        case.put_secret(&format!("{name}-jwk"), &[("jwk.json", &serde_json::to_vec(&private).unwrap())]).await;
-        case.put_client(name, json!({
-            "clientId": client_id,
-            "authServer": {"tokenEndpoint": env.idp.token_endpoint},
-            "privateKey": {"secretRef": {"name": format!("{name}-jwk"), "key": "jwk.json"}},
-        }))
-        .await;
-        ids.push(client_id);
+    for (name, fault, _, _) in cases.clone() {
+        ids.push(keyed_client(env, &case, name, None, Some(fault)).await.0);
     }
     for (name, _, reason, message) in &cases {
         let condition = case.wait_not_ready(name, reason).await;
@@ -808,18 +800,8 @@ async fn stale_token_is_served_while_the_idp_is_down(env: &Env) {
 
 async fn retry_after_is_respected(env: &Env) {
     let case = Case::new(env, "retryafter", &[]).await;
-    let private = private_key(KeygenAlgorithm::Es256);
-    let client_id = env.idp.register(&[public_key(&private)], None).await;
-    env.idp
-        .fault(json!({"client_id": client_id, "mode": "respond", "status": 429, "headers": {"retry-after": "4"}, "content_type": "text/plain", "body": "slow down", "times": 1}))
-        .await;
-    case.put_secret("jwk", &[("jwk.json", &serde_json::to_vec(&private).unwrap())]).await;
-    case.put_client("patient", json!({
-        "clientId": client_id,
-        "authServer": {"tokenEndpoint": env.idp.token_endpoint},
-        "privateKey": {"secretRef": {"name": "jwk", "key": "jwk.json"}},
-    }))
-    .await;
+    let fault = json!({"mode": "respond", "status": 429, "headers": {"retry-after": "4"}, "content_type": "text/plain", "body": "slow down", "times": 1});
+    let (client_id, _) = keyed_client(env, &case, "patient", None, Some(fault)).await;
     case.wait_ready("patient").await;
     let assertions = env.idp.assertions(&client_id).await;
     assert_eq!(assertions.len(), 2, "one refused request, one retry");
@@ -870,15 +852,7 @@ async fn one_operator_serves_several_namespaces_and_no_others(env: &Env) {
     let in_b = Case { ns: b, admin: admin.clone(), operator: in_a.operator };
     ready_client(env, &in_b, "y", None).await;
     let in_c = Case { ns: c.clone(), admin, operator: in_b.operator };
-    let private = private_key(KeygenAlgorithm::Es256);
-    let client_id = env.idp.register(&[public_key(&private)], None).await;
-    in_c.put_secret("jwk", &[("jwk.json", &serde_json::to_vec(&private).unwrap())]).await;
-    in_c.put_client("z", json!({
-        "clientId": client_id,
-        "authServer": {"tokenEndpoint": env.idp.token_endpoint},
-        "privateKey": {"secretRef": {"name": "jwk", "key": "jwk.json"}},
-    }))
-    .await;
+    let (client_id, _) = keyed_client(env, &in_c, "z", None, None).await;
     // Give the operator time it would need to act (it acted within this in a and b).
     let window = Instant::now();
     while window.elapsed() < Duration::from_secs(3) {
@@ -926,15 +900,7 @@ async fn namespaced_mode_touches_only_its_namespaces(env: &Env) {
     }
     // ...and an operator told to watch it anyway gets refused there and touches nothing.
     let in_c = Case { ns: c.clone(), admin: env.plane.admin().await, operator: Operator::start(&kubeconfig, &["--watch-namespaces", &format!("{a},{c}")]) };
-    let private = private_key(KeygenAlgorithm::Es256);
-    let client_id = env.idp.register(&[public_key(&private)], None).await;
-    in_c.put_secret("jwk", &[("jwk.json", &serde_json::to_vec(&private).unwrap())]).await;
-    in_c.put_client("z", json!({
-        "clientId": client_id,
-        "authServer": {"tokenEndpoint": env.idp.token_endpoint},
-        "privateKey": {"secretRef": {"name": "jwk", "key": "jwk.json"}},
-    }))
-    .await;
+    let (client_id, _) = keyed_client(env, &in_c, "z", None, None).await;
     eventually(WAIT, "the operator to report that it may not watch the other namespace", || async {
         in_c.operator.output().contains("403").then_some(())
     })
@@ -1009,9 +975,25 @@ macro_rules! scenarios {
     };
 }
 
+/// Each scenario as a trial on the shared environment, with a deadline of its own.
+fn trials(env: &Arc<Env>, scenarios: Vec<(&'static str, Scenario)>) -> Vec<Trial> {
+    scenarios
+        .into_iter()
+        .map(|(name, scenario)| {
+            let env = env.clone();
+            Trial::test(name, move || {
+                let deadline = Duration::from_secs(180);
+                env.rt
+                    .block_on(async { tokio::time::timeout(deadline, scenario(&env)).await })
+                    .map_err(|_| Failed::from(format!("{name} did not finish within {deadline:?}")))
+            })
+        })
+        .collect()
+}
+
 fn main() {
     let args = Arguments::from_args();
-    let list: Vec<(&str, Scenario)> = scenarios![
+    let list: Vec<(&'static str, Scenario)> = scenarios![
         token_secret_holds_a_token_the_idp_issued,
         token_endpoint_mode_with_ec_key_from_a_jwk_set,
         short_lived_token_is_refreshed_before_it_expires,
@@ -1038,7 +1020,7 @@ fn main() {
         kubectl_apply_k_installs_everything,
     ];
     // Disruptive scenarios run alone, after the others.
-    let disruptive: Vec<(&str, Scenario)> = scenarios![the_operator_survives_an_apiserver_restart];
+    let disruptive: Vec<(&'static str, Scenario)> = scenarios![the_operator_survives_an_apiserver_restart];
     if args.list {
         let trials = list.iter().chain(&disruptive).map(|(name, _)| Trial::test(*name, || Ok(()))).collect();
         libtest_mimic::run(&args, trials).exit();
@@ -1057,33 +1039,9 @@ fn main() {
     });
     eprintln!("test environment up in {:.1}s", started.elapsed().as_secs_f64());
     let env = Arc::new(Env { rt, plane, idp, _dir: dir });
-    let trials = list
-        .into_iter()
-        .map(|(name, scenario)| {
-            let env = env.clone();
-            Trial::test(name, move || {
-                let deadline = Duration::from_secs(180);
-                env.rt
-                    .block_on(async { tokio::time::timeout(deadline, scenario(&env)).await })
-                    .map_err(|_| Failed::from(format!("{name} did not finish within {deadline:?}")))
-            })
-        })
-        .collect();
-    let conclusion = libtest_mimic::run(&args, trials);
+    let conclusion = libtest_mimic::run(&args, trials(&env, list));
     let alone = Arguments { test_threads: Some(1), ..args.clone() };
-    let trials: Vec<Trial> = disruptive
-        .into_iter()
-        .map(|(name, scenario)| {
-            let env = env.clone();
-            Trial::test(name, move || {
-                let deadline = Duration::from_secs(180);
-                env.rt
-                    .block_on(async { tokio::time::timeout(deadline, scenario(&env)).await })
-                    .map_err(|_| Failed::from(format!("{name} did not finish within {deadline:?}")))
-            })
-        })
-        .collect();
-    let disruptive_conclusion = libtest_mimic::run(&alone, trials);
+    let disruptive_conclusion = libtest_mimic::run(&alone, trials(&env, disruptive));
     match Arc::try_unwrap(env) {
         Ok(env) => {
             let Env { rt, plane, idp, _dir } = env;

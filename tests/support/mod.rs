@@ -515,17 +515,13 @@ impl Idp {
             .unwrap()
     }
 
+    async fn get_json(&self, path: &str) -> Value {
+        self.http.get(format!("{}{path}", self.issuer)).send().await.unwrap().json().await.unwrap()
+    }
+
     /// (token requests, successes) for a client.
     pub async fn stats(&self, client_id: &str) -> (u64, u64) {
-        let v: Value = self
-            .http
-            .get(format!("{}/__test/stats?client_id={client_id}", self.issuer))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = self.get_json(&format!("/__test/stats?client_id={client_id}")).await;
         (v["token_requests"].as_u64().unwrap(), v["token_successes"].as_u64().unwrap())
     }
 
@@ -536,14 +532,7 @@ impl Idp {
 
     /// Decoded header and payload of each assertion the client sent.
     pub async fn assertions(&self, client_id: &str) -> Vec<Value> {
-        self.http
-            .get(format!("{}/__test/assertions?client_id={client_id}", self.issuer))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        serde_json::from_value(self.get_json(&format!("/__test/assertions?client_id={client_id}")).await).unwrap()
     }
 }
 
