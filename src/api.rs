@@ -1,4 +1,7 @@
 //! The `IdvClient` custom resource (v1alpha1) and the names the operator writes.
+
+// kube-derive takes several `printcolumn(...)` attributes; clippy mistakes them for duplicates.
+#![allow(clippy::duplicated_attributes)]
 //!
 //! Doc comments become the schema descriptions `kubectl explain` shows.
 
