@@ -45,11 +45,12 @@ use k8s_openapi::{
 use kube::{
     Api, Client, ResourceExt,
     api::{ObjectMeta, PostParams},
-    runtime::{WatchStreamExt, metadata_watcher, watcher},
+    core::PartialObjectMeta,
+    runtime::{WatchStreamExt, watcher},
 };
 use serde::Serialize;
 use serde_json::{Value, json};
-use support::{ControlPlane, Operator};
+use support::{ControlPlane, OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT, Operator};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -424,8 +425,8 @@ fn operator_writes(counts: &ApiCounts) -> f64 {
 }
 
 /// Sum of every series of a metric on the operator's /metrics.
-async fn operator_metric(operator: &Operator, name: &str) -> Option<f64> {
-    let (status, body) = operator.get(operator.metrics_port, "/metrics").await?;
+async fn operator_metric(operator: &Running, name: &str) -> Option<f64> {
+    let (status, body) = operator.inner.get(operator.metrics_port, "/metrics").await?;
     if status != 200 {
         return None;
     }
@@ -433,8 +434,22 @@ async fn operator_metric(operator: &Operator, name: &str) -> Option<f64> {
     Some(values.filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok())).sum())
 }
 
-async fn operator_ready(operator: &Operator) -> bool {
-    matches!(operator.get(operator.health_port, "/readyz").await, Some((200, _)))
+async fn operator_ready(operator: &Running) -> bool {
+    matches!(operator.inner.get(operator.health_port, "/readyz").await, Some((200, _)))
+}
+
+/// An operator process and the ports it logged.
+struct Running {
+    inner: Operator,
+    metrics_port: u16,
+    health_port: u16,
+}
+
+fn start_operator(kubeconfig: &Path, args: &[&str]) -> Running {
+    let inner = Operator::start(kubeconfig, args);
+    // The harness waits (blocking, up to 10 s) for the operator to log its ports.
+    let (metrics_port, health_port) = tokio::task::block_in_place(|| (inner.metrics_port(), inner.health_port()));
+    Running { inner, metrics_port, health_port }
 }
 
 /// IdvClients the operator logged as reconciled (`reconciled object=IdvClient.../NAME.NS`), in `ns`.
@@ -481,11 +496,11 @@ impl SecretsSeen {
 
 fn watch_token_secrets(admin: &Client, ns: &str) -> (Arc<SecretsSeen>, Task) {
     let seen = Arc::new(SecretsSeen::default());
-    let api: Api<Secret> = Api::namespaced(admin.clone(), ns);
+    let api: Api<PartialObjectMeta<Secret>> = Api::namespaced(admin.clone(), ns);
     let config = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
     let state = seen.clone();
     let task = tokio::spawn(async move {
-        let mut events = metadata_watcher(api, config).default_backoff().boxed();
+        let mut events = watcher(api, config).default_backoff().boxed();
         while let Some(event) = events.next().await {
             match event {
                 Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => {
@@ -798,7 +813,7 @@ fn idv_client(name: &str, client_id: &str, endpoint: &str, key_secret: &str) -> 
 
 /// One operator setting: apply, converge, settle, restart, idle. Fills `run` as it goes.
 async fn operator_run(
-    plane: &ControlPlane,
+    kubeconfig: &Path,
     admin: &Client,
     cfg: &Config,
     endpoint: &str,
@@ -845,8 +860,8 @@ async fn operator_run(
     let (api_before, idp_before, cpu_before) = (apiserver_counts(admin).await?, idp.total(), cpu_now(None));
     eprintln!("bench: [{c}/{r}] starting the operator: {}", args.join(" "));
     let started = Instant::now();
-    let mut operator = Operator::start(&plane.operator_kubeconfig, &args);
-    let pid = operator.process.pid();
+    let mut operator = start_operator(kubeconfig, &args);
+    let pid = operator.inner.process.pid();
     let deadline = started + cfg.converge_deadline();
     let mut last_report = Instant::now();
     loop {
@@ -856,15 +871,15 @@ async fn operator_run(
         if secrets_seen.count() >= n {
             break;
         }
-        if !operator.process.is_running() {
-            return Err(format!("the operator exited during convergence; log tail:\n{}", operator.tail(40)));
+        if !operator.inner.process.is_running() {
+            return Err(format!("the operator exited during convergence; log tail:\n{}", operator.inner.tail(40)));
         }
         if Instant::now() > deadline {
             return Err(format!(
                 "convergence: only {} of {n} token Secrets after {:?}; operator log tail:\n{}",
                 secrets_seen.count(),
                 cfg.converge_deadline(),
-                operator.tail(40)
+                operator.inner.tail(40)
             ));
         }
         if last_report.elapsed() > Duration::from_secs(15) {
@@ -935,13 +950,13 @@ async fn operator_run(
     // has been reconciled by the new process (its log names each reconciled object).
     let (api_before, idp_before) = (apiserver_counts(admin).await?, idp.total());
     let stopping = Instant::now();
-    let clean = operator.process.terminate(Duration::from_secs(30));
+    let clean = operator.inner.process.terminate(Duration::from_secs(30));
     let mut restart = Restart { shutdown_s: secs(stopping.elapsed()), shutdown_clean: clean, ..Restart::default() };
     drop(operator);
     eprintln!("bench: [{c}/{r}] restarting the operator (stopped in {:.2}s)", restart.shutdown_s);
     let started = Instant::now();
-    let mut operator = Operator::start(&plane.operator_kubeconfig, &args);
-    let pid = operator.process.pid();
+    let mut operator = start_operator(kubeconfig, &args);
+    let pid = operator.inner.process.pid();
     let cpu_before = cpu_now(Some(pid));
     let deadline = started + cfg.restart_deadline();
     loop {
@@ -953,15 +968,15 @@ async fn operator_run(
         if restart.reconciles_ge_n_s.is_none() && reconciles.is_some_and(|v| v >= n as f64) {
             restart.reconciles_ge_n_s = Some(elapsed);
         }
-        if restart.reconciles_ge_n_s.is_some() && restart.all_reconciled_s.is_none() && reconciled_objects(&operator.output(), &ns) >= n {
+        if restart.reconciles_ge_n_s.is_some() && restart.all_reconciled_s.is_none() && reconciled_objects(&operator.inner.output(), &ns) >= n {
             restart.all_reconciled_s = Some(elapsed);
         }
         restart.operator_reconciles = reconciles;
         if started.elapsed() >= cfg.restart_window && (restart.all_reconciled_s.is_some() || Instant::now() > deadline) {
             break;
         }
-        if !operator.process.is_running() {
-            return Err(format!("the restarted operator exited; log tail:\n{}", operator.tail(40)));
+        if !operator.inner.process.is_running() {
+            return Err(format!("the restarted operator exited; log tail:\n{}", operator.inner.tail(40)));
         }
         if restart.all_reconciled_s.is_some() {
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1011,7 +1026,9 @@ async fn run(cfg: &Config, dir: &Path, report: Arc<Mutex<Report>>) -> Result<(),
     let setup = Instant::now();
     let plane = ControlPlane::start(dir).await;
     plane.install_crds().await;
-    plane.apply_files(&["deploy/namespace.yaml", "deploy/serviceaccount.yaml", "deploy/rbac.yaml"]).await;
+    plane.install_operator_rbac().await;
+    // The operator authenticates with a ServiceAccount token, as in a pod.
+    let kubeconfig = plane.service_account_kubeconfig(OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT, "operator-sa.kubeconfig").await;
     let admin = plane.admin().await;
     let idp = Arc::new(TokenEndpoint::default());
     let (port, _endpoint_task) = start_token_endpoint(idp.clone()).await;
@@ -1028,7 +1045,7 @@ async fn run(cfg: &Config, dir: &Path, report: Arc<Mutex<Report>>) -> Result<(),
     let mut failed = None;
     for &(c, r) in &cfg.settings {
         let run = Mutex::new(Run { concurrency: c, max_token_requests: r, ..Run::default() });
-        let result = operator_run(&plane, &admin, cfg, &endpoint, &idp, bare.seconds, &run).await;
+        let result = operator_run(&kubeconfig, &admin, cfg, &endpoint, &idp, bare.seconds, &run).await;
         let mut run = run.into_inner().unwrap();
         if let Err(e) = result {
             eprintln!("bench: [{c}/{r}] failed: {e}");

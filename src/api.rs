@@ -1,9 +1,9 @@
 //! The `IdvClient` custom resource (v1alpha1) and the names the operator writes.
+//!
+//! Doc comments become the schema descriptions `kubectl explain` shows.
 
 // kube-derive takes several `printcolumn(...)` attributes; clippy mistakes them for duplicates.
 #![allow(clippy::duplicated_attributes)]
-//!
-//! Doc comments become the schema descriptions `kubectl explain` shows.
 
 use std::collections::BTreeMap;
 
