@@ -21,7 +21,7 @@ use tracing::{debug, info};
 use crate::{
     api::{self, IdvClient},
     error::Error,
-    reconcile::{self, Context},
+    reconcile::{self, Caches, Context},
 };
 
 /// Where and how hard to work.
@@ -90,6 +90,14 @@ struct Scope {
     namespace: Option<String>,
     secret_store: Store<Secret>,
     owned_secrets: futures::stream::BoxStream<'static, Result<Secret, watcher::Error>>,
+    credential_store: Store<PartialObjectMeta<Secret>>,
+    credential_secrets: futures::stream::BoxStream<'static, Result<PartialObjectMeta<Secret>, watcher::Error>>,
+}
+
+/// Cached objects carry no managedFields: nothing here reads them, and at 10,000 objects they
+/// would be most of the operator's memory.
+fn drop_managed_fields<K: Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
 }
 
 /// Run until `shutdown` resolves; in-flight reconciles finish first. `ready` is called once
@@ -97,7 +105,7 @@ struct Scope {
 pub async fn run(
     kube: kube::Client,
     options: RunOptions,
-    make_context: impl FnOnce(Vec<(Option<String>, Store<Secret>)>) -> Context,
+    make_context: impl FnOnce(Caches) -> Context,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
     ready: impl FnOnce() + Send + 'static,
 ) {
@@ -113,13 +121,26 @@ pub async fn run(
                 WatcherConfig::default().labels(&format!("{}={}", api::MANAGED_BY_LABEL, api::MANAGED_BY_VALUE)),
             )
             .backoff(watch_backoff())
+            .modify(drop_managed_fields)
             .reflect(writer)
             .touched_objects()
             .boxed();
-            Scope { namespace, secret_store, owned_secrets }
+            // Credential Secrets: metadata only (never data), to notice a changed key at once and
+            // to know its resourceVersion without asking the API.
+            let (credential_store, writer) = reflector::store();
+            let credential_secrets = watcher::watcher(api::<PartialObjectMeta<Secret>>(&kube, namespace.as_deref()), WatcherConfig::default())
+                .backoff(watch_backoff())
+                .modify(drop_managed_fields)
+                .reflect(writer)
+                .touched_objects()
+                .boxed();
+            Scope { namespace, secret_store, owned_secrets, credential_store, credential_secrets }
         })
         .collect();
-    let ctx = Arc::new(make_context(scopes.iter().map(|s| (s.namespace.clone(), s.secret_store.clone())).collect()));
+    let ctx = Arc::new(make_context(Caches {
+        token_secrets: scopes.iter().map(|s| (s.namespace.clone(), s.secret_store.clone())).collect(),
+        credential_secrets: scopes.iter().map(|s| (s.namespace.clone(), s.credential_store.clone())).collect(),
+    }));
 
     // One shutdown signal, shared by every controller.
     let shutdown = shutdown.shared();
@@ -131,6 +152,7 @@ pub async fn run(
         let forget = ctx.clone();
         let clients = watcher::watcher(api::<IdvClient>(&kube, namespace), WatcherConfig::default())
             .backoff(watch_backoff())
+            .modify(drop_managed_fields)
             .reflect(client_writer)
             .inspect(move |event| {
                 if let Ok(watcher::Event::Delete(client)) = event {
@@ -139,10 +161,6 @@ pub async fn run(
             })
             .applied_objects()
             .predicate_filter(spec_or_force_refresh, PredicateConfig::default());
-        // Credential Secrets: metadata only, to notice a changed key at once.
-        let credential_secrets = watcher::watcher(api::<PartialObjectMeta<Secret>>(&kube, namespace), WatcherConfig::default())
-            .backoff(watch_backoff())
-            .touched_objects();
         let controller = Controller::for_stream(clients, client_store.clone());
         let lookup = controller.store();
         let (secrets_ready, clients_ready) = (scope.secret_store.clone(), client_store.clone());
@@ -156,7 +174,7 @@ pub async fn run(
         info!(namespace = namespace.unwrap_or("(all)"), concurrency = options.concurrency, "controller starting");
         let run = controller
             .owns_stream(scope.owned_secrets)
-            .watches_stream(credential_secrets, move |secret| clients_using(&secret, &lookup))
+            .watches_stream(scope.credential_secrets, move |secret| clients_using(&secret, &lookup))
             .with_config(controller::Config::default().concurrency(options.concurrency))
             // The controller pauses all triggers after an error of any of its watches; keep that
             // pause short (the watches back off on their own), or errors of four watches add up.

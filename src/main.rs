@@ -279,7 +279,7 @@ fn run(args: RunArgs) -> Result<(), String> {
         controller::run(
             kube,
             options,
-            move |secrets| Context::new(kube_for_context, tokens, secrets, max_requests, settings, metrics, recorder),
+            move |caches| Context::new(kube_for_context, tokens, caches, max_requests, settings, metrics, recorder),
             stop,
             move || {
                 ready.ready.store(true, Ordering::Relaxed);

@@ -11,6 +11,7 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Resource, ResourceExt,
+    core::PartialObjectMeta,
     api::{DeleteParams, Patch, PatchParams, PostParams},
     runtime::{
         controller::Action,
@@ -34,6 +35,21 @@ use crate::{
     token_client::{ClientSecretValue, Credential, TokenClient},
 };
 
+/// The watch caches, one per watched namespace (`None`: all namespaces).
+pub struct Caches {
+    /// Token Secrets the operator manages (label-filtered).
+    pub token_secrets: Vec<(Option<String>, Store<Secret>)>,
+    /// Metadata (no data) of Secrets that may hold credentials.
+    pub credential_secrets: Vec<(Option<String>, Store<PartialObjectMeta<Secret>>)>,
+}
+
+fn in_scope<'a, K: kube::Resource + Clone>(stores: &'a [(Option<String>, Store<K>)], namespace: &str) -> Option<&'a Store<K>>
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    stores.iter().find(|(scope, _)| scope.as_deref().is_none_or(|s| s == namespace)).map(|(_, store)| store)
+}
+
 /// Tunables of the controller.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -44,9 +60,7 @@ pub struct Settings {
 pub struct Context {
     pub kube: kube::Client,
     pub tokens: TokenClient,
-    /// Token Secrets the operator manages (label-filtered caches), per watched namespace
-    /// (`None`: all namespaces).
-    token_secrets: Vec<(Option<String>, Store<Secret>)>,
+    caches: Caches,
     pub metrics: Arc<Metrics>,
     recorder: Recorder,
     /// Limits concurrent token requests across all clients, to protect the IdP.
@@ -79,7 +93,7 @@ impl Context {
     pub fn new(
         kube: kube::Client,
         tokens: TokenClient,
-        token_secrets: Vec<(Option<String>, Store<Secret>)>,
+        caches: Caches,
         max_concurrent_token_requests: usize,
         settings: Settings,
         metrics: Arc<Metrics>,
@@ -88,7 +102,7 @@ impl Context {
         Self {
             kube,
             tokens,
-            token_secrets,
+            caches,
             metrics,
             recorder,
             token_request_slots: Semaphore::new(max_concurrent_token_requests.max(1)),
@@ -99,8 +113,12 @@ impl Context {
     }
 
     fn cached_token_secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
-        let store = self.token_secrets.iter().find(|(scope, _)| scope.as_deref().is_none_or(|s| s == namespace))?;
-        store.1.get(&ObjectRef::new(name).within(namespace))
+        in_scope(&self.caches.token_secrets, namespace)?.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// The resourceVersion of a Secret as the metadata watch last saw it.
+    fn cached_secret_version(&self, namespace: &str, name: &str) -> Option<String> {
+        in_scope(&self.caches.credential_secrets, namespace)?.get(&ObjectRef::new(name).within(namespace))?.metadata.resource_version.clone()
     }
 
     /// Forget a deleted IdvClient: its backoff state and its metric series.
@@ -218,7 +236,8 @@ async fn attempt(client: &IdvClient, ctx: &Context, now: Timestamp, seen: &mut S
     let secret_name = client.token_secret_name();
     let existing = match ctx.cached_token_secret(&namespace, &secret_name) {
         Some(cached) => Some((*cached).clone()),
-        // Not in the label-filtered cache: absent, or someone else's Secret.
+        // Not in the label-filtered cache: absent, someone else's, or ours with its label
+        // removed. Ask, so that no token is fetched that could not be stored.
         None => secrets.get_opt(&secret_name).await?,
     };
     if let Some(secret) = &existing
@@ -281,7 +300,7 @@ async fn attempt(client: &IdvClient, ctx: &Context, now: Timestamp, seen: &mut S
             if existing.is_some() {
                 apply_secret(&secrets, &desired).await?;
             } else {
-                create_secret(&secrets, &desired, &secret_name).await?;
+                create_or_reclaim_secret(&secrets, &desired, client).await?;
             }
             info!(
                 namespace,
@@ -339,6 +358,20 @@ async fn load_credential(client: &IdvClient, ctx: &Context, namespace: &str) -> 
         (None, Some(client_secret)) => (&client_secret.secret_ref, None),
         _ => return Err(Error::InvalidSpec("set exactly one of privateKey and clientSecret".into())),
     };
+    // The metadata watch knows the Secret's version: a key parsed from that version is reused
+    // without reading the Secret again.
+    if let Some(version) = ctx.cached_secret_version(namespace, &reference.name) {
+        let cache_key = KeyCacheKey {
+            namespace: namespace.to_string(),
+            secret: reference.name.clone(),
+            key: reference.key.clone(),
+            key_id: key_id.clone(),
+            resource_version: version.clone(),
+        };
+        if let Some(key) = ctx.keys.lock().expect("lock").get(&cache_key) {
+            return Ok((key.clone(), version));
+        }
+    }
     let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), namespace);
     let secret = secrets.get_opt(&reference.name).await?.ok_or_else(|| Error::KeySecretNotFound { name: reference.name.clone() })?;
     let version = secret.resource_version().unwrap_or_default();
@@ -379,11 +412,16 @@ async fn load_credential(client: &IdvClient, ctx: &Context, namespace: &str) -> 
     Ok((key, version))
 }
 
-async fn create_secret(secrets: &Api<Secret>, desired: &Secret, name: &str) -> Result<(), Error> {
+/// Create the token Secret. If one of that name exists, write it only when it is ours (its
+/// managed-by label was removed); anyone else's is left alone.
+async fn create_or_reclaim_secret(secrets: &Api<Secret>, desired: &Secret, client: &IdvClient) -> Result<(), Error> {
+    let name = desired.metadata.name.clone().expect("desired Secret has a name");
     match secrets.create(&PostParams { field_manager: Some(api::FIELD_MANAGER.into()), ..PostParams::default() }, desired).await {
         Ok(_) => Ok(()),
-        // Someone created it between our look and our write: it is not ours.
-        Err(kube::Error::Api(status)) if status.code == 409 => Err(Error::SecretConflict { name: name.to_string() }),
+        Err(kube::Error::Api(status)) if status.code == 409 => match secrets.get_opt(&name).await? {
+            Some(found) if resources::is_owned_by(&found, client) => apply_secret(secrets, desired).await,
+            _ => Err(Error::SecretConflict { name }),
+        },
         Err(e) => Err(e.into()),
     }
 }
