@@ -951,6 +951,15 @@ async fn kubectl_apply_k_installs_everything(env: &Env) {
     ] {
         assert!(stdout.contains(object), "{object} not applied:\n{stdout}");
     }
+    // kubectl explain shows the doc comments of the Rust types.
+    let explain = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&env.plane.admin_kubeconfig)
+        .args(["explain", "idvclient.spec.refresh.beforeExpiry"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&explain.stdout);
+    assert!(explain.status.success() && text.contains("Refresh this long before the token expires"), "{text}");
 }
 
 async fn the_operator_survives_an_apiserver_restart(env: &Env) {
