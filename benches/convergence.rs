@@ -44,7 +44,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, ResourceExt,
-    api::{ObjectMeta, PostParams},
+    api::{ObjectMeta, Patch, PatchParams, PostParams},
     core::PartialObjectMeta,
     runtime::{WatchStreamExt, watcher},
 };
@@ -311,21 +311,60 @@ struct Cpu {
     apiserver: f64,
     etcd: f64,
     bench: f64,
+    /// Whole machine, from /proc/stat, in seconds of CPU time: busy (all but idle and
+    /// iowait), all, and stolen by the hypervisor.
+    machine_busy: f64,
+    machine_all: f64,
+    machine_steal: f64,
+}
+
+impl Cpu {
+    /// Share of the machine's CPU time that was busy, in percent.
+    fn busy_percent(&self) -> f64 {
+        if self.machine_all > 0.0 { 100.0 * self.machine_busy / self.machine_all } else { 0.0 }
+    }
+    fn steal_percent(&self) -> f64 {
+        if self.machine_all > 0.0 { 100.0 * self.machine_steal / self.machine_all } else { 0.0 }
+    }
+}
+
+fn machine_cpu() -> (f64, f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else { return (0.0, 0.0, 0.0) };
+    let v: Vec<f64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let all: f64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or_default() + v.get(4).copied().unwrap_or_default();
+    let steal = v.get(7).copied().unwrap_or_default();
+    let tck = clock_ticks();
+    ((all - idle) / tck, all / tck, steal / tck)
 }
 
 fn cpu_now(operator: Option<u32>) -> Cpu {
+    let machine = machine_cpu();
     Cpu {
         operator: operator.and_then(cpu_seconds).unwrap_or_default(),
         apiserver: child_pid("kube-apiserver").and_then(cpu_seconds).unwrap_or_default(),
         etcd: child_pid("etcd").and_then(cpu_seconds).unwrap_or_default(),
         bench: cpu_seconds(std::process::id()).unwrap_or_default(),
+        machine_busy: machine.0,
+        machine_all: machine.1,
+        machine_steal: machine.2,
     }
 }
 
 impl std::ops::Sub for Cpu {
     type Output = Cpu;
     fn sub(self, o: Cpu) -> Cpu {
-        Cpu { operator: self.operator - o.operator, apiserver: self.apiserver - o.apiserver, etcd: self.etcd - o.etcd, bench: self.bench - o.bench }
+        Cpu {
+            operator: self.operator - o.operator,
+            apiserver: self.apiserver - o.apiserver,
+            etcd: self.etcd - o.etcd,
+            bench: self.bench - o.bench,
+            machine_busy: self.machine_busy - o.machine_busy,
+            machine_all: self.machine_all - o.machine_all,
+            machine_steal: self.machine_steal - o.machine_steal,
+        }
     }
 }
 
@@ -369,10 +408,20 @@ async fn apiserver_counts(admin: &Client) -> Result<ApiCounts, String> {
     let request = http::Request::get("/metrics").body(Vec::new()).unwrap();
     let text = admin.request_text(request).await.map_err(|e| format!("GET apiserver /metrics: {e}"))?;
     let mut counts = ApiCounts::new();
-    for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
+    for line in text.lines() {
+        // Request counts, and the latency histogram's sum and count ("~sum ...", "~count ...").
+        let prefix = if line.starts_with("apiserver_request_total{") {
+            ""
+        } else if line.starts_with("apiserver_request_duration_seconds_sum{") {
+            "~sum "
+        } else if line.starts_with("apiserver_request_duration_seconds_count{") {
+            "~count "
+        } else {
+            continue;
+        };
         let (Some(open), Some(close)) = (line.find('{'), line.rfind('}')) else { continue };
         let labels = parse_labels(&line[open + 1..close]);
-        let value: f64 = line[close + 1..].trim().split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or_default();
+        let value: f64 = line[close + 1..].split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or_default();
         let verb = labels.get("verb").cloned().unwrap_or_default();
         let resource = labels.get("resource").cloned().unwrap_or_default();
         let what = match (resource.as_str(), labels.get("subresource").map(String::as_str).unwrap_or_default()) {
@@ -380,7 +429,7 @@ async fn apiserver_counts(admin: &Client) -> Result<ApiCounts, String> {
             (r, "") => r.to_string(),
             (r, s) => format!("{r}/{s}"),
         };
-        *counts.entry(format!("{verb} {what}")).or_default() += value;
+        *counts.entry(format!("{prefix}{verb} {what}")).or_default() += value;
     }
     Ok(counts)
 }
@@ -396,20 +445,28 @@ fn diff(after: &ApiCounts, before: &ApiCounts) -> ApiCounts {
 fn total(counts: &ApiCounts, filter: impl Fn(&str, &str) -> bool) -> f64 {
     counts
         .iter()
+        .filter(|(k, _)| !k.starts_with('~'))
         .filter(|(k, _)| {
             let (verb, what) = k.split_once(' ').unwrap_or((k, ""));
             filter(verb, what)
         })
         .map(|(_, v)| v)
-        .sum()
+        .sum::<f64>()
+        + 0.0 // an empty sum is -0.0
 }
 
 fn by_verb(counts: &ApiCounts) -> BTreeMap<String, f64> {
     let mut verbs = BTreeMap::new();
-    for (key, value) in counts {
+    for (key, value) in counts.iter().filter(|(k, _)| !k.starts_with('~')) {
         *verbs.entry(key.split(' ').next().unwrap_or_default().to_string()).or_default() += value;
     }
     verbs
+}
+
+/// Mean apiserver-side latency of "VERB resource" in a window, in milliseconds.
+fn latency_ms(counts: &ApiCounts, key: &str) -> Option<f64> {
+    let (sum, count) = (counts.get(&format!("~sum {key}"))?, counts.get(&format!("~count {key}"))?);
+    (*count > 0.0).then(|| sum / count * 1000.0)
 }
 
 fn resource_requests(counts: &ApiCounts) -> f64 {
@@ -435,7 +492,11 @@ async fn operator_metric(operator: &Running, name: &str) -> Option<f64> {
 }
 
 async fn operator_ready(operator: &Running) -> bool {
-    matches!(operator.inner.get(operator.health_port, "/readyz").await, Some((200, _)))
+    let answer = operator.inner.get(operator.health_port, "/readyz").await;
+    if std::env::var_os("BENCH_DEBUG").is_some() {
+        eprintln!("bench: debug: /readyz on {}: {answer:?}", operator.health_port);
+    }
+    matches!(answer, Some((200, _)))
 }
 
 /// An operator process and the ports it logged.
@@ -443,6 +504,17 @@ struct Running {
     inner: Operator,
     metrics_port: u16,
     health_port: u16,
+}
+
+/// With `BENCH_LOG_DIR`, keep an operator's output as `<dir>/<name>.log`.
+fn keep_log(operator: &Running, name: &str) {
+    if let Some(dir) = std::env::var_os("BENCH_LOG_DIR") {
+        let path = Path::new(&dir).join(format!("{name}.log"));
+        let _ = std::fs::create_dir_all(&dir);
+        if let Err(e) = std::fs::write(&path, operator.inner.output()) {
+            eprintln!("bench: cannot write {}: {e}", path.display());
+        }
+    }
 }
 
 fn start_operator(kubeconfig: &Path, args: &[&str]) -> Running {
@@ -580,6 +652,12 @@ struct Bare {
     idp_requests: u64,
     /// apiserver requests in the window (resource requests only).
     api_requests: f64,
+    api: ApiCounts,
+    apiserver_cpu_s: f64,
+    etcd_cpu_s: f64,
+    bench_cpu_s: f64,
+    machine_busy_percent: f64,
+    machine_steal_percent: f64,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -633,6 +711,8 @@ struct Run {
     apiserver_cpu_s_converge: f64,
     etcd_cpu_s_converge: f64,
     bench_cpu_s_converge: f64,
+    machine_busy_percent_converge: f64,
+    machine_steal_percent_converge: f64,
     idp_requests: u64,
     idp_clients: usize,
     idp_max_per_client: u64,
@@ -652,7 +732,18 @@ struct Report {
     setup_s: BTreeMap<String, f64>,
     bare: Option<Bare>,
     runs: Vec<Run>,
+    profile: Vec<RequestCost>,
     error: Option<String>,
+}
+
+/// What one kind of apiserver request costs, measured alone and sequentially.
+#[derive(Debug, Default, Clone, Serialize)]
+struct RequestCost {
+    what: String,
+    requests: usize,
+    wall_ms: f64,
+    apiserver_cpu_ms: f64,
+    etcd_cpu_ms: f64,
 }
 
 fn machine() -> BTreeMap<String, String> {
@@ -748,7 +839,7 @@ async fn bare_baseline(admin: &Client, cfg: &Config, endpoint: &str, idp: &Token
     // Warm up both connections (TLS handshake to the apiserver, TCP to the endpoint) outside the clock.
     let _ = http.get(endpoint).send().await;
     let _ = secrets.get_opt("warm-up").await;
-    let (idp_before, api_before) = (idp.total(), apiserver_counts(admin).await?);
+    let (idp_before, api_before, cpu_before) = (idp.total(), apiserver_counts(admin).await?, cpu_now(None));
     let started = Instant::now();
     for (i, key_bytes) in keys.iter().enumerate() {
         let key = jwk::parse_signing_key(key_bytes, None).map_err(|e| e.to_string())?;
@@ -787,12 +878,19 @@ async fn bare_baseline(admin: &Client, cfg: &Config, endpoint: &str, idp: &Token
         secrets.create(&PostParams::default(), &secret).await.map_err(|e| format!("bare: create Secret: {e}"))?;
     }
     let elapsed = started.elapsed();
+    let cpu = cpu_now(None) - cpu_before;
     let api = diff(&apiserver_counts(admin).await?, &api_before);
     Ok(Bare {
         seconds: secs(elapsed),
         per_client_ms: secs(elapsed) * 1000.0 / cfg.clients as f64,
         idp_requests: idp.total() - idp_before,
         api_requests: resource_requests(&api),
+        api,
+        apiserver_cpu_s: cpu.apiserver,
+        etcd_cpu_s: cpu.etcd,
+        bench_cpu_s: cpu.bench,
+        machine_busy_percent: cpu.busy_percent(),
+        machine_steal_percent: cpu.steal_percent(),
     })
 }
 
@@ -903,6 +1001,8 @@ async fn operator_run(
         run.apiserver_cpu_s_converge = cpu_converged.apiserver;
         run.etcd_cpu_s_converge = cpu_converged.etcd;
         run.bench_cpu_s_converge = cpu_converged.bench;
+        run.machine_busy_percent_converge = cpu_converged.busy_percent();
+        run.machine_steal_percent_converge = cpu_converged.steal_percent();
         run.api_converge = api_converge.clone();
     });
     eprintln!("bench: [{c}/{r}] converged: {n} token Secrets in {converge:.2}s (ratio {:.2})", converge / bare_seconds);
@@ -948,6 +1048,7 @@ async fn operator_run(
 
     // Restart: SIGTERM, start again; IdP requests in the next window; time until every client
     // has been reconciled by the new process (its log names each reconciled object).
+    keep_log(&operator, &format!("{ns}-first"));
     let (api_before, idp_before) = (apiserver_counts(admin).await?, idp.total());
     let stopping = Instant::now();
     let clean = operator.inner.process.terminate(Duration::from_secs(30));
@@ -1018,7 +1119,107 @@ async fn operator_run(
     };
     eprintln!("bench: [{c}/{r}] idle: {} API writes ({} by the operator), {} IdP requests, {:.2}s operator CPU", idle.api_writes, idle.api_operator_writes, idle.idp_requests, idle.operator_cpu_s);
     update(&|run| run.idle = Some(idle.clone()));
+    keep_log(&operator, &format!("{ns}-restarted"));
     drop(operator);
+    Ok(())
+}
+
+/// Cost per request of each request the operator makes, one kind at a time, one request after
+/// the other, against the IdvClients of an operator run (whose operator has stopped): wall time,
+/// kube-apiserver and etcd CPU per request.
+async fn profile_requests(admin: &Client, ns: &str, count: usize, report: &Mutex<Report>) -> Result<(), String> {
+    let clients: Vec<IdvClient> = Api::<IdvClient>::namespaced(admin.clone(), ns)
+        .list(&Default::default())
+        .await
+        .map_err(|e| format!("profile: list IdvClients: {e}"))?
+        .items
+        .into_iter()
+        .filter(|c| c.status.is_some())
+        .take(count)
+        .collect();
+    if clients.is_empty() {
+        return Err("profile: no IdvClient with a status".into());
+    }
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), ns);
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin.clone(), ns);
+    let idvclients: Api<IdvClient> = Api::namespaced(admin.clone(), ns);
+    let n = clients.len();
+    let status_body = |c: &IdvClient, suffix: &str| {
+        let mut status = c.status.clone().unwrap_or_default();
+        for condition in &mut status.conditions {
+            condition.message.push_str(suffix);
+        }
+        json!({"apiVersion": "idv-token-operator.dev/v1alpha1", "kind": "IdvClient", "status": status})
+    };
+    let apply = PatchParams::apply(idv_token_operator::api::FIELD_MANAGER).force();
+    for kind in 0..7 {
+        let (before, started) = (cpu_now(None), Instant::now());
+        let what = match kind {
+            0 => "GET secrets (the key Secret)",
+            1 => "GET secrets (absent: 404)",
+            2 => "POST secrets (token Secret, ownerReference)",
+            3 => "POST events (events.k8s.io/v1)",
+            4 => "APPLY idvclients/status, unchanged",
+            5 => "APPLY idvclients/status, changed",
+            _ => "PATCH idvclients/status (merge), changed",
+        };
+        for (i, c) in clients.iter().enumerate() {
+            let name = c.name_any();
+            let result = match kind {
+                0 => secrets.get(&format!("{name}-jwk")).await.map(|_| ()),
+                1 => secrets.get_opt(&format!("{name}-absent")).await.map(|_| ()),
+                2 => {
+                    let mut owner = kube::Resource::controller_owner_ref(c, &()).expect("uid");
+                    owner.block_owner_deletion = Some(true);
+                    let secret = Secret {
+                        metadata: ObjectMeta {
+                            name: Some(format!("{name}-profile")),
+                            labels: Some(BTreeMap::from([("bench".to_string(), "profile".to_string())])),
+                            owner_references: Some(vec![owner]),
+                            ..Default::default()
+                        },
+                        type_: Some("Opaque".into()),
+                        data: Some(token_secret_data(&uuid::Uuid::new_v4().to_string(), Timestamp::now(), "bench_read")),
+                        ..Default::default()
+                    };
+                    secrets.create(&PostParams::default(), &secret).await.map(|_| ())
+                }
+                3 => {
+                    let now = Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+                    let event = serde_json::from_value(json!({
+                        "metadata": {"name": format!("{name}.profile{i}")},
+                        "eventTime": now,
+                        "type": "Normal",
+                        "reason": "TokenIssued",
+                        "action": "Reconcile",
+                        "note": "token issued with key k; expires at t, refresh at r",
+                        "reportingController": "idv-token-operator",
+                        "reportingInstance": "bench",
+                        "regarding": {"apiVersion": "idv-token-operator.dev/v1alpha1", "kind": "IdvClient", "name": name, "namespace": ns, "uid": c.metadata.uid},
+                    }))
+                    .expect("an Event");
+                    events.create(&PostParams::default(), &event).await.map(|_| ())
+                }
+                4 => idvclients.patch_status(&name, &apply, &Patch::Apply(status_body(c, ""))).await.map(|_| ()),
+                5 => idvclients.patch_status(&name, &apply, &Patch::Apply(status_body(c, " (profile)"))).await.map(|_| ()),
+                _ => idvclients
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": status_body(c, " (merge)")["status"]})))
+                    .await
+                    .map(|_| ()),
+            };
+            result.map_err(|e| format!("profile: {what}: {e}"))?;
+        }
+        let (cpu, wall) = (cpu_now(None) - before, started.elapsed());
+        let cost = RequestCost {
+            what: what.into(),
+            requests: n,
+            wall_ms: secs(wall) * 1000.0 / n as f64,
+            apiserver_cpu_ms: cpu.apiserver * 1000.0 / n as f64,
+            etcd_cpu_ms: cpu.etcd * 1000.0 / n as f64,
+        };
+        eprintln!("bench: profile: {what}: {:.2} ms wall, {:.2} ms apiserver CPU per request", cost.wall_ms, cost.apiserver_cpu_ms);
+        report.lock().unwrap().profile.push(cost);
+    }
     Ok(())
 }
 
@@ -1053,6 +1254,15 @@ async fn run(cfg: &Config, dir: &Path, report: Arc<Mutex<Report>>) -> Result<(),
             failed = Some(e);
         }
         report.lock().unwrap().runs.push(run);
+    }
+    let profile_in = report.lock().unwrap().runs.iter().rev().find(|r| r.error.is_none()).map(|r| r.namespace.clone());
+    if env_or("BENCH_PROFILE", 1) == 1
+        && let Some(ns) = profile_in
+    {
+        eprintln!("bench: profiling each request kind in {ns}");
+        if let Err(e) = profile_requests(&admin, &ns, cfg.clients.min(1000), &report).await {
+            eprintln!("bench: {e}");
+        }
     }
     failed.map_or(Ok(()), Err)
 }
@@ -1092,8 +1302,17 @@ fn summary(report: &Report, cfg: &Config) -> String {
     if let Some(bare) = &report.bare {
         let _ = writeln!(
             out,
-            "- bare baseline: {:.2} s for {n} sequential (token request + Secret create) = {:.2} ms per client; {} IdP requests, {:.0} apiserver requests",
-            bare.seconds, bare.per_client_ms, bare.idp_requests, bare.api_requests
+            "- bare baseline: {:.2} s for {n} sequential (token request + Secret create) = {:.2} ms per client; {} IdP requests, {:.0} apiserver requests (POST secrets: {} ms mean in the apiserver); CPU: kube-apiserver {:.1} s, etcd {:.1} s, bench {:.1} s; machine {:.0}% busy, {:.0}% steal",
+            bare.seconds,
+            bare.per_client_ms,
+            bare.idp_requests,
+            bare.api_requests,
+            f(latency_ms(&bare.api, "POST secrets"), 2),
+            bare.apiserver_cpu_s,
+            bare.etcd_cpu_s,
+            bare.bench_cpu_s,
+            bare.machine_busy_percent,
+            bare.machine_steal_percent
         );
     }
     let _ = writeln!(out);
@@ -1126,6 +1345,9 @@ fn summary(report: &Report, cfg: &Config) -> String {
     row(&mut out, "kube-apiserver / etcd / bench CPU during convergence (s)", &|r| {
         format!("{:.1} / {:.1} / {:.1}", r.apiserver_cpu_s_converge, r.etcd_cpu_s_converge, r.bench_cpu_s_converge)
     });
+    row(&mut out, "machine CPU busy during convergence (% of all cores; steal)", &|r| {
+        format!("{:.0}% ({:.0}%)", r.machine_busy_percent_converge, r.machine_steal_percent_converge)
+    });
     row(&mut out, "IdP requests per client (max for one client)", &|r| {
         if r.idp_clients == 0 { "-".into() } else { format!("{:.2} ({})", r.idp_requests as f64 / n as f64, r.idp_max_per_client) }
     });
@@ -1155,25 +1377,38 @@ fn summary(report: &Report, cfg: &Config) -> String {
         r.idle.as_ref().map(|x| format!("{:.2} / {:.2} / {:.2}; {}", x.operator_cpu_s, x.apiserver_cpu_s, x.etcd_cpu_s, f(x.rss_mib, 1))).unwrap_or("-".into())
     });
     for run in &report.runs {
-        let _ = writeln!(out, "\napiserver requests, C/R = {}/{} (all clients; start to settled | restart window | idle window):", run.concurrency, run.max_token_requests);
+        let _ = writeln!(
+            out,
+            "\napiserver requests, C/R = {}/{} (all clients; start to settled [mean apiserver latency, ms] | restart window | idle window):",
+            run.concurrency, run.max_token_requests
+        );
         let keys: std::collections::BTreeSet<&String> = run
             .api_settle
             .keys()
             .chain(run.restart.iter().flat_map(|x| x.api.keys()))
             .chain(run.idle.iter().flat_map(|x| x.api.keys()))
+            .filter(|k| !k.starts_with('~'))
             .collect();
         for key in keys {
             let get = |c: Option<&ApiCounts>| c.and_then(|c| c.get(key)).map(|v| format!("{v:.0}")).unwrap_or("0".into());
             let _ = writeln!(
                 out,
-                "  {key:<40} {:>8} | {:>8} | {:>6}",
+                "  {key:<40} {:>8} [{:>6}] | {:>8} | {:>6}",
                 get(Some(&run.api_settle)),
+                f(latency_ms(&run.api_settle, key), 1),
                 get(run.restart.as_ref().map(|x| &x.api)),
                 get(run.idle.as_ref().map(|x| &x.api))
             );
         }
         if let Some(e) = &run.error {
             let _ = writeln!(out, "  ERROR: {e}");
+        }
+    }
+    if !report.profile.is_empty() {
+        let _ = writeln!(out, "\nCost of each request kind, alone, sequential (per request):\n");
+        let _ = writeln!(out, "| request | n | wall (ms) | kube-apiserver CPU (ms) | etcd CPU (ms) |\n|---|---|---|---|---|");
+        for c in &report.profile {
+            let _ = writeln!(out, "| {} | {} | {:.2} | {:.2} | {:.2} |", c.what, c.requests, c.wall_ms, c.apiserver_cpu_ms, c.etcd_cpu_ms);
         }
     }
     if let Some(e) = &report.error {
@@ -1201,7 +1436,7 @@ fn main() {
     );
     let dir = tempfile::Builder::new().prefix("idv-bench-").tempdir().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let outcome = rt.block_on(tokio::time::timeout(cfg.deadline, run(&cfg, dir.path(), report.clone())));
+    let outcome = rt.block_on(async { tokio::time::timeout(cfg.deadline, run(&cfg, dir.path(), report.clone())).await });
     // Every child (operator, apiserver, etcd) was dropped, and so killed, with the run's future.
     drop(rt);
     let ok = match outcome {

@@ -136,12 +136,13 @@ impl TokenError {
 
 /// Keep server-supplied text short, printable, and free of anything we sent.
 fn sanitize(text: &str, secrets: &[&str]) -> String {
-    // Redact first: a cut made before could split a secret and leave its start in place.
-    let mut clean = text.to_string();
+    // Printable first (a control character inside a secret must not hide it from the
+    // redaction), then redact, then cut (a cut before could leave a secret's start in place).
+    let mut clean: String = text.chars().filter(|c| !c.is_control()).collect();
     for secret in secrets.iter().filter(|s| s.len() >= 8) {
         clean = clean.replace(secret, "[redacted]");
     }
-    clean.chars().filter(|c| !c.is_control()).take(300).collect()
+    clean.chars().take(300).collect()
 }
 
 /// `expires_in` as a JSON number or a numeric string (Geosecure sends strings).

@@ -89,12 +89,20 @@ pub fn refresh_at(
         Some(BeforeExpiry::Duration(d)) => (default_wait.min(lifetime - d.as_secs()), false),
         Some(BeforeExpiry::Percent(p)) => (default_wait.min(lifetime - lifetime * u64::from(p) / 100), false),
     };
-    let jitter = jitter.clamp(0.0, 1.0);
+    let jitter = unit(jitter);
     let advance = ((wait as f64 * 0.05).min(MAX_JITTER.as_secs_f64()) * jitter) as u64;
     let refresh_at = base + SignedDuration::from_secs((wait - advance) as i64);
     // The floor counts from the precise issue time, rounded up to whole seconds.
-    let floor = ceil_seconds(issued + SignedDuration::try_from(min_interval).unwrap_or(SignedDuration::MAX));
+    let floor = SignedDuration::try_from(min_interval)
+        .ok()
+        .and_then(|m| issued.checked_add(m).ok())
+        .map_or(whole_seconds(Timestamp::MAX), ceil_seconds);
     RefreshPlan { refresh_at: refresh_at.max(floor), clamped }
+}
+
+/// A jitter value in 0..=1 (NaN counts as 0).
+fn unit(jitter: f64) -> f64 {
+    if jitter.is_nan() { 0.0 } else { jitter.clamp(0.0, 1.0) }
 }
 
 pub fn whole_seconds(t: Timestamp) -> Timestamp {
@@ -103,7 +111,7 @@ pub fn whole_seconds(t: Timestamp) -> Timestamp {
 
 fn ceil_seconds(t: Timestamp) -> Timestamp {
     let whole = whole_seconds(t);
-    if whole == t { whole } else { whole + SignedDuration::from_secs(1) }
+    if whole == t { whole } else { whole.checked_add(SignedDuration::from_secs(1)).unwrap_or(whole) }
 }
 
 /// How a failure is classed for retrying.
@@ -134,7 +142,7 @@ pub fn backoff(class: FailureClass, failures: u32, holds_valid_token: bool, retr
             TRANSIENT_FIRST.saturating_mul(1 << exponent).min(cap)
         }
     };
-    let delay = delay.mul_f64(1.0 - 0.2 * jitter.clamp(0.0, 1.0));
+    let delay = delay.mul_f64(1.0 - 0.2 * unit(jitter));
     match retry_after {
         Some(wanted) => delay.max(wanted),
         None => delay,

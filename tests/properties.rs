@@ -107,6 +107,9 @@ enum Mutation {
     FlipBit(String, usize),
     /// Drop the last byte of a base64url member, or add a zero/non-zero byte.
     Resize(String, i8),
+    /// Put the value of the first member (a private one, say) into the second: key material
+    /// in the wrong place must not be echoed either.
+    Copy(String, String),
 }
 
 fn mutation() -> impl Strategy<Value = Mutation> {
@@ -116,6 +119,7 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         (member_name(), b64url(0..600)).prop_map(|(m, v)| Mutation::Replace(m, Value::String(v))),
         (member_name(), any::<usize>()).prop_map(|(m, i)| Mutation::FlipBit(m, i)),
         (member_name(), -1i8..=1).prop_map(|(m, d)| Mutation::Resize(m, d)),
+        (select(&PRIVATE_MEMBERS[..]), member_name()).prop_map(|(from, to)| Mutation::Copy(from.into(), to)),
     ]
 }
 
@@ -133,6 +137,11 @@ fn apply(jwk: &mut Map<String, Value>, mutation: &Mutation) {
                 let bit = i % (bytes.len() * 8);
                 bytes[bit / 8] ^= 1 << (bit % 8);
                 jwk.insert(m.clone(), URL_SAFE_NO_PAD.encode(bytes).into());
+            }
+        }
+        Mutation::Copy(from, to) => {
+            if let Some(value) = jwk.get(from).cloned() {
+                jwk.insert(to.clone(), value);
             }
         }
         Mutation::Resize(m, delta) => {
@@ -461,27 +470,34 @@ proptest! {
 
     #[test]
     fn refresh_is_after_the_floor_and_before_expiry(
-        // Whole seconds, as the operator passes them (it truncates `issued` and parses
-        // min-refresh-interval as h/m/s).
-        issued in -2_000_000_000i64..4_000_000_000,
+        // After 1970: whole_seconds truncates toward zero, so before 1970 a fractional time
+        // rounds up, not down (no token is issued then).
+        issued in 0i64..4_000_000_000,
+        // The operator truncates `issued` to whole seconds; other callers need not.
+        issued_millis in prop_oneof![Just(0i64), 0i64..1000],
+        // expires_in: whole seconds after issue (or before, for a clock gone wrong).
         lifetime in prop_oneof![-100i64..=0, 0i64..=120, 0i64..=400 * 24 * 3600],
         before in prop::option::of(prop_oneof![
             (0u64..=800 * 24 * 3600).prop_map(|s| BeforeExpiry::Duration(Duration::from_secs(s))),
             (1u8..100).prop_map(BeforeExpiry::Percent),
         ]),
-        min_interval in 1u64..=3600,
+        // --min-refresh-interval: h/m/s, or milliseconds.
+        min_interval in prop_oneof![(1u64..=3600).prop_map(Duration::from_secs), (1u64..=100_000).prop_map(Duration::from_millis)],
         jitter in prop_oneof![0.0f64..=1.0, Just(0.0), Just(1.0)],
     ) {
-        let issued_at = Timestamp::from_second(issued).unwrap();
+        let issued_at = Timestamp::from_second(issued).unwrap() + SignedDuration::from_millis(issued_millis);
         let expires_at = issued_at + SignedDuration::from_secs(lifetime);
-        let min = Duration::from_secs(min_interval);
-        let plan = schedule::refresh_at(issued_at, expires_at, before, min, jitter);
-        prop_assert!(plan.refresh_at >= issued_at + min, "{plan:?} sooner than the floor");
-        if lifetime >= 3 * min_interval as i64 {
+        let min = SignedDuration::try_from(min_interval).unwrap();
+        let plan = schedule::refresh_at(issued_at, expires_at, before, min_interval, jitter);
+        prop_assert!(plan.refresh_at >= issued_at + min, "{plan:?} sooner than {min_interval:?} after {issued_at}");
+        // A whole-second result, as status shows it.
+        prop_assert_eq!(plan.refresh_at, schedule::whole_seconds(plan.refresh_at));
+        if SignedDuration::from_secs(lifetime) >= min * 3 && min_interval >= Duration::from_secs(1) {
             prop_assert!(plan.refresh_at < expires_at, "{plan:?} not before expiry {expires_at}");
         }
-        // Never later than the default of 2/3 of the lifetime (or the floor).
-        let default = issued_at + SignedDuration::from_secs((lifetime.max(0) * 2 / 3).max(min_interval as i64));
+        // Never later than the default of 2/3 of the lifetime, or the floor (give or take the
+        // rounding to whole seconds).
+        let default = issued_at + SignedDuration::from_secs(lifetime.max(0) * 2 / 3).max(min) + SignedDuration::from_secs(1);
         prop_assert!(plan.refresh_at <= default, "{plan:?} later than {default}");
         let clamped = matches!(before, Some(BeforeExpiry::Duration(d)) if d.as_secs() as i64 >= lifetime.max(0));
         prop_assert_eq!(plan.clamped, clamped);
@@ -595,17 +611,15 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Known issues found by these properties (docs/fuzzing.md, "Findings"). Each test states the
-// wanted behaviour and fails today; drop its `#[ignore]` with the fix in src/.
+// Regressions: issues these properties and the fuzz targets found (docs/fuzzing.md, "Findings").
 
 proptest! {
     #![proptest_config(config(256))]
 
-    /// oauth::sanitize cuts the text to 300 characters before redacting, so a sent value that
-    /// straddles the cut is not found and its first characters are quoted back.
+    /// oauth::sanitize cut the text to 300 characters before redacting, so a sent value that
+    /// straddled the cut was not found and its first characters were quoted back.
     #[test]
-    #[ignore = "known issue: oauth::sanitize truncates before it redacts"]
-    fn known_issue_no_prefix_of_a_sent_value_is_quoted(
+    fn no_prefix_of_a_sent_value_is_quoted(
         sent in "[A-Z0-9_.-]{16,64}",
         prefix_len in 240usize..300,
     ) {
@@ -619,12 +633,10 @@ proptest! {
 proptest! {
     #![proptest_config(config(256))]
 
-    /// `--min-refresh-interval` may be given in milliseconds (`500ms`), but refresh_at floors
-    /// the wait at `min_interval.as_secs()`: a sub-second interval gives no floor at all, and
-    /// 1500ms gives 1 s.
+    /// `--min-refresh-interval` may be given in milliseconds (`500ms`); refresh_at floored the
+    /// wait at `min_interval.as_secs()`: a sub-second interval gave no floor at all.
     #[test]
-    #[ignore = "known issue: schedule::refresh_at truncates a sub-second min_interval"]
-    fn known_issue_refresh_floor_honours_sub_second_intervals(
+    fn refresh_floor_honours_sub_second_intervals(
         issued in 0i64..4_000_000_000,
         lifetime in 0i64..=5,
         min_millis in 1u64..=10_000,
@@ -636,11 +648,10 @@ proptest! {
     }
 }
 
-/// The Content-Type header is quoted in errors through `sanitize(.., &[])`: the sent values
-/// are not redacted there (found by the token_answer fuzz target).
+/// The Content-Type header was quoted in errors through `sanitize(.., &[])`, without redacting
+/// the sent values (found by the token_answer fuzz target).
 #[test]
-#[ignore = "known issue: oauth quotes the Content-Type header without redacting sent values"]
-fn known_issue_content_type_is_redacted_too() {
+fn content_type_is_redacted_too() {
     let secret = "s3cr3t-client-secret";
     for status in [200, 502] {
         let answer = HttpAnswer { status, content_type: Some(format!("text/{secret}")), retry_after: None, body: b"<html>".to_vec() };
@@ -649,11 +660,10 @@ fn known_issue_content_type_is_redacted_too() {
     }
 }
 
-/// jwk quotes `kty`, `crv` and `alg` verbatim in its errors: private key material put in one
-/// of them by mistake lands in the IdvClient's status and events.
+/// jwk quoted `kty`, `crv` and `alg` verbatim in its errors: private key material put in one
+/// of them by mistake landed in the IdvClient's status and events.
 #[test]
-#[ignore = "known issue: jwk errors echo kty/crv/alg verbatim"]
-fn known_issue_misplaced_private_values_are_not_echoed() {
+fn misplaced_private_values_are_not_echoed() {
     for (index, member) in [(0, "kty"), (0, "alg"), (2, "kty"), (2, "crv"), (2, "alg")] {
         let mut key = KEYS[index].clone();
         let d = key["d"].as_str().unwrap().to_string();
@@ -664,13 +674,48 @@ fn known_issue_misplaced_private_values_are_not_echoed() {
 }
 
 /// A JWK Set that lists the public copy of a key before the private key with the same `kid`:
-/// picking by kid stops at the public copy.
+/// picking by kid stopped at the public copy.
 #[test]
-#[ignore = "known issue: jwk::pick_from_set takes the first key with the kid, even a public one"]
-fn known_issue_kid_picks_the_private_key_over_its_public_copy() {
+fn kid_picks_the_private_key_over_its_public_copy() {
     for private in KEYS.iter() {
         let set = serde_json::to_vec(&json!({ "keys": [jwk::public_jwk(private), private] })).unwrap();
         let kid = private["kid"].as_str().unwrap();
         assert_eq!(jwk::parse_signing_key(&set, Some(kid)).map(|k| k.thumbprint), Ok(jwk::thumbprint(private).unwrap()));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Known issues (docs/fuzzing.md, "Findings"): each test states the wanted behaviour and fails
+// today; drop its `#[ignore]` with the fix in src/.
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// sanitize now redacts before it drops control characters: a control character inside a
+    /// quoted sent value hides it from `replace`, and dropping the character then shows it.
+    #[test]
+    fn known_issue_control_characters_cannot_unhide_a_sent_value(
+        sent in "[A-Za-z0-9_.-]{8,64}",
+        at in any::<prop::sample::Index>(),
+        control in prop::char::range('\u{0}', '\u{1f}'),
+    ) {
+        let cut = at.index(sent.len() - 1) + 1;
+        let quoted = format!("rejected {}{control}{}", &sent[..cut], &sent[cut..]);
+        let body = json!({ "error": "invalid_client", "error_description": quoted });
+        let message = oauth::parse_token_answer(&json_answer(401, &body), &[sent.as_str()]).unwrap_err().to_string();
+        prop_assert!(!message.contains(sent.as_str()), "{message:?} quotes a sent value");
+    }
+
+    /// refresh_at adds min_interval to the issue time unchecked: an interval that reaches past
+    /// the year 9999 (`--min-refresh-interval 100000000000s`) panics in jiff.
+    #[test]
+    fn known_issue_refresh_at_never_panics(
+        issued in -377_705_023_201i64..=253_402_207_200,
+        lifetime in 0i64..=400 * 24 * 3600,
+        min_seconds in prop_oneof![0u64..=u64::MAX, 1u64 << 33..=1u64 << 40],
+    ) {
+        let issued_at = Timestamp::from_second(issued).unwrap();
+        let expires_at = issued_at.checked_add(SignedDuration::from_secs(lifetime)).unwrap_or(Timestamp::MAX);
+        let _ = schedule::refresh_at(issued_at, expires_at, None, Duration::from_secs(min_seconds), 0.5);
     }
 }

@@ -1,10 +1,10 @@
 //! Bytes → `jwk::parse_signing_key`, once without a key id and once with a key id taken from
 //! the input (a `kid` in it when it is JSON, so the pick-by-kid path is reached; else its first
 //! bytes). Checks: no panic; a key picked by kid has that kid; an error never shows private
-//! key material (`d`, `p`, `q`, `dp`, `dq`, `qi` values of 16+ characters) except where the
-//! input also put that text into a member that is shown by design (`kty`, `crv`, `alg` in
-//! errors, `kid` and `x5t` in the key, the requested kid; see docs/fuzzing.md, "Findings");
-//! a parsed key's Debug shows none either.
+//! key material (`d`, `p`, `q`, `dp`, `dq`, `qi` values longer than 16 characters; real ones
+//! are 43+) in its Display or Debug, nor does a parsed key's Debug, except where the input also
+//! put that text into a member that is shown by design (the key's `kid` and `x5t`, the
+//! requested kid); `public_jwk` keeps no private member; `thumbprint` never panics.
 
 #![no_main]
 
@@ -13,8 +13,9 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value};
 
 const PRIVATE_MEMBERS: [&str; 6] = ["d", "p", "q", "dp", "dq", "qi"];
-/// Shown by design: in errors (`kty`, `crv`, `alg`) or in the parsed key (`kid`, `x5t`).
-const QUOTED_MEMBERS: [&str; 5] = ["kty", "crv", "alg", "kid", "x5t"];
+/// Shown by design: in the parsed key. (`kty`, `crv` and `alg` are quoted in errors only when
+/// short identifiers, see `jwk::shown`.)
+const QUOTED_MEMBERS: [&str; 2] = ["kid", "x5t"];
 
 /// The JWK objects in the input: the object itself and the objects of its `keys` array.
 fn objects(value: &Value) -> Vec<&Map<String, Value>> {
@@ -25,7 +26,7 @@ fn objects(value: &Value) -> Vec<&Map<String, Value>> {
     found
 }
 
-/// Private member values (16+ characters) that the input did not also put into a member
+/// Private member values (17+ characters) that the input did not also put into a member
 /// that is shown by design.
 fn secrets(value: Option<&Value>, wanted: Option<&str>) -> Vec<String> {
     let Some(value) = value else { return Vec::new() };
@@ -35,7 +36,7 @@ fn secrets(value: Option<&Value>, wanted: Option<&str>) -> Vec<String> {
     objects
         .iter()
         .flat_map(|o| PRIVATE_MEMBERS.iter().filter_map(|m| o.get(*m).and_then(Value::as_str)))
-        .filter(|s| s.len() >= 16 && !quoted.iter().any(|q| q.contains(*s)))
+        .filter(|s| s.len() > 16 && !quoted.iter().any(|q| q.contains(*s)))
         .map(str::to_string)
         .collect()
 }
