@@ -435,6 +435,14 @@ mod tests {
     }
 
     #[test]
+    fn a_ca_bundle_is_checked_when_the_client_is_built() {
+        let ca = rcgen::generate_simple_self_signed(vec!["idp.internal".to_string()]).unwrap();
+        assert!(HttpClient::new(Duration::from_secs(1), Some(ca.cert.pem().as_bytes())).is_ok());
+        let error = HttpClient::new(Duration::from_secs(1), Some(b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n")).err();
+        assert!(error.is_some_and(|e| e.contains("invalid CA bundle")));
+    }
+
+    #[test]
     fn secrets_do_not_show_in_debug() {
         assert_eq!(format!("{:?}", AccessToken::new("secret-token".into())), "AccessToken([redacted])");
     }
