@@ -11,8 +11,14 @@
 //! - `BENCH_APPLY_PARALLELISM` (16): parallel creates when applying key Secrets and IdvClients.
 //! - `BENCH_RESTART_SECS` (60), `BENCH_IDLE_SECS` (60): the restart and idle windows.
 //! - `BENCH_DEADLINE_SECS` (600 + 0.12 s per client): the whole run ends by then, whatever happens.
+//! - `BENCH_PROFILE` (1): afterwards, measure the cost of each kind of request the operator makes.
 //! - `BENCH_JSON`: also write the results as JSON to this file.
-//! - `IDV_OPERATOR_BIN` (required): the operator binary (a release build).
+//! - `BENCH_LOG_DIR`: keep each operator process's output there.
+//! - `BENCH_OPERATOR_ENV` ("K=V,K=V"): debugging; extra environment for the first operator of
+//!   each setting, e.g. `LD_PRELOAD=/usr/lib/heaptrack/libheaptrack_preload.so,DUMP_HEAPTRACK_OUTPUT=/tmp/op-{ns}.raw`.
+//! - `BENCH_DEBUG`: print every /readyz answer.
+//! - The operator binary: the release build cargo makes for this bench (`CARGO_BIN_EXE_…`), else
+//!   `IDV_OPERATOR_BIN` (see tests/support).
 //! - `IDV_TEST_OPERATOR_LOG` (`info,idv_token_operator::controller=debug`): the operator's RUST_LOG.
 
 #[path = "../tests/support/mod.rs"]
@@ -517,6 +523,22 @@ fn keep_log(operator: &Running, name: &str) {
     }
 }
 
+/// Debugging aid: `BENCH_OPERATOR_ENV="K=V,K=V"` adds variables to the environment of the
+/// first operator process of each setting ("{ns}" in a value becomes its namespace), e.g. to
+/// run it under heaptrack's preload library. The harness's `Operator::start` inherits this
+/// process's environment, so the variables are set just around that call.
+fn with_operator_env<T>(ns: &str, start: impl FnOnce() -> T) -> T {
+    let Ok(spec) = std::env::var("BENCH_OPERATOR_ENV") else { return start() };
+    let vars: Vec<(String, String)> =
+        spec.split(',').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.trim().to_string(), v.replace("{ns}", ns))).collect();
+    // SAFETY: a debugging aid; nothing in this process reads these variables, and the Rust
+    // standard library serialises its own environment access.
+    unsafe { vars.iter().for_each(|(k, v)| std::env::set_var(k, v)) };
+    let started = start();
+    unsafe { vars.iter().for_each(|(k, _)| std::env::remove_var(k)) };
+    started
+}
+
 fn start_operator(kubeconfig: &Path, args: &[&str]) -> Running {
     let inner = Operator::start(kubeconfig, args);
     // The harness waits (blocking, up to 10 s) for the operator to log its ports.
@@ -958,7 +980,7 @@ async fn operator_run(
     let (api_before, idp_before, cpu_before) = (apiserver_counts(admin).await?, idp.total(), cpu_now(None));
     eprintln!("bench: [{c}/{r}] starting the operator: {}", args.join(" "));
     let started = Instant::now();
-    let mut operator = start_operator(kubeconfig, &args);
+    let mut operator = with_operator_env(&ns, || start_operator(kubeconfig, &args));
     let pid = operator.inner.process.pid();
     let deadline = started + cfg.converge_deadline();
     let mut last_report = Instant::now();

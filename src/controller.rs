@@ -4,7 +4,7 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use futures::{FutureExt, StreamExt, future::BoxFuture};
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Resource, ResourceExt,
@@ -100,6 +100,43 @@ fn drop_managed_fields<K: Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
 }
 
+/// Credential Secrets' metadata: only what is used (name, namespace, uid, resourceVersion,
+/// labels). Annotations go: `kubectl apply` leaves the whole Secret, private key included, in
+/// `last-applied-configuration`.
+fn keep_identity_only(secret: &mut PartialObjectMeta<Secret>) {
+    let meta = secret.meta_mut();
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.owner_references = None;
+}
+
+/// Calls `ready` once every registered watch has listed its objects once. kube's
+/// `Store::wait_until_ready` wakes only one waiter, and the controller is one already.
+#[derive(Clone)]
+struct Readiness {
+    remaining: Arc<std::sync::atomic::AtomicUsize>,
+    ready: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl Readiness {
+    fn new(watches: usize, ready: impl Fn() + Send + Sync + 'static) -> Self {
+        Self { remaining: Arc::new(watches.into()), ready: Arc::new(ready) }
+    }
+
+    /// A callback for one watch's event stream.
+    fn watch<K>(&self) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) + Send + 'static {
+        let (remaining, ready, mut seen) = (self.remaining.clone(), self.ready.clone(), false);
+        move |event| {
+            if !seen && matches!(event, Ok(watcher::Event::InitDone)) {
+                seen = true;
+                if remaining.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+                    ready();
+                }
+            }
+        }
+    }
+}
+
 /// Run until `shutdown` resolves; in-flight reconciles finish first. `ready` is called once
 /// every watch has listed its objects.
 pub async fn run(
@@ -107,10 +144,12 @@ pub async fn run(
     options: RunOptions,
     make_context: impl FnOnce(Caches) -> Context,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-    ready: impl FnOnce() + Send + 'static,
+    ready: impl Fn() + Send + Sync + 'static,
 ) {
     let scopes: Vec<Option<String>> =
         if options.namespaces.is_empty() { vec![None] } else { options.namespaces.iter().cloned().map(Some).collect() };
+    // Per scope: the IdvClient watch and the token Secret watch must have listed.
+    let readiness = Readiness::new(2 * scopes.len(), ready);
     let scopes: Vec<Scope> = scopes
         .into_iter()
         .map(|namespace| {
@@ -123,6 +162,7 @@ pub async fn run(
             .backoff(watch_backoff())
             .modify(drop_managed_fields)
             .reflect(writer)
+            .inspect(readiness.watch())
             .touched_objects()
             .boxed();
             // Credential Secrets: metadata only (never data), to notice a changed key at once and
@@ -130,7 +170,7 @@ pub async fn run(
             let (credential_store, writer) = reflector::store();
             let credential_secrets = watcher::watcher(api::<PartialObjectMeta<Secret>>(&kube, namespace.as_deref()), WatcherConfig::default())
                 .backoff(watch_backoff())
-                .modify(drop_managed_fields)
+                .modify(keep_identity_only)
                 .reflect(writer)
                 .touched_objects()
                 .boxed();
@@ -144,7 +184,6 @@ pub async fn run(
 
     // One shutdown signal, shared by every controller.
     let shutdown = shutdown.shared();
-    let mut stores: Vec<BoxFuture<'static, ()>> = Vec::new();
     let mut controllers = Vec::new();
     for scope in scopes {
         let namespace = scope.namespace.as_deref();
@@ -154,6 +193,7 @@ pub async fn run(
             .backoff(watch_backoff())
             .modify(drop_managed_fields)
             .reflect(client_writer)
+            .inspect(readiness.watch())
             .inspect(move |event| {
                 if let Ok(watcher::Event::Delete(client)) = event {
                     forget.forget(&client.namespace().unwrap_or_default(), &client.name_any());
@@ -163,14 +203,6 @@ pub async fn run(
             .predicate_filter(spec_or_force_refresh, PredicateConfig::default());
         let controller = Controller::for_stream(clients, client_store.clone());
         let lookup = controller.store();
-        let (secrets_ready, clients_ready) = (scope.secret_store.clone(), client_store.clone());
-        stores.push(
-            async move {
-                let _ = secrets_ready.wait_until_ready().await;
-                let _ = clients_ready.wait_until_ready().await;
-            }
-            .boxed(),
-        );
         info!(namespace = namespace.unwrap_or("(all)"), concurrency = options.concurrency, "controller starting");
         let run = controller
             .owns_stream(scope.owned_secrets)
@@ -190,10 +222,6 @@ pub async fn run(
             });
         controllers.push(run);
     }
-    tokio::spawn(async move {
-        futures::future::join_all(stores).await;
-        ready();
-    });
     futures::future::join_all(controllers).await;
     info!("controller stopped");
 }
