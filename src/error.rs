@@ -27,9 +27,6 @@ pub enum Error {
     InvalidKey { name: String, key: String, source: KeyError },
 
     #[error("{0}")]
-    Key(KeyError),
-
-    #[error("{0}")]
     Sign(#[from] SignError),
 
     #[error("a Secret named {name:?} already exists and is not managed by this IdvClient; it is left untouched (choose another spec.secret.name or remove that Secret)")]
@@ -86,7 +83,7 @@ impl Error {
             Error::InvalidSpec(_) | Error::ServerConfig(_) => "InvalidSpec",
             Error::KeySecretNotFound { .. } => "KeySecretNotFound",
             Error::KeyNotInSecret { .. } => "KeyNotFound",
-            Error::InvalidKey { .. } | Error::Key(_) | Error::Sign(_) => "InvalidKey",
+            Error::InvalidKey { .. } | Error::Sign(_) => "InvalidKey",
             Error::SecretConflict { .. } => "SecretConflict",
             Error::HostNotAllowed { .. } => "TokenHostNotAllowed",
             Error::Discovery { .. } | Error::DiscoveryTransport { .. } => "DiscoveryFailed",

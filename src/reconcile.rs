@@ -123,7 +123,7 @@ impl Context {
 
     /// Forget a deleted IdvClient: its backoff state and its metric series.
     pub fn forget(&self, namespace: &str, name: &str) {
-        self.failures.lock().expect("lock").retain(|k, _| !(k.name == name && k.namespace.as_deref() == Some(namespace)));
+        self.failures.lock().expect("lock").remove(&ObjectRef::new(name).within(namespace));
         self.metrics.forget_client(namespace, name);
     }
 
@@ -358,32 +358,26 @@ async fn load_credential(client: &IdvClient, ctx: &Context, namespace: &str) -> 
         (None, Some(client_secret)) => (&client_secret.secret_ref, None),
         _ => return Err(Error::InvalidSpec("set exactly one of privateKey and clientSecret".into())),
     };
-    // The metadata watch knows the Secret's version: a key parsed from that version is reused
-    // without reading the Secret again.
-    if let Some(version) = ctx.cached_secret_version(namespace, &reference.name) {
-        let cache_key = KeyCacheKey {
-            namespace: namespace.to_string(),
-            secret: reference.name.clone(),
-            key: reference.key.clone(),
-            key_id: key_id.clone(),
-            resource_version: version.clone(),
-        };
-        if let Some(key) = ctx.keys.lock().expect("lock").get(&cache_key) {
-            return Ok((key.clone(), version));
-        }
-    }
-    let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), namespace);
-    let secret = secrets.get_opt(&reference.name).await?.ok_or_else(|| Error::KeySecretNotFound { name: reference.name.clone() })?;
-    let version = secret.resource_version().unwrap_or_default();
-    let cache_key = KeyCacheKey {
+    let cache_key = |version: &str| KeyCacheKey {
         namespace: namespace.to_string(),
         secret: reference.name.clone(),
         key: reference.key.clone(),
         key_id: key_id.clone(),
-        resource_version: version.clone(),
+        resource_version: version.to_string(),
     };
-    if let Some(key) = ctx.keys.lock().expect("lock").get(&cache_key) {
-        return Ok((key.clone(), version));
+    let cached = |version: &str| ctx.keys.lock().expect("lock").get(&cache_key(version)).cloned();
+    // The metadata watch knows the Secret's version: a key parsed from that version is reused
+    // without reading the Secret again.
+    if let Some(version) = ctx.cached_secret_version(namespace, &reference.name)
+        && let Some(key) = cached(&version)
+    {
+        return Ok((key, version));
+    }
+    let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), namespace);
+    let secret = secrets.get_opt(&reference.name).await?.ok_or_else(|| Error::KeySecretNotFound { name: reference.name.clone() })?;
+    let version = secret.resource_version().unwrap_or_default();
+    if let Some(key) = cached(&version) {
+        return Ok((key, version));
     }
     let bytes = secret
         .data
@@ -405,10 +399,11 @@ async fn load_credential(client: &IdvClient, ctx: &Context, namespace: &str) -> 
         })?;
         Credential::PrivateKey(Arc::new(parsed))
     };
+    let new_key = cache_key(&version);
     let mut keys = ctx.keys.lock().expect("lock");
     // Older versions of this Secret's key are dead weight now.
-    keys.retain(|k, _| !(k.namespace == cache_key.namespace && k.secret == cache_key.secret && k.key == cache_key.key && k.key_id == cache_key.key_id));
-    keys.insert(cache_key, key.clone());
+    keys.retain(|k, _| !(k.namespace == new_key.namespace && k.secret == new_key.secret && k.key == new_key.key && k.key_id == new_key.key_id));
+    keys.insert(new_key, key.clone());
     Ok((key, version))
 }
 
