@@ -79,7 +79,10 @@ struct Config {
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     match std::env::var(name) {
-        Ok(text) if !text.trim().is_empty() => text.trim().parse().unwrap_or_else(|_| panic!("{name}={text:?} is not valid")),
+        Ok(text) if !text.trim().is_empty() => text
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={text:?} is not valid")),
         _ => default,
     }
 }
@@ -91,8 +94,14 @@ impl Config {
         let settings = env_or("BENCH_SETTINGS", "8/8,32/32".to_string())
             .split(',')
             .map(|pair| {
-                let (c, r) = pair.trim().split_once('/').unwrap_or_else(|| panic!("BENCH_SETTINGS: {pair:?} is not C/R"));
-                (c.parse().expect("concurrency"), r.parse().expect("max concurrent token requests"))
+                let (c, r) = pair
+                    .trim()
+                    .split_once('/')
+                    .unwrap_or_else(|| panic!("BENCH_SETTINGS: {pair:?} is not C/R"));
+                (
+                    c.parse().expect("concurrency"),
+                    r.parse().expect("max concurrent token requests"),
+                )
             })
             .collect();
         Config {
@@ -101,7 +110,10 @@ impl Config {
             parallelism: env_or("BENCH_APPLY_PARALLELISM", 16),
             restart_window: Duration::from_secs(env_or("BENCH_RESTART_SECS", 60)),
             idle_window: Duration::from_secs(env_or("BENCH_IDLE_SECS", 60)),
-            deadline: Duration::from_secs(env_or("BENCH_DEADLINE_SECS", 600 + (clients as u64 * 12) / 100)),
+            deadline: Duration::from_secs(env_or(
+                "BENCH_DEADLINE_SECS",
+                600 + (clients as u64 * 12) / 100,
+            )),
             json: std::env::var("BENCH_JSON").ok().filter(|s| !s.is_empty()),
         }
     }
@@ -118,7 +130,8 @@ impl Config {
 
     /// Time allowed after a restart for every IdvClient to be reconciled again.
     fn restart_deadline(&self) -> Duration {
-        self.restart_window.max(Duration::from_secs(30 + self.clients as u64 / 50))
+        self.restart_window
+            .max(Duration::from_secs(30 + self.clients as u64 / 50))
     }
 }
 
@@ -175,17 +188,30 @@ impl TokenEndpoint {
         }
         if grant_type.as_deref() != Some("client_credentials") {
             self.rejected.fetch_add(1, Ordering::Relaxed);
-            return ("400 Bad Request", r#"{"error":"unsupported_grant_type"}"#.into());
+            return (
+                "400 Bad Request",
+                r#"{"error":"unsupported_grant_type"}"#.into(),
+            );
         }
-        let issuer = assertion.as_deref().filter(|_| assertion_type.as_deref() == Some(CLIENT_ASSERTION_TYPE)).and_then(issuer_of);
+        let issuer = assertion
+            .as_deref()
+            .filter(|_| assertion_type.as_deref() == Some(CLIENT_ASSERTION_TYPE))
+            .and_then(issuer_of);
         let Some(issuer) = issuer else {
             self.rejected.fetch_add(1, Ordering::Relaxed);
             return ("401 Unauthorized", r#"{"error":"invalid_client","error_description":"a client assertion is required"}"#.into());
         };
         self.total.fetch_add(1, Ordering::Relaxed);
         *self.per_client.lock().unwrap().entry(issuer).or_default() += 1;
-        let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
-        ("200 OK", format!(r#"{{"access_token":"{token}","token_type":"Bearer","expires_in":3600}}"#))
+        let token = format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
+        (
+            "200 OK",
+            format!(r#"{{"access_token":"{token}","token_type":"Bearer","expires_in":3600}}"#),
+        )
     }
 }
 
@@ -198,7 +224,9 @@ fn issuer_of(jwt: &str) -> Option<String> {
 }
 
 async fn start_token_endpoint(state: Arc<TokenEndpoint>) -> (u16, JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the token endpoint");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the token endpoint");
     let port = listener.local_addr().unwrap().port();
     let task = tokio::spawn(async move {
         loop {
@@ -236,10 +264,15 @@ async fn serve_connection(mut stream: TcpStream, state: Arc<TokenEndpoint>) {
         let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
         let mut lines = head.split("\r\n");
         let mut request_line = lines.next().unwrap_or_default().split_whitespace();
-        let (method, path) = (request_line.next().unwrap_or_default(), request_line.next().unwrap_or_default());
+        let (method, path) = (
+            request_line.next().unwrap_or_default(),
+            request_line.next().unwrap_or_default(),
+        );
         let (mut length, mut close) = (0usize, false);
         for line in lines {
-            let Some((name, value)) = line.split_once(':') else { continue };
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
             match name.trim().to_ascii_lowercase().as_str() {
                 "content-length" => length = value.trim().parse().unwrap_or(0),
                 "connection" => close = value.trim().eq_ignore_ascii_case("close"),
@@ -290,7 +323,11 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
 fn vm_mib(pid: u32, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with(field))?;
-    let kib: f64 = line[field.len()..].split_whitespace().next()?.parse().ok()?;
+    let kib: f64 = line[field.len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
     Some(kib / 1024.0)
 }
 
@@ -298,11 +335,20 @@ fn vm_mib(pid: u32, field: &str) -> Option<f64> {
 fn child_pid(name: &str) -> Option<u32> {
     let me = std::process::id();
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
         let comm = &stat[open + 1..close];
-        let ppid = stat[close + 2..].split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok());
+        let ppid = stat[close + 2..]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
         if comm == name && ppid == Some(me) {
             return Some(pid);
         }
@@ -327,17 +373,31 @@ struct Cpu {
 impl Cpu {
     /// Share of the machine's CPU time that was busy, in percent.
     fn busy_percent(&self) -> f64 {
-        if self.machine_all > 0.0 { 100.0 * self.machine_busy / self.machine_all } else { 0.0 }
+        if self.machine_all > 0.0 {
+            100.0 * self.machine_busy / self.machine_all
+        } else {
+            0.0
+        }
     }
     fn steal_percent(&self) -> f64 {
-        if self.machine_all > 0.0 { 100.0 * self.machine_steal / self.machine_all } else { 0.0 }
+        if self.machine_all > 0.0 {
+            100.0 * self.machine_steal / self.machine_all
+        } else {
+            0.0
+        }
     }
 }
 
 fn machine_cpu() -> (f64, f64, f64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else { return (0.0, 0.0, 0.0) };
-    let v: Vec<f64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return (0.0, 0.0, 0.0);
+    };
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
     // user nice system idle iowait irq softirq steal (guest time is inside user).
     let all: f64 = v.iter().take(8).sum();
     let idle = v.get(3).copied().unwrap_or_default() + v.get(4).copied().unwrap_or_default();
@@ -350,7 +410,9 @@ fn cpu_now(operator: Option<u32>) -> Cpu {
     let machine = machine_cpu();
     Cpu {
         operator: operator.and_then(cpu_seconds).unwrap_or_default(),
-        apiserver: child_pid("kube-apiserver").and_then(cpu_seconds).unwrap_or_default(),
+        apiserver: child_pid("kube-apiserver")
+            .and_then(cpu_seconds)
+            .unwrap_or_default(),
         etcd: child_pid("etcd").and_then(cpu_seconds).unwrap_or_default(),
         bench: cpu_seconds(std::process::id()).unwrap_or_default(),
         machine_busy: machine.0,
@@ -377,7 +439,14 @@ impl std::ops::Sub for Cpu {
 /// apiserver_request_total by "VERB resource[/subresource]" ("VERB (non-resource)" for /metrics, /readyz...).
 type ApiCounts = BTreeMap<String, f64>;
 
-const WRITE_VERBS: [&str; 6] = ["POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"];
+const WRITE_VERBS: [&str; 6] = [
+    "POST",
+    "PUT",
+    "PATCH",
+    "APPLY",
+    "DELETE",
+    "DELETECOLLECTION",
+];
 /// What the operator writes: everything else (leases...) is kube-apiserver's own bookkeeping.
 const OPERATOR_RESOURCES: [&str; 4] = ["secrets", "idvclients", "idvclients/status", "events"];
 
@@ -387,7 +456,9 @@ fn parse_labels(text: &str) -> HashMap<String, String> {
     while let Some(eq) = rest.find('=') {
         let key = rest[..eq].trim_start_matches(',').trim().to_string();
         let after = &rest[eq + 1..];
-        let Some(after) = after.strip_prefix('"') else { break };
+        let Some(after) = after.strip_prefix('"') else {
+            break;
+        };
         let (mut value, mut escaped, mut end) = (String::new(), false, None);
         for (i, c) in after.char_indices() {
             match (escaped, c) {
@@ -412,7 +483,10 @@ fn parse_labels(text: &str) -> HashMap<String, String> {
 
 async fn apiserver_counts(admin: &Client) -> Result<ApiCounts, String> {
     let request = http::Request::get("/metrics").body(Vec::new()).unwrap();
-    let text = admin.request_text(request).await.map_err(|e| format!("GET apiserver /metrics: {e}"))?;
+    let text = admin
+        .request_text(request)
+        .await
+        .map_err(|e| format!("GET apiserver /metrics: {e}"))?;
     let mut counts = ApiCounts::new();
     for line in text.lines() {
         // Request counts, and the latency histogram's sum and count ("~sum ...", "~count ...").
@@ -425,12 +499,24 @@ async fn apiserver_counts(admin: &Client) -> Result<ApiCounts, String> {
         } else {
             continue;
         };
-        let (Some(open), Some(close)) = (line.find('{'), line.rfind('}')) else { continue };
+        let (Some(open), Some(close)) = (line.find('{'), line.rfind('}')) else {
+            continue;
+        };
         let labels = parse_labels(&line[open + 1..close]);
-        let value: f64 = line[close + 1..].split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or_default();
+        let value: f64 = line[close + 1..]
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default();
         let verb = labels.get("verb").cloned().unwrap_or_default();
         let resource = labels.get("resource").cloned().unwrap_or_default();
-        let what = match (resource.as_str(), labels.get("subresource").map(String::as_str).unwrap_or_default()) {
+        let what = match (
+            resource.as_str(),
+            labels
+                .get("subresource")
+                .map(String::as_str)
+                .unwrap_or_default(),
+        ) {
             ("", _) => "(non-resource)".to_string(),
             (r, "") => r.to_string(),
             (r, s) => format!("{r}/{s}"),
@@ -464,14 +550,19 @@ fn total(counts: &ApiCounts, filter: impl Fn(&str, &str) -> bool) -> f64 {
 fn by_verb(counts: &ApiCounts) -> BTreeMap<String, f64> {
     let mut verbs = BTreeMap::new();
     for (key, value) in counts.iter().filter(|(k, _)| !k.starts_with('~')) {
-        *verbs.entry(key.split(' ').next().unwrap_or_default().to_string()).or_default() += value;
+        *verbs
+            .entry(key.split(' ').next().unwrap_or_default().to_string())
+            .or_default() += value;
     }
     verbs
 }
 
 /// Mean apiserver-side latency of "VERB resource" in a window, in milliseconds.
 fn latency_ms(counts: &ApiCounts, key: &str) -> Option<f64> {
-    let (sum, count) = (counts.get(&format!("~sum {key}"))?, counts.get(&format!("~count {key}"))?);
+    let (sum, count) = (
+        counts.get(&format!("~sum {key}"))?,
+        counts.get(&format!("~count {key}"))?,
+    );
     (*count > 0.0).then(|| sum / count * 1000.0)
 }
 
@@ -484,23 +575,38 @@ fn writes(counts: &ApiCounts) -> f64 {
 }
 
 fn operator_writes(counts: &ApiCounts) -> f64 {
-    total(counts, |verb, what| WRITE_VERBS.contains(&verb) && OPERATOR_RESOURCES.contains(&what))
+    total(counts, |verb, what| {
+        WRITE_VERBS.contains(&verb) && OPERATOR_RESOURCES.contains(&what)
+    })
 }
 
 /// Sum of every series of a metric on the operator's /metrics.
 async fn operator_metric(operator: &Running, name: &str) -> Option<f64> {
-    let (status, body) = operator.inner.get(operator.metrics_port, "/metrics").await?;
+    let (status, body) = operator
+        .inner
+        .get(operator.metrics_port, "/metrics")
+        .await?;
     if status != 200 {
         return None;
     }
-    let values = body.lines().filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{')));
-    Some(values.filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok())).sum())
+    let values = body.lines().filter(|l| {
+        l.strip_prefix(name)
+            .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+    });
+    Some(
+        values
+            .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+            .sum(),
+    )
 }
 
 async fn operator_ready(operator: &Running) -> bool {
     let answer = operator.inner.get(operator.health_port, "/readyz").await;
     if std::env::var_os("BENCH_DEBUG").is_some() {
-        eprintln!("bench: debug: /readyz on {}: {answer:?}", operator.health_port);
+        eprintln!(
+            "bench: debug: /readyz on {}: {answer:?}",
+            operator.health_port
+        );
     }
     matches!(answer, Some((200, _)))
 }
@@ -528,9 +634,14 @@ fn keep_log(operator: &Running, name: &str) {
 /// run it under heaptrack's preload library. The harness's `Operator::start` inherits this
 /// process's environment, so the variables are set just around that call.
 fn with_operator_env<T>(ns: &str, start: impl FnOnce() -> T) -> T {
-    let Ok(spec) = std::env::var("BENCH_OPERATOR_ENV") else { return start() };
-    let vars: Vec<(String, String)> =
-        spec.split(',').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.trim().to_string(), v.replace("{ns}", ns))).collect();
+    let Ok(spec) = std::env::var("BENCH_OPERATOR_ENV") else {
+        return start();
+    };
+    let vars: Vec<(String, String)> = spec
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.replace("{ns}", ns)))
+        .collect();
     // SAFETY: a debugging aid; nothing in this process reads these variables, and the Rust
     // standard library serialises its own environment access.
     unsafe { vars.iter().for_each(|(k, v)| std::env::set_var(k, v)) };
@@ -542,8 +653,13 @@ fn with_operator_env<T>(ns: &str, start: impl FnOnce() -> T) -> T {
 fn start_operator(kubeconfig: &Path, args: &[&str]) -> Running {
     let inner = Operator::start(kubeconfig, args);
     // The harness waits (blocking, up to 10 s) for the operator to log its ports.
-    let (metrics_port, health_port) = tokio::task::block_in_place(|| (inner.metrics_port(), inner.health_port()));
-    Running { inner, metrics_port, health_port }
+    let (metrics_port, health_port) =
+        tokio::task::block_in_place(|| (inner.metrics_port(), inner.health_port()));
+    Running {
+        inner,
+        metrics_port,
+        health_port,
+    }
 }
 
 /// IdvClients the operator logged as reconciled (`reconciled object=IdvClient.../NAME.NS`), in `ns`.
@@ -591,14 +707,20 @@ impl SecretsSeen {
 fn watch_token_secrets(admin: &Client, ns: &str) -> (Arc<SecretsSeen>, Task) {
     let seen = Arc::new(SecretsSeen::default());
     let api: Api<PartialObjectMeta<Secret>> = Api::namespaced(admin.clone(), ns);
-    let config = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
+    let config =
+        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
     let state = seen.clone();
     let task = tokio::spawn(async move {
         let mut events = watcher(api, config).default_backoff().boxed();
         while let Some(event) = events.next().await {
             match event {
                 Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => {
-                    state.first.lock().unwrap().entry(s.name_any()).or_insert_with(Instant::now);
+                    state
+                        .first
+                        .lock()
+                        .unwrap()
+                        .entry(s.name_any())
+                        .or_insert_with(Instant::now);
                 }
                 Ok(watcher::Event::InitDone) => state.synced.store(true, Ordering::Relaxed),
                 _ => {}
@@ -622,7 +744,11 @@ impl ReadySet {
 }
 
 fn is_ready(client: &IdvClient) -> bool {
-    client.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    client.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    })
 }
 
 fn watch_readiness(admin: &Client, ns: &str) -> (Arc<ReadySet>, Task) {
@@ -630,7 +756,9 @@ fn watch_readiness(admin: &Client, ns: &str) -> (Arc<ReadySet>, Task) {
     let api: Api<IdvClient> = Api::namespaced(admin.clone(), ns);
     let state = ready.clone();
     let task = tokio::spawn(async move {
-        let mut events = watcher(api, watcher::Config::default()).default_backoff().boxed();
+        let mut events = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
         while let Some(event) = events.next().await {
             match event {
                 Ok(watcher::Event::Apply(c) | watcher::Event::InitApply(c)) => {
@@ -656,7 +784,9 @@ async fn until_synced(flag: &AtomicBool, what: &str) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(120);
     while !flag.load(Ordering::Relaxed) {
         if Instant::now() > deadline {
-            return Err(format!("the bench's watch of {what} did not sync within 120 s"));
+            return Err(format!(
+                "the bench's watch of {what} did not sync within 120 s"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -771,14 +901,32 @@ struct RequestCost {
 fn machine() -> BTreeMap<String, String> {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     let cpuinfo = read("/proc/cpuinfo");
-    let model = cpuinfo.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, m)| m.trim().to_string());
-    let memory = read("/proc/meminfo").lines().find(|l| l.starts_with("MemTotal")).map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string());
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, m)| m.trim().to_string());
+    let memory = read("/proc/meminfo")
+        .lines()
+        .find(|l| l.starts_with("MemTotal"))
+        .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string());
     let mut m = BTreeMap::new();
-    m.insert("nproc".into(), std::thread::available_parallelism().map(|n| n.to_string()).unwrap_or_default());
+    m.insert(
+        "nproc".into(),
+        std::thread::available_parallelism()
+            .map(|n| n.to_string())
+            .unwrap_or_default(),
+    );
     m.insert("cpu".into(), model.unwrap_or_default());
     m.insert("mem_total_kib".into(), memory.unwrap_or_default());
-    m.insert("kernel".into(), read("/proc/sys/kernel/osrelease").trim().to_string());
-    m.insert("loadavg_at_start".into(), read("/proc/loadavg").trim().to_string());
+    m.insert(
+        "kernel".into(),
+        read("/proc/sys/kernel/osrelease").trim().to_string(),
+    );
+    m.insert(
+        "loadavg_at_start".into(),
+        read("/proc/loadavg").trim().to_string(),
+    );
     m
 }
 
@@ -792,8 +940,17 @@ fn secs(d: Duration) -> f64 {
 
 async fn create_namespace(admin: &Client, name: &str) -> Result<(), String> {
     let namespaces: Api<Namespace> = Api::all(admin.clone());
-    let namespace = Namespace { metadata: ObjectMeta { name: Some(name.into()), ..Default::default() }, ..Default::default() };
-    namespaces.create(&PostParams::default(), &namespace).await.map_err(|e| format!("create namespace {name}: {e}"))?;
+    let namespace = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    namespaces
+        .create(&PostParams::default(), &namespace)
+        .await
+        .map_err(|e| format!("create namespace {name}: {e}"))?;
     Ok(())
 }
 
@@ -818,22 +975,38 @@ where
 }
 
 /// Create objects with bounded parallelism; returns the elapsed time.
-async fn create_all<K>(api: &Api<K>, objects: Vec<K>, parallelism: usize) -> Result<Duration, String>
+async fn create_all<K>(
+    api: &Api<K>,
+    objects: Vec<K>,
+    parallelism: usize,
+) -> Result<Duration, String>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + Serialize + std::fmt::Debug,
 {
     let started = Instant::now();
     let results: Vec<Result<(), String>> =
-        futures::stream::iter(objects.iter().map(|o| create(api, o))).buffer_unordered(parallelism.max(1)).collect().await;
+        futures::stream::iter(objects.iter().map(|o| create(api, o)))
+            .buffer_unordered(parallelism.max(1))
+            .collect()
+            .await;
     results.into_iter().collect::<Result<Vec<()>, String>>()?;
     Ok(started.elapsed())
 }
 
 fn generate_keys(n: usize) -> Vec<Vec<u8>> {
-    (0..n).map(|_| serde_json::to_vec(&jwk::generate(KeygenAlgorithm::Es256, 0).expect("ES256 keygen")).unwrap()).collect()
+    (0..n)
+        .map(|_| {
+            serde_json::to_vec(&jwk::generate(KeygenAlgorithm::Es256, 0).expect("ES256 keygen"))
+                .unwrap()
+        })
+        .collect()
 }
 
-fn token_secret_data(token: &str, expires_at: Timestamp, scope: &str) -> BTreeMap<String, ByteString> {
+fn token_secret_data(
+    token: &str,
+    expires_at: Timestamp,
+    scope: &str,
+) -> BTreeMap<String, ByteString> {
     [
         ("access_token", token.to_string()),
         ("token_type", "Bearer".to_string()),
@@ -848,7 +1021,12 @@ fn token_secret_data(token: &str, expires_at: Timestamp, scope: &str) -> BTreeMa
 
 /// The bare work: for each client, one token request with a freshly signed assertion and one
 /// Secret create, one after the other.
-async fn bare_baseline(admin: &Client, cfg: &Config, endpoint: &str, idp: &TokenEndpoint) -> Result<Bare, String> {
+async fn bare_baseline(
+    admin: &Client,
+    cfg: &Config,
+    endpoint: &str,
+    idp: &TokenEndpoint,
+) -> Result<Bare, String> {
     let ns = "bench-bare";
     create_namespace(admin, ns).await?;
     let keys = generate_keys(cfg.clients);
@@ -861,12 +1039,14 @@ async fn bare_baseline(admin: &Client, cfg: &Config, endpoint: &str, idp: &Token
     // Warm up both connections (TLS handshake to the apiserver, TCP to the endpoint) outside the clock.
     let _ = http.get(endpoint).send().await;
     let _ = secrets.get_opt("warm-up").await;
-    let (idp_before, api_before, cpu_before) = (idp.total(), apiserver_counts(admin).await?, cpu_now(None));
+    let (idp_before, api_before, cpu_before) =
+        (idp.total(), apiserver_counts(admin).await?, cpu_now(None));
     let started = Instant::now();
     for (i, key_bytes) in keys.iter().enumerate() {
         let key = jwk::parse_signing_key(key_bytes, None).map_err(|e| e.to_string())?;
         let client_id = format!("{ns}.c{i}");
-        let claims = assertion::claims(&client_id, endpoint, Timestamp::now(), uuid::Uuid::new_v4());
+        let claims =
+            assertion::claims(&client_id, endpoint, Timestamp::now(), uuid::Uuid::new_v4());
         let signed = assertion::sign(&claims, &key, false).map_err(|e| e.to_string())?;
         let form = [
             ("grant_type", "client_credentials"),
@@ -885,19 +1065,28 @@ async fn bare_baseline(admin: &Client, cfg: &Config, endpoint: &str, idp: &Token
             .json()
             .await
             .map_err(|e| format!("bare token answer: {e}"))?;
-        let token = answer["access_token"].as_str().ok_or_else(|| format!("bare: no access_token in {answer}"))?;
-        let lifetime = jiff::SignedDuration::from_secs(answer["expires_in"].as_i64().unwrap_or(300));
+        let token = answer["access_token"]
+            .as_str()
+            .ok_or_else(|| format!("bare: no access_token in {answer}"))?;
+        let lifetime =
+            jiff::SignedDuration::from_secs(answer["expires_in"].as_i64().unwrap_or(300));
         let secret = Secret {
             metadata: ObjectMeta {
                 name: Some(format!("c{i}-token")),
-                labels: Some(BTreeMap::from([("app.kubernetes.io/managed-by".to_string(), "bench-bare".to_string())])),
+                labels: Some(BTreeMap::from([(
+                    "app.kubernetes.io/managed-by".to_string(),
+                    "bench-bare".to_string(),
+                )])),
                 ..Default::default()
             },
             type_: Some("Opaque".into()),
             data: Some(token_secret_data(token, issued + lifetime, "bench_read")),
             ..Default::default()
         };
-        secrets.create(&PostParams::default(), &secret).await.map_err(|e| format!("bare: create Secret: {e}"))?;
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .map_err(|e| format!("bare: create Secret: {e}"))?;
     }
     let elapsed = started.elapsed();
     let cpu = cpu_now(None) - cpu_before;
@@ -958,17 +1147,46 @@ async fn operator_run(
         .into_iter()
         .enumerate()
         .map(|(i, bytes)| Secret {
-            metadata: ObjectMeta { name: Some(format!("c{i}-jwk")), ..Default::default() },
-            data: Some(BTreeMap::from([("jwk.json".to_string(), ByteString(bytes))])),
+            metadata: ObjectMeta {
+                name: Some(format!("c{i}-jwk")),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([(
+                "jwk.json".to_string(),
+                ByteString(bytes),
+            )])),
             ..Default::default()
         })
         .collect();
-    let took = create_all(&Api::namespaced(admin.clone(), &ns), key_secrets, cfg.parallelism).await?;
+    let took = create_all(
+        &Api::namespaced(admin.clone(), &ns),
+        key_secrets,
+        cfg.parallelism,
+    )
+    .await?;
     update(&|run| run.key_secrets_apply_s = secs(took));
-    let clients: Vec<IdvClient> = (0..n).map(|i| idv_client(&format!("c{i}"), &format!("{ns}.c{i}"), endpoint, &format!("c{i}-jwk"))).collect();
-    let took = create_all(&Api::namespaced(admin.clone(), &ns), clients, cfg.parallelism).await?;
+    let clients: Vec<IdvClient> = (0..n)
+        .map(|i| {
+            idv_client(
+                &format!("c{i}"),
+                &format!("{ns}.c{i}"),
+                endpoint,
+                &format!("c{i}-jwk"),
+            )
+        })
+        .collect();
+    let took = create_all(
+        &Api::namespaced(admin.clone(), &ns),
+        clients,
+        cfg.parallelism,
+    )
+    .await?;
     update(&|run| run.clients_apply_s = secs(took));
-    eprintln!("bench: [{c}/{r}] applied: key Secrets {:.1}s, IdvClients {:.1}s", run.lock().unwrap().key_secrets_apply_s, secs(took));
+    eprintln!(
+        "bench: [{c}/{r}] applied: key Secrets {:.1}s, IdvClients {:.1}s",
+        run.lock().unwrap().key_secrets_apply_s,
+        secs(took)
+    );
 
     let (secrets_seen, _secrets_watch) = watch_token_secrets(admin, &ns);
     let (ready, _ready_watch) = watch_readiness(admin, &ns);
@@ -976,8 +1194,16 @@ async fn operator_run(
     until_synced(&ready.synced, "IdvClients").await?;
 
     // Converge: the clock starts when the operator process is started, all clients applied.
-    let args = ["--watch-namespaces", ns.as_str(), "--concurrency", &c.to_string(), "--max-concurrent-token-requests", &r.to_string()];
-    let (api_before, idp_before, cpu_before) = (apiserver_counts(admin).await?, idp.total(), cpu_now(None));
+    let args = [
+        "--watch-namespaces",
+        ns.as_str(),
+        "--concurrency",
+        &c.to_string(),
+        "--max-concurrent-token-requests",
+        &r.to_string(),
+    ];
+    let (api_before, idp_before, cpu_before) =
+        (apiserver_counts(admin).await?, idp.total(), cpu_now(None));
     eprintln!("bench: [{c}/{r}] starting the operator: {}", args.join(" "));
     let started = Instant::now();
     let mut operator = with_operator_env(&ns, || start_operator(kubeconfig, &args));
@@ -992,7 +1218,10 @@ async fn operator_run(
             break;
         }
         if !operator.inner.process.is_running() {
-            return Err(format!("the operator exited during convergence; log tail:\n{}", operator.inner.tail(40)));
+            return Err(format!(
+                "the operator exited during convergence; log tail:\n{}",
+                operator.inner.tail(40)
+            ));
         }
         if Instant::now() > deadline {
             return Err(format!(
@@ -1003,13 +1232,22 @@ async fn operator_run(
             ));
         }
         if last_report.elapsed() > Duration::from_secs(15) {
-            eprintln!("bench: [{c}/{r}] {:.0}s: {} of {n} token Secrets", secs(started.elapsed()), secrets_seen.count());
+            eprintln!(
+                "bench: [{c}/{r}] {:.0}s: {} of {n} token Secrets",
+                secs(started.elapsed()),
+                secrets_seen.count()
+            );
             last_report = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let times = secrets_seen.times();
-    let at = |q: f64| secs(times[((times.len() as f64 * q).ceil() as usize).clamp(1, times.len()) - 1].saturating_duration_since(started));
+    let at = |q: f64| {
+        secs(
+            times[((times.len() as f64 * q).ceil() as usize).clamp(1, times.len()) - 1]
+                .saturating_duration_since(started),
+        )
+    };
     let converge = at(1.0);
     let cpu_converged = cpu_now(Some(pid)) - cpu_before;
     let api_converge = diff(&apiserver_counts(admin).await?, &api_before);
@@ -1027,7 +1265,10 @@ async fn operator_run(
         run.machine_steal_percent_converge = cpu_converged.steal_percent();
         run.api_converge = api_converge.clone();
     });
-    eprintln!("bench: [{c}/{r}] converged: {n} token Secrets in {converge:.2}s (ratio {:.2})", converge / bare_seconds);
+    eprintln!(
+        "bench: [{c}/{r}] converged: {n} token Secrets in {converge:.2}s (ratio {:.2})",
+        converge / bare_seconds
+    );
 
     // Settle: every IdvClient Ready and the operator's reconcile counter still for 2 s.
     let deadline = Instant::now() + cfg.settle_deadline();
@@ -1041,7 +1282,11 @@ async fn operator_run(
             break;
         }
         if Instant::now() > deadline {
-            return Err(format!("settle: {} of {n} IdvClients Ready after {:?}", ready.count(), cfg.settle_deadline()));
+            return Err(format!(
+                "settle: {} of {n} IdvClients Ready after {:?}",
+                ready.count(),
+                cfg.settle_deadline()
+            ));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -1050,7 +1295,8 @@ async fn operator_run(
     let cpu_settled = cpu_now(Some(pid)) - cpu_before;
     let api_settle = diff(&apiserver_counts(admin).await?, &api_before);
     let stats = idp.stats(&format!("{ns}."));
-    let token_requests = operator_metric(&operator, "idv_token_operator_token_requests_total").await;
+    let token_requests =
+        operator_metric(&operator, "idv_token_operator_token_requests_total").await;
     update(&|run| {
         run.settle_s = Some(settled);
         run.rss_hwm_mib_settled = vm_mib(pid, "VmHWM:");
@@ -1074,9 +1320,16 @@ async fn operator_run(
     let (api_before, idp_before) = (apiserver_counts(admin).await?, idp.total());
     let stopping = Instant::now();
     let clean = operator.inner.process.terminate(Duration::from_secs(30));
-    let mut restart = Restart { shutdown_s: secs(stopping.elapsed()), shutdown_clean: clean, ..Restart::default() };
+    let mut restart = Restart {
+        shutdown_s: secs(stopping.elapsed()),
+        shutdown_clean: clean,
+        ..Restart::default()
+    };
     drop(operator);
-    eprintln!("bench: [{c}/{r}] restarting the operator (stopped in {:.2}s)", restart.shutdown_s);
+    eprintln!(
+        "bench: [{c}/{r}] restarting the operator (stopped in {:.2}s)",
+        restart.shutdown_s
+    );
     let started = Instant::now();
     let mut operator = start_operator(kubeconfig, &args);
     let pid = operator.inner.process.pid();
@@ -1091,15 +1344,23 @@ async fn operator_run(
         if restart.reconciles_ge_n_s.is_none() && reconciles.is_some_and(|v| v >= n as f64) {
             restart.reconciles_ge_n_s = Some(elapsed);
         }
-        if restart.reconciles_ge_n_s.is_some() && restart.all_reconciled_s.is_none() && reconciled_objects(&operator.inner.output(), &ns) >= n {
+        if restart.reconciles_ge_n_s.is_some()
+            && restart.all_reconciled_s.is_none()
+            && reconciled_objects(&operator.inner.output(), &ns) >= n
+        {
             restart.all_reconciled_s = Some(elapsed);
         }
         restart.operator_reconciles = reconciles;
-        if started.elapsed() >= cfg.restart_window && (restart.all_reconciled_s.is_some() || Instant::now() > deadline) {
+        if started.elapsed() >= cfg.restart_window
+            && (restart.all_reconciled_s.is_some() || Instant::now() > deadline)
+        {
             break;
         }
         if !operator.inner.process.is_running() {
-            return Err(format!("the restarted operator exited; log tail:\n{}", operator.inner.tail(40)));
+            return Err(format!(
+                "the restarted operator exited; log tail:\n{}",
+                operator.inner.tail(40)
+            ));
         }
         if restart.all_reconciled_s.is_some() {
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1117,13 +1378,21 @@ async fn operator_run(
     restart.operator_cpu_s = (cpu_now(Some(pid)) - cpu_before).operator;
     eprintln!(
         "bench: [{c}/{r}] restart: readyz {:?}s, all reconciled {:?}s, {} IdP requests, {} API writes in {:.0}s",
-        restart.readyz_s, restart.all_reconciled_s, restart.idp_requests, restart.api_writes, restart.window_s
+        restart.readyz_s,
+        restart.all_reconciled_s,
+        restart.idp_requests,
+        restart.api_writes,
+        restart.window_s
     );
     update(&|run| run.restart = Some(restart.clone()));
 
     // Idle.
     eprintln!("bench: [{c}/{r}] idle for {:?}", cfg.idle_window);
-    let (api_before, idp_before, cpu_before) = (apiserver_counts(admin).await?, idp.total(), cpu_now(Some(pid)));
+    let (api_before, idp_before, cpu_before) = (
+        apiserver_counts(admin).await?,
+        idp.total(),
+        cpu_now(Some(pid)),
+    );
     let started = Instant::now();
     tokio::time::sleep(cfg.idle_window).await;
     let cpu = cpu_now(Some(pid)) - cpu_before;
@@ -1139,7 +1408,10 @@ async fn operator_run(
         etcd_cpu_s: cpu.etcd,
         rss_mib: vm_mib(pid, "VmRSS:"),
     };
-    eprintln!("bench: [{c}/{r}] idle: {} API writes ({} by the operator), {} IdP requests, {:.2}s operator CPU", idle.api_writes, idle.api_operator_writes, idle.idp_requests, idle.operator_cpu_s);
+    eprintln!(
+        "bench: [{c}/{r}] idle: {} API writes ({} by the operator), {} IdP requests, {:.2}s operator CPU",
+        idle.api_writes, idle.api_operator_writes, idle.idp_requests, idle.operator_cpu_s
+    );
     update(&|run| run.idle = Some(idle.clone()));
     keep_log(&operator, &format!("{ns}-restarted"));
     drop(operator);
@@ -1149,7 +1421,12 @@ async fn operator_run(
 /// Cost per request of each request the operator makes, one kind at a time, one request after
 /// the other, against the IdvClients of an operator run (whose operator has stopped): wall time,
 /// kube-apiserver and etcd CPU per request.
-async fn profile_requests(admin: &Client, ns: &str, count: usize, report: &Mutex<Report>) -> Result<(), String> {
+async fn profile_requests(
+    admin: &Client,
+    ns: &str,
+    count: usize,
+    report: &Mutex<Report>,
+) -> Result<(), String> {
     let clients: Vec<IdvClient> = Api::<IdvClient>::namespaced(admin.clone(), ns)
         .list(&Default::default())
         .await
@@ -1196,18 +1473,30 @@ async fn profile_requests(admin: &Client, ns: &str, count: usize, report: &Mutex
                     let secret = Secret {
                         metadata: ObjectMeta {
                             name: Some(format!("{name}-profile")),
-                            labels: Some(BTreeMap::from([("bench".to_string(), "profile".to_string())])),
+                            labels: Some(BTreeMap::from([(
+                                "bench".to_string(),
+                                "profile".to_string(),
+                            )])),
                             owner_references: Some(vec![owner]),
                             ..Default::default()
                         },
                         type_: Some("Opaque".into()),
-                        data: Some(token_secret_data(&uuid::Uuid::new_v4().to_string(), Timestamp::now(), "bench_read")),
+                        data: Some(token_secret_data(
+                            &uuid::Uuid::new_v4().to_string(),
+                            Timestamp::now(),
+                            "bench_read",
+                        )),
                         ..Default::default()
                     };
-                    secrets.create(&PostParams::default(), &secret).await.map(|_| ())
+                    secrets
+                        .create(&PostParams::default(), &secret)
+                        .await
+                        .map(|_| ())
                 }
                 3 => {
-                    let now = Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+                    let now = Timestamp::now()
+                        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+                        .to_string();
                     let event = serde_json::from_value(json!({
                         "metadata": {"name": format!("{name}.profile{i}")},
                         "eventTime": now,
@@ -1220,12 +1509,25 @@ async fn profile_requests(admin: &Client, ns: &str, count: usize, report: &Mutex
                         "regarding": {"apiVersion": "idv-token-operator.dev/v1alpha1", "kind": "IdvClient", "name": name, "namespace": ns, "uid": c.metadata.uid},
                     }))
                     .expect("an Event");
-                    events.create(&PostParams::default(), &event).await.map(|_| ())
+                    events
+                        .create(&PostParams::default(), &event)
+                        .await
+                        .map(|_| ())
                 }
-                4 => idvclients.patch_status(&name, &apply, &Patch::Apply(status_body(c, ""))).await.map(|_| ()),
-                5 => idvclients.patch_status(&name, &apply, &Patch::Apply(status_body(c, " (profile)"))).await.map(|_| ()),
+                4 => idvclients
+                    .patch_status(&name, &apply, &Patch::Apply(status_body(c, "")))
+                    .await
+                    .map(|_| ()),
+                5 => idvclients
+                    .patch_status(&name, &apply, &Patch::Apply(status_body(c, " (profile)")))
+                    .await
+                    .map(|_| ()),
                 _ => idvclients
-                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": status_body(c, " (merge)")["status"]})))
+                    .patch_status(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"status": status_body(c, " (merge)")["status"]})),
+                    )
                     .await
                     .map(|_| ()),
             };
@@ -1239,7 +1541,10 @@ async fn profile_requests(admin: &Client, ns: &str, count: usize, report: &Mutex
             apiserver_cpu_ms: cpu.apiserver * 1000.0 / n as f64,
             etcd_cpu_ms: cpu.etcd * 1000.0 / n as f64,
         };
-        eprintln!("bench: profile: {what}: {:.2} ms wall, {:.2} ms apiserver CPU per request", cost.wall_ms, cost.apiserver_cpu_ms);
+        eprintln!(
+            "bench: profile: {what}: {:.2} ms wall, {:.2} ms apiserver CPU per request",
+            cost.wall_ms, cost.apiserver_cpu_ms
+        );
         report.lock().unwrap().profile.push(cost);
     }
     Ok(())
@@ -1251,24 +1556,56 @@ async fn run(cfg: &Config, dir: &Path, report: Arc<Mutex<Report>>) -> Result<(),
     plane.install_crds().await;
     plane.install_operator_rbac().await;
     // The operator authenticates with a ServiceAccount token, as in a pod.
-    let kubeconfig = plane.service_account_kubeconfig(OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT, "operator-sa.kubeconfig").await;
+    let kubeconfig = plane
+        .service_account_kubeconfig(
+            OPERATOR_NAMESPACE,
+            OPERATOR_SERVICE_ACCOUNT,
+            "operator-sa.kubeconfig",
+        )
+        .await;
     let admin = plane.admin().await;
     let idp = Arc::new(TokenEndpoint::default());
     let (port, _endpoint_task) = start_token_endpoint(idp.clone()).await;
     let _endpoint_task = Task(_endpoint_task);
     let endpoint = format!("http://127.0.0.1:{port}/token");
-    report.lock().unwrap().setup_s.insert("control plane, CRDs, RBAC".into(), secs(setup.elapsed()));
-    eprintln!("bench: control plane {} ready; token endpoint {endpoint}; N = {}", plane.server, cfg.clients);
+    report
+        .lock()
+        .unwrap()
+        .setup_s
+        .insert("control plane, CRDs, RBAC".into(), secs(setup.elapsed()));
+    eprintln!(
+        "bench: control plane {} ready; token endpoint {endpoint}; N = {}",
+        plane.server, cfg.clients
+    );
 
-    eprintln!("bench: bare baseline ({} sequential token requests + Secret creates)", cfg.clients);
+    eprintln!(
+        "bench: bare baseline ({} sequential token requests + Secret creates)",
+        cfg.clients
+    );
     let bare = bare_baseline(&admin, cfg, &endpoint, &idp).await?;
-    eprintln!("bench: bare baseline {:.2}s ({:.2} ms per client)", bare.seconds, bare.per_client_ms);
+    eprintln!(
+        "bench: bare baseline {:.2}s ({:.2} ms per client)",
+        bare.seconds, bare.per_client_ms
+    );
     report.lock().unwrap().bare = Some(bare.clone());
 
     let mut failed = None;
     for &(c, r) in &cfg.settings {
-        let run = Mutex::new(Run { concurrency: c, max_token_requests: r, ..Run::default() });
-        let result = operator_run(&kubeconfig, &admin, cfg, &endpoint, &idp, bare.seconds, &run).await;
+        let run = Mutex::new(Run {
+            concurrency: c,
+            max_token_requests: r,
+            ..Run::default()
+        });
+        let result = operator_run(
+            &kubeconfig,
+            &admin,
+            cfg,
+            &endpoint,
+            &idp,
+            bare.seconds,
+            &run,
+        )
+        .await;
         let mut run = run.into_inner().unwrap();
         if let Err(e) = result {
             eprintln!("bench: [{c}/{r}] failed: {e}");
@@ -1277,7 +1614,14 @@ async fn run(cfg: &Config, dir: &Path, report: Arc<Mutex<Report>>) -> Result<(),
         }
         report.lock().unwrap().runs.push(run);
     }
-    let profile_in = report.lock().unwrap().runs.iter().rev().find(|r| r.error.is_none()).map(|r| r.namespace.clone());
+    let profile_in = report
+        .lock()
+        .unwrap()
+        .runs
+        .iter()
+        .rev()
+        .find(|r| r.error.is_none())
+        .map(|r| r.namespace.clone());
     if env_or("BENCH_PROFILE", 1) == 1
         && let Some(ns) = profile_in
     {
@@ -1294,12 +1638,23 @@ async fn run(cfg: &Config, dir: &Path, report: Arc<Mutex<Report>>) -> Result<(),
 // ---------------------------------------------------------------------------------------------
 
 fn f(v: Option<f64>, digits: usize) -> String {
-    v.map(|v| format!("{v:.digits$}")).unwrap_or_else(|| "-".into())
+    v.map(|v| format!("{v:.digits$}"))
+        .unwrap_or_else(|| "-".into())
 }
 
 fn verbs_per_client(counts: &ApiCounts, n: usize) -> String {
-    let verbs = by_verb(&counts.iter().filter(|(k, _)| !k.ends_with("(non-resource)")).map(|(k, v)| (k.clone(), *v)).collect());
-    verbs.iter().map(|(verb, v)| format!("{verb} {:.2}", v / n as f64)).collect::<Vec<_>>().join(", ")
+    let verbs = by_verb(
+        &counts
+            .iter()
+            .filter(|(k, _)| !k.ends_with("(non-resource)"))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect(),
+    );
+    verbs
+        .iter()
+        .map(|(verb, v)| format!("{verb} {:.2}", v / n as f64))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn mark(ok: Option<bool>) -> &'static str {
@@ -1314,7 +1669,10 @@ fn summary(report: &Report, cfg: &Config) -> String {
     let n = report.clients;
     let rss_target = if n <= 1000 { 64.0 } else { 100.0 };
     let mut out = String::new();
-    let _ = writeln!(out, "\n## idv-token-operator convergence benchmark, N = {n}\n");
+    let _ = writeln!(
+        out,
+        "\n## idv-token-operator convergence benchmark, N = {n}\n"
+    );
     for (k, v) in &report.machine {
         let _ = writeln!(out, "- {k}: {v}");
     }
@@ -1341,7 +1699,11 @@ fn summary(report: &Report, cfg: &Config) -> String {
     let mut header = "| metric |".to_string();
     let mut rule = "|---|".to_string();
     for run in &report.runs {
-        let _ = write!(header, " C/R = {}/{} |", run.concurrency, run.max_token_requests);
+        let _ = write!(
+            header,
+            " C/R = {}/{} |",
+            run.concurrency, run.max_token_requests
+        );
         rule.push_str("---|");
     }
     let _ = writeln!(out, "{header}\n{rule}");
@@ -1353,51 +1715,220 @@ fn summary(report: &Report, cfg: &Config) -> String {
         let _ = writeln!(out);
     };
     let bare_s = report.bare.as_ref().map(|b| b.seconds);
-    row(&mut out, "apply N key Secrets / N IdvClients (s, parallelism 16)", &|r| format!("{:.1} / {:.1}", r.key_secrets_apply_s, r.clients_apply_s));
-    row(&mut out, "operator /readyz after start (s)", &|r| f(r.readyz_s, 2));
-    row(&mut out, "all N token Secrets exist (s) [p50 / p90]", &|r| format!("{} [{} / {}]", f(r.converge_s, 2), f(r.converge_p50_s, 2), f(r.converge_p90_s, 2)));
-    row(&mut out, &format!("ratio operator / bare ({} s) — target <= 1.0", f(bare_s, 2)), &|r| {
-        format!("{} ({})", f(r.ratio, 2), mark(r.ratio.map(|x| x <= 1.0)))
+    row(
+        &mut out,
+        "apply N key Secrets / N IdvClients (s, parallelism 16)",
+        &|r| format!("{:.1} / {:.1}", r.key_secrets_apply_s, r.clients_apply_s),
+    );
+    row(&mut out, "operator /readyz after start (s)", &|r| {
+        f(r.readyz_s, 2)
     });
-    row(&mut out, "all N Ready and operator quiet (s)", &|r| f(r.settle_s, 2));
-    row(&mut out, &format!("operator peak RSS, VmHWM (MiB) at convergence / settled — target <= {rss_target:.0}"), &|r| {
-        format!("{} / {} ({})", f(r.rss_hwm_mib_converged, 1), f(r.rss_hwm_mib_settled, 1), mark(r.rss_hwm_mib_settled.map(|x| x <= rss_target)))
+    row(
+        &mut out,
+        "all N token Secrets exist (s) [p50 / p90]",
+        &|r| {
+            format!(
+                "{} [{} / {}]",
+                f(r.converge_s, 2),
+                f(r.converge_p50_s, 2),
+                f(r.converge_p90_s, 2)
+            )
+        },
+    );
+    row(
+        &mut out,
+        &format!("ratio operator / bare ({} s) — target <= 1.0", f(bare_s, 2)),
+        &|r| format!("{} ({})", f(r.ratio, 2), mark(r.ratio.map(|x| x <= 1.0))),
+    );
+    row(&mut out, "all N Ready and operator quiet (s)", &|r| {
+        f(r.settle_s, 2)
     });
-    row(&mut out, "operator CPU (s) at convergence / settled", &|r| format!("{} / {}", f(r.cpu_s_converged, 2), f(r.cpu_s_settled, 2)));
-    row(&mut out, "kube-apiserver / etcd / bench CPU during convergence (s)", &|r| {
-        format!("{:.1} / {:.1} / {:.1}", r.apiserver_cpu_s_converge, r.etcd_cpu_s_converge, r.bench_cpu_s_converge)
+    row(
+        &mut out,
+        &format!(
+            "operator peak RSS, VmHWM (MiB) at convergence / settled — target <= {rss_target:.0}"
+        ),
+        &|r| {
+            format!(
+                "{} / {} ({})",
+                f(r.rss_hwm_mib_converged, 1),
+                f(r.rss_hwm_mib_settled, 1),
+                mark(r.rss_hwm_mib_settled.map(|x| x <= rss_target))
+            )
+        },
+    );
+    row(
+        &mut out,
+        "operator CPU (s) at convergence / settled",
+        &|r| format!("{} / {}", f(r.cpu_s_converged, 2), f(r.cpu_s_settled, 2)),
+    );
+    row(
+        &mut out,
+        "kube-apiserver / etcd / bench CPU during convergence (s)",
+        &|r| {
+            format!(
+                "{:.1} / {:.1} / {:.1}",
+                r.apiserver_cpu_s_converge, r.etcd_cpu_s_converge, r.bench_cpu_s_converge
+            )
+        },
+    );
+    row(
+        &mut out,
+        "machine CPU busy during convergence (% of all cores; steal)",
+        &|r| {
+            format!(
+                "{:.0}% ({:.0}%)",
+                r.machine_busy_percent_converge, r.machine_steal_percent_converge
+            )
+        },
+    );
+    row(
+        &mut out,
+        "IdP requests per client (max for one client)",
+        &|r| {
+            if r.idp_clients == 0 {
+                "-".into()
+            } else {
+                format!(
+                    "{:.2} ({})",
+                    r.idp_requests as f64 / n as f64,
+                    r.idp_max_per_client
+                )
+            }
+        },
+    );
+    row(
+        &mut out,
+        "apiserver requests per client, start to convergence",
+        &|r| format!("{:.2}", resource_requests(&r.api_converge) / n as f64),
+    );
+    row(
+        &mut out,
+        "apiserver requests per client, start to settled",
+        &|r| format!("{:.2}", resource_requests(&r.api_settle) / n as f64),
+    );
+    row(
+        &mut out,
+        "… by verb (start to settled, per client)",
+        &|r| verbs_per_client(&r.api_settle, n),
+    );
+    row(&mut out, "restart: SIGTERM to exit (s)", &|r| {
+        r.restart
+            .as_ref()
+            .map(|x| {
+                format!(
+                    "{:.2}{}",
+                    x.shutdown_s,
+                    if x.shutdown_clean { "" } else { " (killed)" }
+                )
+            })
+            .unwrap_or("-".into())
     });
-    row(&mut out, "machine CPU busy during convergence (% of all cores; steal)", &|r| {
-        format!("{:.0}% ({:.0}%)", r.machine_busy_percent_converge, r.machine_steal_percent_converge)
+    row(&mut out, "restart: /readyz 200 (s)", &|r| {
+        f(r.restart.as_ref().and_then(|x| x.readyz_s), 2)
     });
-    row(&mut out, "IdP requests per client (max for one client)", &|r| {
-        if r.idp_clients == 0 { "-".into() } else { format!("{:.2} ({})", r.idp_requests as f64 / n as f64, r.idp_max_per_client) }
+    row(&mut out, "restart: reconciles_total >= N (s)", &|r| {
+        f(r.restart.as_ref().and_then(|x| x.reconciles_ge_n_s), 2)
     });
-    row(&mut out, "apiserver requests per client, start to convergence", &|r| format!("{:.2}", resource_requests(&r.api_converge) / n as f64));
-    row(&mut out, "apiserver requests per client, start to settled", &|r| format!("{:.2}", resource_requests(&r.api_settle) / n as f64));
-    row(&mut out, "… by verb (start to settled, per client)", &|r| verbs_per_client(&r.api_settle, n));
-    row(&mut out, "restart: SIGTERM to exit (s)", &|r| r.restart.as_ref().map(|x| format!("{:.2}{}", x.shutdown_s, if x.shutdown_clean { "" } else { " (killed)" })).unwrap_or("-".into()));
-    row(&mut out, "restart: /readyz 200 (s)", &|r| f(r.restart.as_ref().and_then(|x| x.readyz_s), 2));
-    row(&mut out, "restart: reconciles_total >= N (s)", &|r| f(r.restart.as_ref().and_then(|x| x.reconciles_ge_n_s), 2));
-    row(&mut out, "restart: every client reconciled by the new process (s)", &|r| f(r.restart.as_ref().and_then(|x| x.all_reconciled_s), 2));
-    row(&mut out, &format!("restart: IdP requests in {}s — target 0", cfg.restart_window.as_secs()), &|r| {
-        r.restart.as_ref().map(|x| format!("{} ({})", x.idp_requests, mark(Some(x.idp_requests == 0)))).unwrap_or("-".into())
-    });
-    row(&mut out, "restart: apiserver requests per client / writes (operator's / all)", &|r| {
-        r.restart.as_ref().map(|x| format!("{:.2} / {} / {}", resource_requests(&x.api) / n as f64, x.api_operator_writes, x.api_writes)).unwrap_or("-".into())
-    });
-    row(&mut out, "restart: peak RSS (MiB) / CPU (s) of the new process", &|r| {
-        r.restart.as_ref().map(|x| format!("{} / {:.2}", f(x.rss_hwm_mib, 1), x.operator_cpu_s)).unwrap_or("-".into())
-    });
-    row(&mut out, &format!("idle {}s: API writes, operator's / all — target 0", cfg.idle_window.as_secs()), &|r| {
-        r.idle.as_ref().map(|x| format!("{} / {} ({})", x.api_operator_writes, x.api_writes, mark(Some(x.api_operator_writes == 0.0)))).unwrap_or("-".into())
-    });
-    row(&mut out, &format!("idle {}s: IdP requests — target 0", cfg.idle_window.as_secs()), &|r| {
-        r.idle.as_ref().map(|x| format!("{} ({})", x.idp_requests, mark(Some(x.idp_requests == 0)))).unwrap_or("-".into())
-    });
-    row(&mut out, &format!("idle {}s: operator / apiserver / etcd CPU (s); RSS (MiB)", cfg.idle_window.as_secs()), &|r| {
-        r.idle.as_ref().map(|x| format!("{:.2} / {:.2} / {:.2}; {}", x.operator_cpu_s, x.apiserver_cpu_s, x.etcd_cpu_s, f(x.rss_mib, 1))).unwrap_or("-".into())
-    });
+    row(
+        &mut out,
+        "restart: every client reconciled by the new process (s)",
+        &|r| f(r.restart.as_ref().and_then(|x| x.all_reconciled_s), 2),
+    );
+    row(
+        &mut out,
+        &format!(
+            "restart: IdP requests in {}s — target 0",
+            cfg.restart_window.as_secs()
+        ),
+        &|r| {
+            r.restart
+                .as_ref()
+                .map(|x| format!("{} ({})", x.idp_requests, mark(Some(x.idp_requests == 0))))
+                .unwrap_or("-".into())
+        },
+    );
+    row(
+        &mut out,
+        "restart: apiserver requests per client / writes (operator's / all)",
+        &|r| {
+            r.restart
+                .as_ref()
+                .map(|x| {
+                    format!(
+                        "{:.2} / {} / {}",
+                        resource_requests(&x.api) / n as f64,
+                        x.api_operator_writes,
+                        x.api_writes
+                    )
+                })
+                .unwrap_or("-".into())
+        },
+    );
+    row(
+        &mut out,
+        "restart: peak RSS (MiB) / CPU (s) of the new process",
+        &|r| {
+            r.restart
+                .as_ref()
+                .map(|x| format!("{} / {:.2}", f(x.rss_hwm_mib, 1), x.operator_cpu_s))
+                .unwrap_or("-".into())
+        },
+    );
+    row(
+        &mut out,
+        &format!(
+            "idle {}s: API writes, operator's / all — target 0",
+            cfg.idle_window.as_secs()
+        ),
+        &|r| {
+            r.idle
+                .as_ref()
+                .map(|x| {
+                    format!(
+                        "{} / {} ({})",
+                        x.api_operator_writes,
+                        x.api_writes,
+                        mark(Some(x.api_operator_writes == 0.0))
+                    )
+                })
+                .unwrap_or("-".into())
+        },
+    );
+    row(
+        &mut out,
+        &format!(
+            "idle {}s: IdP requests — target 0",
+            cfg.idle_window.as_secs()
+        ),
+        &|r| {
+            r.idle
+                .as_ref()
+                .map(|x| format!("{} ({})", x.idp_requests, mark(Some(x.idp_requests == 0))))
+                .unwrap_or("-".into())
+        },
+    );
+    row(
+        &mut out,
+        &format!(
+            "idle {}s: operator / apiserver / etcd CPU (s); RSS (MiB)",
+            cfg.idle_window.as_secs()
+        ),
+        &|r| {
+            r.idle
+                .as_ref()
+                .map(|x| {
+                    format!(
+                        "{:.2} / {:.2} / {:.2}; {}",
+                        x.operator_cpu_s,
+                        x.apiserver_cpu_s,
+                        x.etcd_cpu_s,
+                        f(x.rss_mib, 1)
+                    )
+                })
+                .unwrap_or("-".into())
+        },
+    );
     for run in &report.runs {
         let _ = writeln!(
             out,
@@ -1412,7 +1943,11 @@ fn summary(report: &Report, cfg: &Config) -> String {
             .filter(|k| !k.starts_with('~'))
             .collect();
         for key in keys {
-            let get = |c: Option<&ApiCounts>| c.and_then(|c| c.get(key)).map(|v| format!("{v:.0}")).unwrap_or("0".into());
+            let get = |c: Option<&ApiCounts>| {
+                c.and_then(|c| c.get(key))
+                    .map(|v| format!("{v:.0}"))
+                    .unwrap_or("0".into())
+            };
             let _ = writeln!(
                 out,
                 "  {key:<40} {:>8} [{:>6}] | {:>8} | {:>6}",
@@ -1427,10 +1962,20 @@ fn summary(report: &Report, cfg: &Config) -> String {
         }
     }
     if !report.profile.is_empty() {
-        let _ = writeln!(out, "\nCost of each request kind, alone, sequential (per request):\n");
-        let _ = writeln!(out, "| request | n | wall (ms) | kube-apiserver CPU (ms) | etcd CPU (ms) |\n|---|---|---|---|---|");
+        let _ = writeln!(
+            out,
+            "\nCost of each request kind, alone, sequential (per request):\n"
+        );
+        let _ = writeln!(
+            out,
+            "| request | n | wall (ms) | kube-apiserver CPU (ms) | etcd CPU (ms) |\n|---|---|---|---|---|"
+        );
         for c in &report.profile {
-            let _ = writeln!(out, "| {} | {} | {:.2} | {:.2} | {:.2} |", c.what, c.requests, c.wall_ms, c.apiserver_cpu_ms, c.etcd_cpu_ms);
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.2} | {:.2} | {:.2} |",
+                c.what, c.requests, c.wall_ms, c.apiserver_cpu_ms, c.etcd_cpu_ms
+            );
         }
     }
     if let Some(e) = &report.error {
@@ -1444,11 +1989,24 @@ fn main() {
     if std::env::var_os("IDV_TEST_OPERATOR_LOG").is_none() {
         // Info, plus one line per reconcile (to know when a restarted operator has seen every client).
         // SAFETY: no other thread exists yet.
-        unsafe { std::env::set_var("IDV_TEST_OPERATOR_LOG", "info,idv_token_operator::controller=debug") };
+        unsafe {
+            std::env::set_var(
+                "IDV_TEST_OPERATOR_LOG",
+                "info,idv_token_operator::controller=debug",
+            )
+        };
     }
     let binary = support::operator_binary();
-    assert!(binary.exists(), "IDV_OPERATOR_BIN {} does not exist; build it with cargo build --release", binary.display());
-    let report = Arc::new(Mutex::new(Report { clients: cfg.clients, machine: machine(), ..Report::default() }));
+    assert!(
+        binary.exists(),
+        "IDV_OPERATOR_BIN {} does not exist; build it with cargo build --release",
+        binary.display()
+    );
+    let report = Arc::new(Mutex::new(Report {
+        clients: cfg.clients,
+        machine: machine(),
+        ..Report::default()
+    }));
     eprintln!(
         "bench: N = {}, settings {:?}, deadline {:?}, operator {}",
         cfg.clients,
@@ -1456,9 +2014,17 @@ fn main() {
         cfg.deadline,
         binary.display()
     );
-    let dir = tempfile::Builder::new().prefix("idv-bench-").tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let outcome = rt.block_on(async { tokio::time::timeout(cfg.deadline, run(&cfg, dir.path(), report.clone())).await });
+    let dir = tempfile::Builder::new()
+        .prefix("idv-bench-")
+        .tempdir()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let outcome = rt.block_on(async {
+        tokio::time::timeout(cfg.deadline, run(&cfg, dir.path(), report.clone())).await
+    });
     // Every child (operator, apiserver, etcd) was dropped, and so killed, with the run's future.
     drop(rt);
     let ok = match outcome {
@@ -1469,14 +2035,18 @@ fn main() {
             false
         }
         Err(_) => {
-            report.lock().unwrap().error = Some(format!("deadline of {:?} exceeded; results are partial", cfg.deadline));
+            report.lock().unwrap().error = Some(format!(
+                "deadline of {:?} exceeded; results are partial",
+                cfg.deadline
+            ));
             false
         }
     };
     let report = report.lock().unwrap().clone();
     println!("{}", summary(&report, &cfg));
     if let Some(path) = &cfg.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report).unwrap()).unwrap_or_else(|e| eprintln!("bench: cannot write {path}: {e}"));
+        std::fs::write(path, serde_json::to_string_pretty(&report).unwrap())
+            .unwrap_or_else(|e| eprintln!("bench: cannot write {path}: {e}"));
     }
     drop(dir);
     if !ok {

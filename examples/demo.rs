@@ -24,7 +24,12 @@ fn kubectl(kubeconfig: &std::path::Path, args: &[&str], stdin: Option<&str>) -> 
         .spawn()
         .expect("kubectl is installed");
     if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
     }
     let output = child.wait_with_output().unwrap();
     assert!(output.status.success(), "kubectl {} failed", args.join(" "));
@@ -33,7 +38,10 @@ fn kubectl(kubeconfig: &std::path::Path, args: &[&str], stdin: Option<&str>) -> 
 
 fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let dir = tempfile::Builder::new().prefix("idv-demo-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("idv-demo-")
+        .tempdir()
+        .unwrap();
     let operator_bin = support::operator_binary();
 
     step("Starting a local control plane (etcd + kube-apiserver) and a local IdP (oidc-provider)");
@@ -47,12 +55,39 @@ fn main() {
     eprintln!("    apiserver {}   IdP issuer {}", plane.server, idp.issuer);
 
     step("kubectl apply -f crds/");
-    eprint!("{}", kubectl(&admin, &["apply", "--server-side", "-f", &format!("{}/crds/idvclients.yaml", support::REPO)], None));
-    kubectl(&admin, &["wait", "--for=condition=Established", "crd/idvclients.idv-token-operator.dev", "--timeout=30s"], None);
+    eprint!(
+        "{}",
+        kubectl(
+            &admin,
+            &[
+                "apply",
+                "--server-side",
+                "-f",
+                &format!("{}/crds/idvclients.yaml", support::REPO)
+            ],
+            None
+        )
+    );
+    kubectl(
+        &admin,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/idvclients.idv-token-operator.dev",
+            "--timeout=30s",
+        ],
+        None,
+    );
 
-    step("idv-token-operator keygen --alg ES256 --private jwk.json   (the public JWK goes to the portal)");
+    step(
+        "idv-token-operator keygen --alg ES256 --private jwk.json   (the public JWK goes to the portal)",
+    );
     let private_path = dir.path().join("jwk.json");
-    let keygen = Command::new(&operator_bin).args(["keygen", "--alg", "ES256", "--private"]).arg(&private_path).output().unwrap();
+    let keygen = Command::new(&operator_bin)
+        .args(["keygen", "--alg", "ES256", "--private"])
+        .arg(&private_path)
+        .output()
+        .unwrap();
     assert!(keygen.status.success(), "keygen failed");
     let public: serde_json::Value = serde_json::from_slice(&keygen.stdout).unwrap();
     eprintln!("{}", serde_json::to_string_pretty(&public).unwrap());
@@ -61,9 +96,23 @@ fn main() {
     let client_id = rt.block_on(idp.register(&[public], None));
     eprintln!("    client id: {client_id}");
 
-    step("kubectl create namespace demo; kubectl create secret generic gipod-jwk --from-file=jwk.json");
+    step(
+        "kubectl create namespace demo; kubectl create secret generic gipod-jwk --from-file=jwk.json",
+    );
     kubectl(&admin, &["create", "namespace", "demo"], None);
-    kubectl(&admin, &["-n", "demo", "create", "secret", "generic", "gipod-jwk", &format!("--from-file=jwk.json={}", private_path.display())], None);
+    kubectl(
+        &admin,
+        &[
+            "-n",
+            "demo",
+            "create",
+            "secret",
+            "generic",
+            "gipod-jwk",
+            &format!("--from-file=jwk.json={}", private_path.display()),
+        ],
+        None,
+    );
 
     let manifest = format!(
         "apiVersion: idv-token-operator.dev/v1alpha1\nkind: IdvClient\nmetadata:\n  name: gipod\n  namespace: demo\nspec:\n  clientId: {client_id}\n  authServer:\n    issuer: {}\n  privateKey:\n    secretRef: {{name: gipod-jwk, key: jwk.json}}\n  scopes: [gipod_read]\n",
@@ -75,24 +124,55 @@ fn main() {
 
     step("Running the operator (as its ServiceAccount, with deploy/rbac.yaml's permissions)");
     let operator = Operator::start(&plane.operator_kubeconfig, &["--watch-namespace", "demo"]);
-    rt.block_on(eventually(Duration::from_secs(60), "the token Secret", || {
-        let out = Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&admin)
-            .args(["-n", "demo", "get", "secret", "gipod-token", "-o", "name"])
-            .stderr(std::process::Stdio::null())
-            .output()
-            .unwrap();
-        async move { out.status.success().then_some(()) }
-    }));
-    kubectl(&admin, &["-n", "demo", "wait", "--for=condition=Ready", "idvclient/gipod", "--timeout=30s"], None);
+    rt.block_on(eventually(
+        Duration::from_secs(60),
+        "the token Secret",
+        || {
+            let out = Command::new("kubectl")
+                .arg("--kubeconfig")
+                .arg(&admin)
+                .args(["-n", "demo", "get", "secret", "gipod-token", "-o", "name"])
+                .stderr(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            async move { out.status.success().then_some(()) }
+        },
+    ));
+    kubectl(
+        &admin,
+        &[
+            "-n",
+            "demo",
+            "wait",
+            "--for=condition=Ready",
+            "idvclient/gipod",
+            "--timeout=30s",
+        ],
+        None,
+    );
 
     step("kubectl get idvclients -n demo");
-    eprint!("{}", kubectl(&admin, &["-n", "demo", "get", "idvclients"], None));
-    step("kubectl describe secret gipod-token -n demo   (keys and sizes only; the token stays secret)");
-    eprint!("{}", kubectl(&admin, &["-n", "demo", "describe", "secret", "gipod-token"], None));
+    eprint!(
+        "{}",
+        kubectl(&admin, &["-n", "demo", "get", "idvclients"], None)
+    );
+    step(
+        "kubectl describe secret gipod-token -n demo   (keys and sizes only; the token stays secret)",
+    );
+    eprint!(
+        "{}",
+        kubectl(
+            &admin,
+            &["-n", "demo", "describe", "secret", "gipod-token"],
+            None
+        )
+    );
     step("The operator's log");
-    for line in operator.output().lines().filter(|l| l.contains("token issued")) {
+    for line in operator
+        .output()
+        .lines()
+        .filter(|l| l.contains("token issued"))
+    {
         eprintln!("    {line}");
     }
     step("Stopping the operator, the IdP and the control plane");

@@ -52,13 +52,35 @@ pub mod secret_keys {
     status = "IdvClientStatus",
     derive = "PartialEq",
     doc = "An OAuth client of a Flemish government (IDV) authorization server. The operator keeps a Secret next to it with a fresh access token.",
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
-    printcolumn(name = "Secret", type_ = "string", json_path = ".status.secretName", priority = "1"),
-    printcolumn(name = "Key", type_ = "string", json_path = ".status.keyId", priority = "1"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Secret",
+        type_ = "string",
+        json_path = ".status.secretName",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Key",
+        type_ = "string",
+        json_path = ".status.keyId",
+        priority = "1"
+    ),
     printcolumn(name = "Expires", type_ = "string", json_path = ".status.expiresAt"),
     printcolumn(name = "Refresh", type_ = "string", json_path = ".status.refreshAt"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.privateKey) != has(self.clientSecret)").message("set exactly one of privateKey and clientSecret"))]
@@ -142,8 +164,7 @@ pub struct AuthServer {
 }
 
 /// CEL: https anywhere, plain http only to a loopback host.
-const HTTPS_OR_LOOPBACK: &str =
-    "self.matches('^https://[^/?#\\\\s]+') || self.matches('^http://(localhost|127\\\\.[0-9]+\\\\.[0-9]+\\\\.[0-9]+|\\\\[::1\\\\])(:[0-9]+)?([/?#].*)?$')";
+const HTTPS_OR_LOOPBACK: &str = "self.matches('^https://[^/?#\\\\s]+') || self.matches('^http://(localhost|127\\\\.[0-9]+\\\\.[0-9]+\\\\.[0-9]+|\\\\[::1\\\\])(:[0-9]+)?([/?#].*)?$')";
 
 /// The known IDV servers.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
@@ -266,7 +287,12 @@ pub struct Condition {
 impl IdvClient {
     /// Name of the token Secret: `spec.secret.name`, else `<metadata.name>-token`.
     pub fn token_secret_name(&self) -> String {
-        self.spec.secret.name.clone().unwrap_or_else(|| format!("{}-token", self.metadata.name.as_deref().unwrap_or_default()))
+        self.spec.secret.name.clone().unwrap_or_else(|| {
+            format!(
+                "{}-token",
+                self.metadata.name.as_deref().unwrap_or_default()
+            )
+        })
     }
 }
 
@@ -282,8 +308,9 @@ mod tests {
 
     #[test]
     fn crds_folder_matches_generated_crd() {
-        let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/idvclients.yaml"))
-            .expect("crds/idvclients.yaml exists; regenerate with `make crds`");
+        let committed =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/idvclients.yaml"))
+                .expect("crds/idvclients.yaml exists; regenerate with `make crds`");
         assert_eq!(committed, crds_yaml(), "crds/ is stale: run `make crds`");
     }
 
@@ -309,18 +336,21 @@ mod tests {
 
     #[test]
     fn default_secret_name() {
-        let mut client = IdvClient::new("gipod", IdvClientSpec {
-            client_id: "c".into(),
-            auth_server: AuthServer::default(),
-            private_key: Some(PrivateKey::default()),
-            client_secret: None,
-            scopes: vec![],
-            audience: None,
-            resource: None,
-            secret: TokenSecret::default(),
-            refresh: Refresh::default(),
-            suspend: false,
-        });
+        let mut client = IdvClient::new(
+            "gipod",
+            IdvClientSpec {
+                client_id: "c".into(),
+                auth_server: AuthServer::default(),
+                private_key: Some(PrivateKey::default()),
+                client_secret: None,
+                scopes: vec![],
+                audience: None,
+                resource: None,
+                secret: TokenSecret::default(),
+                refresh: Refresh::default(),
+                suspend: false,
+            },
+        );
         assert_eq!(client.token_secret_name(), "gipod-token");
         client.spec.secret.name = Some("other".into());
         assert_eq!(client.token_secret_name(), "other");

@@ -64,7 +64,11 @@ pub fn header(key: &SigningKey, always_send_kid: bool) -> Header {
     header.typ = Some("JWT".into());
     header.kid = match (&key.kid, always_send_kid) {
         (Some(kid), _) => Some(kid.clone()),
-        (None, true) => Some(key.certificate_thumbprint.clone().unwrap_or_else(|| key.thumbprint.clone())),
+        (None, true) => Some(
+            key.certificate_thumbprint
+                .clone()
+                .unwrap_or_else(|| key.thumbprint.clone()),
+        ),
         (None, false) => None,
     };
     header
@@ -74,7 +78,11 @@ pub fn header(key: &SigningKey, always_send_kid: bool) -> Header {
 #[error("signing the client assertion failed: {0}")]
 pub struct SignError(String);
 
-pub fn sign(claims: &Claims, key: &SigningKey, always_send_kid: bool) -> Result<Assertion, SignError> {
+pub fn sign(
+    claims: &Claims,
+    key: &SigningKey,
+    always_send_kid: bool,
+) -> Result<Assertion, SignError> {
     jsonwebtoken::encode(&header(key, always_send_kid), claims, key.encoding_key())
         .map(Assertion)
         // The library's message describes the failure kind; it never includes key bytes.
@@ -87,19 +95,31 @@ mod tests {
     use crate::jwk::{KeygenAlgorithm, generate, parse_signing_key, public_jwk};
     use jsonwebtoken::{DecodingKey, Validation, jwk::Jwk};
 
-    fn decode_with(jwk: &serde_json::Map<String, serde_json::Value>, token: &str, aud: &str) -> Claims {
-        let public: Jwk = serde_json::from_value(serde_json::Value::Object(public_jwk(jwk))).unwrap();
+    fn decode_with(
+        jwk: &serde_json::Map<String, serde_json::Value>,
+        token: &str,
+        aud: &str,
+    ) -> Claims {
+        let public: Jwk =
+            serde_json::from_value(serde_json::Value::Object(public_jwk(jwk))).unwrap();
         let header = jsonwebtoken::decode_header(token).unwrap();
         let mut validation = Validation::new(header.alg);
         validation.set_audience(&[aud]);
-        jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_jwk(&public).unwrap(), &validation).unwrap().claims
+        jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_jwk(&public).unwrap(), &validation)
+            .unwrap()
+            .claims
     }
 
     #[test]
     fn claims_follow_the_idv_rules() {
         let now = Timestamp::from_second(1_800_000_000).unwrap();
         let jti = Uuid::new_v4();
-        let c = claims("3f2b6c1e-0000-4000-8000-000000000001", "https://authenticatie-ti.vlaanderen.be/op", now, jti);
+        let c = claims(
+            "3f2b6c1e-0000-4000-8000-000000000001",
+            "https://authenticatie-ti.vlaanderen.be/op",
+            now,
+            jti,
+        );
         assert_eq!(c.iss, c.sub);
         assert_eq!(c.iss, "3f2b6c1e-0000-4000-8000-000000000001");
         assert_eq!(c.aud, "https://authenticatie-ti.vlaanderen.be/op");
@@ -110,12 +130,25 @@ mod tests {
 
     #[test]
     fn signed_assertions_verify_with_the_public_key_for_every_algorithm() {
-        for alg in [KeygenAlgorithm::Rs256, KeygenAlgorithm::Ps256, KeygenAlgorithm::Es256, KeygenAlgorithm::Es384] {
+        for alg in [
+            KeygenAlgorithm::Rs256,
+            KeygenAlgorithm::Ps256,
+            KeygenAlgorithm::Es256,
+            KeygenAlgorithm::Es384,
+        ] {
             let jwk = generate(alg, 2048).unwrap();
             let key = parse_signing_key(&serde_json::to_vec(&jwk).unwrap(), None).unwrap();
-            let c = claims("client", "https://idp.example/token", Timestamp::now(), Uuid::new_v4());
+            let c = claims(
+                "client",
+                "https://idp.example/token",
+                Timestamp::now(),
+                Uuid::new_v4(),
+            );
             let assertion = sign(&c, &key, false).unwrap();
-            assert_eq!(decode_with(&jwk, assertion.expose(), "https://idp.example/token"), c);
+            assert_eq!(
+                decode_with(&jwk, assertion.expose(), "https://idp.example/token"),
+                c
+            );
             let header = jsonwebtoken::decode_header(assertion.expose()).unwrap();
             assert_eq!(header.typ.as_deref(), Some("JWT"));
             assert_eq!(header.kid, key.kid);
@@ -129,14 +162,18 @@ mod tests {
         jwk.remove("kid");
         let key = parse_signing_key(&serde_json::to_vec(&jwk).unwrap(), None).unwrap();
         assert_eq!(header(&key, false).kid, None);
-        assert_eq!(header(&key, true).kid.as_deref(), Some(key.thumbprint.as_str()));
+        assert_eq!(
+            header(&key, true).kid.as_deref(),
+            Some(key.thumbprint.as_str())
+        );
     }
 
     #[test]
     fn every_request_gets_a_new_jti() {
         let now = Timestamp::now();
-        let jtis: std::collections::HashSet<String> =
-            (0..100).map(|_| claims("c", "a", now, Uuid::new_v4()).jti).collect();
+        let jtis: std::collections::HashSet<String> = (0..100)
+            .map(|_| claims("c", "a", now, Uuid::new_v4()).jti)
+            .collect();
         assert_eq!(jtis.len(), 100);
     }
 }

@@ -13,7 +13,10 @@ use crate::api::{AuthServer, Environment};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerPlan {
     Known(ResolvedServer),
-    Discover { issuer: Url, audience_override: Option<String> },
+    Discover {
+        issuer: Url,
+        audience_override: Option<String>,
+    },
 }
 
 /// Everything needed to ask for a token.
@@ -37,12 +40,18 @@ pub enum ServerConfigError {
 
 const ACM_PRODUCTION_ISSUER: &str = "https://authenticatie.vlaanderen.be/op";
 const ACM_TEST_ISSUER: &str = "https://authenticatie-ti.vlaanderen.be/op";
-const GEOSECURE_PRODUCTION_TOKEN: &str = "https://oauth.vlaanderen.be/authorization/ws/oauth/v2/token";
-const GEOSECURE_BETA_TOKEN: &str = "https://beta.oauth.vlaanderen.be/authorization/ws/oauth/v2/token";
+const GEOSECURE_PRODUCTION_TOKEN: &str =
+    "https://oauth.vlaanderen.be/authorization/ws/oauth/v2/token";
+const GEOSECURE_BETA_TOKEN: &str =
+    "https://beta.oauth.vlaanderen.be/authorization/ws/oauth/v2/token";
 
 impl Environment {
-    pub const ALL: [Environment; 4] =
-        [Environment::AcmProduction, Environment::AcmTest, Environment::GeosecureProduction, Environment::GeosecureBeta];
+    pub const ALL: [Environment; 4] = [
+        Environment::AcmProduction,
+        Environment::AcmTest,
+        Environment::GeosecureProduction,
+        Environment::GeosecureBeta,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -100,10 +109,13 @@ pub fn host_allowed(host: &str, patterns: &[String]) -> bool {
         return true;
     }
     let host = host.trim_end_matches('.').to_ascii_lowercase();
-    patterns.iter().map(|p| p.trim().to_ascii_lowercase()).any(|pattern| match pattern.strip_prefix("*.") {
-        Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(&format!(".{suffix}")),
-        None => host == pattern,
-    })
+    patterns
+        .iter()
+        .map(|p| p.trim().to_ascii_lowercase())
+        .any(|pattern| match pattern.strip_prefix("*.") {
+            Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(&format!(".{suffix}")),
+            None => host == pattern,
+        })
 }
 
 /// Parse a URL that must be https, or http to a loopback host.
@@ -124,7 +136,10 @@ fn issuer_string(issuer: &Url) -> String {
 
 /// Validate the auth server description and decide how to reach it.
 pub fn plan(server: &AuthServer) -> Result<ServerPlan, ServerConfigError> {
-    let audience_override = server.assertion_audience.clone().filter(|a| !a.trim().is_empty());
+    let audience_override = server
+        .assertion_audience
+        .clone()
+        .filter(|a| !a.trim().is_empty());
     match (&server.environment, &server.issuer, &server.token_endpoint) {
         (Some(env), None, None) => {
             let mut resolved = env.server();
@@ -133,13 +148,19 @@ pub fn plan(server: &AuthServer) -> Result<ServerPlan, ServerConfigError> {
             }
             Ok(ServerPlan::Known(resolved))
         }
-        (None, Some(issuer), None) => {
-            Ok(ServerPlan::Discover { issuer: parse_endpoint_url(issuer, "issuer")?, audience_override })
-        }
+        (None, Some(issuer), None) => Ok(ServerPlan::Discover {
+            issuer: parse_endpoint_url(issuer, "issuer")?,
+            audience_override,
+        }),
         (None, None, Some(endpoint)) => {
             let token_endpoint = parse_endpoint_url(endpoint, "tokenEndpoint")?;
-            let assertion_audience = audience_override.unwrap_or_else(|| token_endpoint.as_str().to_string());
-            Ok(ServerPlan::Known(ResolvedServer { token_endpoint, assertion_audience, always_send_kid: false }))
+            let assertion_audience =
+                audience_override.unwrap_or_else(|| token_endpoint.as_str().to_string());
+            Ok(ServerPlan::Known(ResolvedServer {
+                token_endpoint,
+                assertion_audience,
+                always_send_kid: false,
+            }))
         }
         _ => Err(ServerConfigError::NotExactlyOne),
     }
@@ -147,7 +168,11 @@ pub fn plan(server: &AuthServer) -> Result<ServerPlan, ServerConfigError> {
 
 /// Where the discovery document of an issuer lives.
 pub fn discovery_url(issuer: &Url) -> Url {
-    Url::parse(&format!("{}/.well-known/openid-configuration", issuer_string(issuer))).expect("issuer is a URL")
+    Url::parse(&format!(
+        "{}/.well-known/openid-configuration",
+        issuer_string(issuer)
+    ))
+    .expect("issuer is a URL")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -168,14 +193,25 @@ pub fn resolve_discovered(
     audience_override: Option<String>,
     document: &[u8],
 ) -> Result<ResolvedServer, DiscoveryError> {
-    let doc: serde_json::Value = serde_json::from_slice(document).map_err(|_| DiscoveryError::NotJson)?;
+    let doc: serde_json::Value =
+        serde_json::from_slice(document).map_err(|_| DiscoveryError::NotJson)?;
     let expected = issuer_string(issuer);
-    let found = doc.get("issuer").and_then(|v| v.as_str()).unwrap_or_default();
+    let found = doc
+        .get("issuer")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
     if found.trim_end_matches('/') != expected {
-        return Err(DiscoveryError::IssuerMismatch { expected, found: found.chars().take(200).collect() });
+        return Err(DiscoveryError::IssuerMismatch {
+            expected,
+            found: found.chars().take(200).collect(),
+        });
     }
-    let endpoint = doc.get("token_endpoint").and_then(|v| v.as_str()).ok_or(DiscoveryError::NoTokenEndpoint)?;
-    let token_endpoint = parse_endpoint_url(endpoint, "token_endpoint").map_err(DiscoveryError::BadTokenEndpoint)?;
+    let endpoint = doc
+        .get("token_endpoint")
+        .and_then(|v| v.as_str())
+        .ok_or(DiscoveryError::NoTokenEndpoint)?;
+    let token_endpoint =
+        parse_endpoint_url(endpoint, "token_endpoint").map_err(DiscoveryError::BadTokenEndpoint)?;
     Ok(ResolvedServer {
         token_endpoint,
         assertion_audience: audience_override.unwrap_or(expected),
@@ -187,7 +223,12 @@ pub fn resolve_discovered(
 mod tests {
     use super::*;
 
-    fn server(env: Option<Environment>, issuer: Option<&str>, endpoint: Option<&str>, aud: Option<&str>) -> AuthServer {
+    fn server(
+        env: Option<Environment>,
+        issuer: Option<&str>,
+        endpoint: Option<&str>,
+        aud: Option<&str>,
+    ) -> AuthServer {
         AuthServer {
             environment: env,
             issuer: issuer.map(str::to_string),
@@ -206,10 +247,30 @@ mod tests {
     #[test]
     fn presets_and_their_audiences() {
         let cases = [
-            (Environment::AcmProduction, "https://authenticatie.vlaanderen.be/op/v1/token", "https://authenticatie.vlaanderen.be/op", false),
-            (Environment::AcmTest, "https://authenticatie-ti.vlaanderen.be/op/v1/token", "https://authenticatie-ti.vlaanderen.be/op", false),
-            (Environment::GeosecureProduction, GEOSECURE_PRODUCTION_TOKEN, GEOSECURE_PRODUCTION_TOKEN, true),
-            (Environment::GeosecureBeta, GEOSECURE_BETA_TOKEN, GEOSECURE_BETA_TOKEN, true),
+            (
+                Environment::AcmProduction,
+                "https://authenticatie.vlaanderen.be/op/v1/token",
+                "https://authenticatie.vlaanderen.be/op",
+                false,
+            ),
+            (
+                Environment::AcmTest,
+                "https://authenticatie-ti.vlaanderen.be/op/v1/token",
+                "https://authenticatie-ti.vlaanderen.be/op",
+                false,
+            ),
+            (
+                Environment::GeosecureProduction,
+                GEOSECURE_PRODUCTION_TOKEN,
+                GEOSECURE_PRODUCTION_TOKEN,
+                true,
+            ),
+            (
+                Environment::GeosecureBeta,
+                GEOSECURE_BETA_TOKEN,
+                GEOSECURE_BETA_TOKEN,
+                true,
+            ),
         ];
         for (env, endpoint, aud, kid) in cases {
             let r = known(plan(&server(Some(env), None, None, None)).unwrap());
@@ -222,42 +283,92 @@ mod tests {
 
     #[test]
     fn audience_rules_per_mode() {
-        let endpoint = known(plan(&server(None, None, Some("https://idp.example/token"), None)).unwrap());
+        let endpoint =
+            known(plan(&server(None, None, Some("https://idp.example/token"), None)).unwrap());
         assert_eq!(endpoint.assertion_audience, "https://idp.example/token");
-        let overridden = known(plan(&server(None, None, Some("https://idp.example/token"), Some("urn:x"))).unwrap());
+        let overridden = known(
+            plan(&server(
+                None,
+                None,
+                Some("https://idp.example/token"),
+                Some("urn:x"),
+            ))
+            .unwrap(),
+        );
         assert_eq!(overridden.assertion_audience, "urn:x");
-        let preset = known(plan(&server(Some(Environment::AcmTest), None, None, Some("urn:y"))).unwrap());
+        let preset = known(
+            plan(&server(
+                Some(Environment::AcmTest),
+                None,
+                None,
+                Some("urn:y"),
+            ))
+            .unwrap(),
+        );
         assert_eq!(preset.assertion_audience, "urn:y");
         let issuer = Url::parse("https://idp.example/op").unwrap();
         assert_eq!(
             plan(&server(None, Some("https://idp.example/op"), None, None)).unwrap(),
-            ServerPlan::Discover { issuer: issuer.clone(), audience_override: None }
+            ServerPlan::Discover {
+                issuer: issuer.clone(),
+                audience_override: None
+            }
         );
         let doc = br#"{"issuer":"https://idp.example/op","token_endpoint":"https://idp.example/op/v1/token"}"#;
         let resolved = resolve_discovered(&issuer, None, doc).unwrap();
         assert_eq!(resolved.assertion_audience, "https://idp.example/op");
-        assert_eq!(resolved.token_endpoint.as_str(), "https://idp.example/op/v1/token");
-        assert_eq!(resolve_discovered(&issuer, Some("urn:z".into()), doc).unwrap().assertion_audience, "urn:z");
-        assert_eq!(discovery_url(&issuer).as_str(), "https://idp.example/op/.well-known/openid-configuration");
+        assert_eq!(
+            resolved.token_endpoint.as_str(),
+            "https://idp.example/op/v1/token"
+        );
+        assert_eq!(
+            resolve_discovered(&issuer, Some("urn:z".into()), doc)
+                .unwrap()
+                .assertion_audience,
+            "urn:z"
+        );
+        assert_eq!(
+            discovery_url(&issuer).as_str(),
+            "https://idp.example/op/.well-known/openid-configuration"
+        );
     }
 
     #[test]
     fn invalid_server_descriptions() {
-        assert_eq!(plan(&server(None, None, None, None)), Err(ServerConfigError::NotExactlyOne));
         assert_eq!(
-            plan(&server(Some(Environment::AcmTest), Some("https://a"), None, None)),
+            plan(&server(None, None, None, None)),
+            Err(ServerConfigError::NotExactlyOne)
+        );
+        assert_eq!(
+            plan(&server(
+                Some(Environment::AcmTest),
+                Some("https://a"),
+                None,
+                None
+            )),
             Err(ServerConfigError::NotExactlyOne)
         );
         assert_eq!(
             plan(&server(None, None, Some("http://idp.example/token"), None)),
-            Err(ServerConfigError::InsecureUrl { field: "tokenEndpoint" })
+            Err(ServerConfigError::InsecureUrl {
+                field: "tokenEndpoint"
+            })
         );
-        assert_eq!(plan(&server(None, Some("not a url"), None, None)), Err(ServerConfigError::InvalidUrl { field: "issuer" }));
+        assert_eq!(
+            plan(&server(None, Some("not a url"), None, None)),
+            Err(ServerConfigError::InvalidUrl { field: "issuer" })
+        );
         assert_eq!(
             plan(&server(None, None, Some("ftp://idp.example/token"), None)),
-            Err(ServerConfigError::InvalidUrl { field: "tokenEndpoint" })
+            Err(ServerConfigError::InvalidUrl {
+                field: "tokenEndpoint"
+            })
         );
-        for ok in ["http://127.0.0.1:8080/token", "http://localhost/token", "http://[::1]:9/t"] {
+        for ok in [
+            "http://127.0.0.1:8080/token",
+            "http://localhost/token",
+            "http://[::1]:9/t",
+        ] {
             assert!(plan(&server(None, None, Some(ok), None)).is_ok(), "{ok}");
         }
     }
@@ -279,14 +390,28 @@ mod tests {
     #[test]
     fn discovery_errors() {
         let issuer = Url::parse("https://idp.example/op").unwrap();
-        assert_eq!(resolve_discovered(&issuer, None, b"<html>"), Err(DiscoveryError::NotJson));
+        assert_eq!(
+            resolve_discovered(&issuer, None, b"<html>"),
+            Err(DiscoveryError::NotJson)
+        );
         assert!(matches!(
-            resolve_discovered(&issuer, None, br#"{"issuer":"https://evil.example","token_endpoint":"https://e/t"}"#),
+            resolve_discovered(
+                &issuer,
+                None,
+                br#"{"issuer":"https://evil.example","token_endpoint":"https://e/t"}"#
+            ),
             Err(DiscoveryError::IssuerMismatch { .. })
         ));
-        assert_eq!(resolve_discovered(&issuer, None, br#"{"issuer":"https://idp.example/op"}"#), Err(DiscoveryError::NoTokenEndpoint));
+        assert_eq!(
+            resolve_discovered(&issuer, None, br#"{"issuer":"https://idp.example/op"}"#),
+            Err(DiscoveryError::NoTokenEndpoint)
+        );
         assert!(matches!(
-            resolve_discovered(&issuer, None, br#"{"issuer":"https://idp.example/op","token_endpoint":"http://e.example/t"}"#),
+            resolve_discovered(
+                &issuer,
+                None,
+                br#"{"issuer":"https://idp.example/op","token_endpoint":"http://e.example/t"}"#
+            ),
             Err(DiscoveryError::BadTokenEndpoint(_))
         ));
     }

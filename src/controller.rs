@@ -35,7 +35,10 @@ pub struct RunOptions {
 
 fn api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
     K::DynamicType: Default,
 {
     match namespace {
@@ -55,9 +58,17 @@ fn spec_or_force_refresh(client: &IdvClient) -> Option<u64> {
 }
 
 /// IdvClients that read their credential from this Secret.
-fn clients_using(secret: &PartialObjectMeta<Secret>, clients: &Store<IdvClient>) -> Vec<ObjectRef<IdvClient>> {
+fn clients_using(
+    secret: &PartialObjectMeta<Secret>,
+    clients: &Store<IdvClient>,
+) -> Vec<ObjectRef<IdvClient>> {
     // The operator's own token Secrets are never credentials; skip the scan for them.
-    if secret.labels().get(api::MANAGED_BY_LABEL).map(String::as_str) == Some(api::MANAGED_BY_VALUE) {
+    if secret
+        .labels()
+        .get(api::MANAGED_BY_LABEL)
+        .map(String::as_str)
+        == Some(api::MANAGED_BY_VALUE)
+    {
         return Vec::new();
     }
     let (name, namespace) = (secret.name_any(), secret.namespace());
@@ -81,7 +92,12 @@ fn watch_backoff() -> ResetTimerBackoff<watcher::ExponentialBackoff> {
 }
 
 fn backoff(min: Duration, max: Duration) -> ResetTimerBackoff<watcher::ExponentialBackoff> {
-    let builder = backon::ExponentialBuilder::default().with_min_delay(min).with_max_delay(max).with_factor(2.0).with_jitter().without_max_times();
+    let builder = backon::ExponentialBuilder::default()
+        .with_min_delay(min)
+        .with_max_delay(max)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times();
     ResetTimerBackoff::new(builder.into(), Duration::from_secs(60))
 }
 
@@ -91,7 +107,8 @@ struct Scope {
     secret_store: Store<Secret>,
     owned_secrets: futures::stream::BoxStream<'static, Result<Secret, watcher::Error>>,
     credential_store: Store<PartialObjectMeta<Secret>>,
-    credential_secrets: futures::stream::BoxStream<'static, Result<PartialObjectMeta<Secret>, watcher::Error>>,
+    credential_secrets:
+        futures::stream::BoxStream<'static, Result<PartialObjectMeta<Secret>, watcher::Error>>,
 }
 
 /// Cached objects carry no managedFields: nothing here reads them, and at 10,000 objects they
@@ -120,7 +137,10 @@ struct Readiness {
 
 impl Readiness {
     fn new(watches: usize, ready: impl Fn() + Send + Sync + 'static) -> Self {
-        Self { remaining: Arc::new(watches.into()), ready: Arc::new(ready) }
+        Self {
+            remaining: Arc::new(watches.into()),
+            ready: Arc::new(ready),
+        }
     }
 
     /// A callback for one watch's event stream.
@@ -146,8 +166,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
     ready: impl Fn() + Send + Sync + 'static,
 ) {
-    let scopes: Vec<Option<String>> =
-        if options.namespaces.is_empty() { vec![None] } else { options.namespaces.iter().cloned().map(Some).collect() };
+    let scopes: Vec<Option<String>> = if options.namespaces.is_empty() {
+        vec![None]
+    } else {
+        options.namespaces.iter().cloned().map(Some).collect()
+    };
     // Per scope: the IdvClient watch and the token Secret watch must have listed.
     let readiness = Readiness::new(2 * scopes.len(), ready);
     let scopes: Vec<Scope> = scopes
@@ -157,7 +180,11 @@ pub async fn run(
             let (secret_store, writer) = reflector::store();
             let owned_secrets = watcher::watcher(
                 api::<Secret>(&kube, namespace.as_deref()),
-                WatcherConfig::default().labels(&format!("{}={}", api::MANAGED_BY_LABEL, api::MANAGED_BY_VALUE)),
+                WatcherConfig::default().labels(&format!(
+                    "{}={}",
+                    api::MANAGED_BY_LABEL,
+                    api::MANAGED_BY_VALUE
+                )),
             )
             .backoff(watch_backoff())
             .modify(drop_managed_fields)
@@ -168,18 +195,33 @@ pub async fn run(
             // Credential Secrets: metadata only (never data), to notice a changed key at once and
             // to know its resourceVersion without asking the API.
             let (credential_store, writer) = reflector::store();
-            let credential_secrets = watcher::watcher(api::<PartialObjectMeta<Secret>>(&kube, namespace.as_deref()), WatcherConfig::default())
-                .backoff(watch_backoff())
-                .modify(keep_identity_only)
-                .reflect(writer)
-                .touched_objects()
-                .boxed();
-            Scope { namespace, secret_store, owned_secrets, credential_store, credential_secrets }
+            let credential_secrets = watcher::watcher(
+                api::<PartialObjectMeta<Secret>>(&kube, namespace.as_deref()),
+                WatcherConfig::default(),
+            )
+            .backoff(watch_backoff())
+            .modify(keep_identity_only)
+            .reflect(writer)
+            .touched_objects()
+            .boxed();
+            Scope {
+                namespace,
+                secret_store,
+                owned_secrets,
+                credential_store,
+                credential_secrets,
+            }
         })
         .collect();
     let ctx = Arc::new(make_context(Caches {
-        token_secrets: scopes.iter().map(|s| (s.namespace.clone(), s.secret_store.clone())).collect(),
-        credential_secrets: scopes.iter().map(|s| (s.namespace.clone(), s.credential_store.clone())).collect(),
+        token_secrets: scopes
+            .iter()
+            .map(|s| (s.namespace.clone(), s.secret_store.clone()))
+            .collect(),
+        credential_secrets: scopes
+            .iter()
+            .map(|s| (s.namespace.clone(), s.credential_store.clone()))
+            .collect(),
     }));
 
     // One shutdown signal, shared by every controller.
@@ -189,37 +231,46 @@ pub async fn run(
         let namespace = scope.namespace.as_deref();
         let (client_store, client_writer) = reflector::store();
         let forget = ctx.clone();
-        let clients = watcher::watcher(api::<IdvClient>(&kube, namespace), WatcherConfig::default())
-            .backoff(watch_backoff())
-            .modify(drop_managed_fields)
-            .reflect(client_writer)
-            .inspect(readiness.watch())
-            .inspect(move |event| {
-                if let Ok(watcher::Event::Delete(client)) = event {
-                    forget.forget(&client.namespace().unwrap_or_default(), &client.name_any());
-                }
-            })
-            .applied_objects()
-            .predicate_filter(spec_or_force_refresh, PredicateConfig::default());
+        let clients =
+            watcher::watcher(api::<IdvClient>(&kube, namespace), WatcherConfig::default())
+                .backoff(watch_backoff())
+                .modify(drop_managed_fields)
+                .reflect(client_writer)
+                .inspect(readiness.watch())
+                .inspect(move |event| {
+                    if let Ok(watcher::Event::Delete(client)) = event {
+                        forget.forget(&client.namespace().unwrap_or_default(), &client.name_any());
+                    }
+                })
+                .applied_objects()
+                .predicate_filter(spec_or_force_refresh, PredicateConfig::default());
         let controller = Controller::for_stream(clients, client_store.clone());
         let lookup = controller.store();
-        info!(namespace = namespace.unwrap_or("(all)"), concurrency = options.concurrency, "controller starting");
+        info!(
+            namespace = namespace.unwrap_or("(all)"),
+            concurrency = options.concurrency,
+            "controller starting"
+        );
         let run = controller
             .owns_stream(scope.owned_secrets)
-            .watches_stream(scope.credential_secrets, move |secret| clients_using(&secret, &lookup))
+            .watches_stream(scope.credential_secrets, move |secret| {
+                clients_using(&secret, &lookup)
+            })
             .with_config(controller::Config::default().concurrency(options.concurrency))
             // The controller pauses all triggers after an error of any of its watches; keep that
             // pause short (the watches back off on their own), or errors of four watches add up.
             .trigger_backoff(backoff(Duration::from_millis(100), Duration::from_secs(1)))
             .graceful_shutdown_on(shutdown.clone())
             .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
-            .for_each(|result: Result<_, controller::Error<Error, watcher::Error>>| {
-                match result {
-                    Ok((object, _action)) => debug!(object = %object, "reconciled"),
-                    Err(error) => debug!("controller: {error}"),
-                }
-                futures::future::ready(())
-            });
+            .for_each(
+                |result: Result<_, controller::Error<Error, watcher::Error>>| {
+                    match result {
+                        Ok((object, _action)) => debug!(object = %object, "reconciled"),
+                        Err(error) => debug!("controller: {error}"),
+                    }
+                    futures::future::ready(())
+                },
+            );
         controllers.push(run);
     }
     futures::future::join_all(controllers).await;

@@ -24,25 +24,40 @@ pub enum Error {
     KeyNotInSecret { name: String, key: String },
 
     #[error("the key in Secret {name:?} (key {key:?}) is unusable: {source}")]
-    InvalidKey { name: String, key: String, source: KeyError },
+    InvalidKey {
+        name: String,
+        key: String,
+        source: KeyError,
+    },
 
     #[error("{0}")]
     Sign(#[from] SignError),
 
-    #[error("a Secret named {name:?} already exists and is not managed by this IdvClient; it is left untouched (choose another spec.secret.name or remove that Secret)")]
+    #[error(
+        "a Secret named {name:?} already exists and is not managed by this IdvClient; it is left untouched (choose another spec.secret.name or remove that Secret)"
+    )]
     SecretConflict { name: String },
 
     #[error("OIDC discovery for issuer {issuer} failed: {source}")]
-    Discovery { issuer: String, source: DiscoveryError },
+    Discovery {
+        issuer: String,
+        source: DiscoveryError,
+    },
 
     #[error("OIDC discovery for issuer {issuer} failed: {}", discovery_cause(.source))]
     DiscoveryTransport { issuer: String, source: TokenError },
 
     /// The token endpoint said no or did not answer usefully.
     #[error("{}", token_message(.source, .client_id, .key_id))]
-    Token { source: TokenError, client_id: String, key_id: Option<String> },
+    Token {
+        source: TokenError,
+        client_id: String,
+        key_id: Option<String>,
+    },
 
-    #[error("the token endpoint host {host:?} is not in the operator's --allowed-token-hosts; assertions are sent only to allowed hosts")]
+    #[error(
+        "the token endpoint host {host:?} is not in the operator's --allowed-token-hosts; assertions are sent only to allowed hosts"
+    )]
     HostNotAllowed { host: String },
 
     #[error("Kubernetes API error: {0}")]
@@ -52,7 +67,9 @@ pub enum Error {
 fn discovery_cause(source: &TokenError) -> String {
     match source {
         TokenError::Transport { host, what, .. } => format!("cannot reach {host}: {what}"),
-        TokenError::BadAnswer { status, what } => format!("the issuer answered HTTP {status} with {what}"),
+        TokenError::BadAnswer { status, what } => {
+            format!("the issuer answered HTTP {status} with {what}")
+        }
         other => other.to_string(),
     }
 }
@@ -60,14 +77,18 @@ fn discovery_cause(source: &TokenError) -> String {
 fn token_message(source: &TokenError, client_id: &str, key_id: &Option<String>) -> String {
     match (source, key_id) {
         (TokenError::Refused { code, .. }, None) if code == "invalid_client" => {
-            format!("{source}; check the client secret and that client {client_id:?} and the authorization server are right")
+            format!(
+                "{source}; check the client secret and that client {client_id:?} and the authorization server are right"
+            )
         }
         (TokenError::Refused { code, .. }, Some(key_id)) if code == "invalid_client" => format!(
             "{source}; check that the public key with kid {key_id:?} is registered for client {client_id:?} \
              and that the client id and authorization server are right"
         ),
         (TokenError::Refused { code, .. }, _) if code == "unauthorized_client" => {
-            format!("{source}; client {client_id:?} may not use the client_credentials grant or these scopes")
+            format!(
+                "{source}; client {client_id:?} may not use the client_credentials grant or these scopes"
+            )
         }
         (TokenError::Refused { code, .. }, _) if code == "invalid_scope" => {
             format!("{source}; request only scopes granted to client {client_id:?}")
@@ -88,7 +109,9 @@ impl Error {
             Error::HostNotAllowed { .. } => "TokenHostNotAllowed",
             Error::Discovery { .. } | Error::DiscoveryTransport { .. } => "DiscoveryFailed",
             Error::Token { source, .. } => match source {
-                TokenError::Refused { .. } if source.is_configuration_error() => "TokenRequestRejected",
+                TokenError::Refused { .. } if source.is_configuration_error() => {
+                    "TokenRequestRejected"
+                }
                 TokenError::Refused { .. } | TokenError::Unavailable { .. } => "IdpUnavailable",
                 TokenError::BadAnswer { .. } => "InvalidTokenResponse",
                 TokenError::Transport { .. } => "IdpUnreachable",
@@ -99,10 +122,13 @@ impl Error {
 
     pub fn class(&self) -> FailureClass {
         match self {
-            Error::Token { source, .. } if source.is_configuration_error() => FailureClass::Configuration,
-            Error::Token { .. } | Error::Discovery { .. } | Error::DiscoveryTransport { .. } | Error::Kube(_) => {
-                FailureClass::Transient
+            Error::Token { source, .. } if source.is_configuration_error() => {
+                FailureClass::Configuration
             }
+            Error::Token { .. }
+            | Error::Discovery { .. }
+            | Error::DiscoveryTransport { .. }
+            | Error::Kube(_) => FailureClass::Transient,
             _ => FailureClass::Configuration,
         }
     }
@@ -126,12 +152,22 @@ mod tests {
     #[test]
     fn invalid_client_names_client_and_key() {
         let e = Error::Token {
-            source: TokenError::Refused { status: 401, code: "invalid_client".into(), description: None, retry_after: None },
+            source: TokenError::Refused {
+                status: 401,
+                code: "invalid_client".into(),
+                description: None,
+                retry_after: None,
+            },
             client_id: "c-1".into(),
             key_id: Some("k-1".into()),
         };
         let message = e.to_string();
-        assert!(message.contains("\"c-1\"") && message.contains("\"k-1\"") && message.contains("registered"), "{message}");
+        assert!(
+            message.contains("\"c-1\"")
+                && message.contains("\"k-1\"")
+                && message.contains("registered"),
+            "{message}"
+        );
         assert_eq!(e.reason(), "TokenRequestRejected");
         assert!(!e.is_transient());
     }
@@ -139,7 +175,11 @@ mod tests {
     #[test]
     fn classes() {
         let unavailable = Error::Token {
-            source: TokenError::Unavailable { status: 503, content_type: None, retry_after: Some(3) },
+            source: TokenError::Unavailable {
+                status: 503,
+                content_type: None,
+                retry_after: Some(3),
+            },
             client_id: "c".into(),
             key_id: Some("k".into()),
         };

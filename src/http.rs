@@ -26,11 +26,17 @@ pub struct Health {
 
 /// Turn `:8080` (controller-runtime style) into a bindable address.
 pub fn bind_address(address: &str) -> String {
-    if address.starts_with(':') { format!("0.0.0.0{address}") } else { address.to_string() }
+    if address.starts_with(':') {
+        format!("0.0.0.0{address}")
+    } else {
+        address.to_string()
+    }
 }
 
 pub async fn bind(address: &str) -> Result<TcpListener, String> {
-    TcpListener::bind(bind_address(address)).await.map_err(|e| format!("cannot listen on {address}: {e}"))
+    TcpListener::bind(bind_address(address))
+        .await
+        .map_err(|e| format!("cannot listen on {address}: {e}"))
 }
 
 /// Serve until the task is dropped. `metrics` is `None` on the probe listener.
@@ -40,7 +46,12 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>, metrics: Option<A
             Ok((stream, _)) => {
                 let (health, metrics) = (health.clone(), metrics.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = tokio::time::timeout(Duration::from_secs(10), answer(stream, &health, metrics.as_deref())).await {
+                    if let Err(e) = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        answer(stream, &health, metrics.as_deref()),
+                    )
+                    .await
+                    {
                         debug!("http: slow client dropped: {e}");
                     }
                 });
@@ -64,7 +75,13 @@ async fn answer(mut stream: TcpStream, health: &Health, metrics: Option<&Metrics
         }
     }
     let head = String::from_utf8_lossy(&request);
-    let path = head.split_whitespace().nth(1).unwrap_or("/").split('?').next().unwrap_or("/");
+    let path = head
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("/")
+        .split('?')
+        .next()
+        .unwrap_or("/");
     let (status, content_type, body) = route(path, health, metrics);
     let response = format!(
         "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -74,13 +91,25 @@ async fn answer(mut stream: TcpStream, health: &Health, metrics: Option<&Metrics
     let _ = stream.shutdown().await;
 }
 
-fn route(path: &str, health: &Health, metrics: Option<&Metrics>) -> (&'static str, &'static str, String) {
+fn route(
+    path: &str,
+    health: &Health,
+    metrics: Option<&Metrics>,
+) -> (&'static str, &'static str, String) {
     const TEXT: &str = "text/plain; charset=utf-8";
     match (path, metrics) {
-        ("/metrics", Some(m)) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", m.render()),
+        ("/metrics", Some(m)) => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            m.render(),
+        ),
         ("/healthz" | "/livez", _) => ("200 OK", TEXT, "ok\n".into()),
         ("/readyz", _) if health.ready.load(Ordering::Relaxed) => ("200 OK", TEXT, "ok\n".into()),
-        ("/readyz", _) => ("503 Service Unavailable", TEXT, "watches not synced yet\n".into()),
+        ("/readyz", _) => (
+            "503 Service Unavailable",
+            TEXT,
+            "watches not synced yet\n".into(),
+        ),
         _ => ("404 Not Found", TEXT, "not found\n".into()),
     }
 }
@@ -98,7 +127,11 @@ mod tests {
         health.ready.store(true, Ordering::Relaxed);
         assert_eq!(route("/readyz", &health, None).0, "200 OK");
         assert_eq!(route("/metrics", &health, None).0, "404 Not Found");
-        assert!(route("/metrics", &health, Some(&metrics)).2.contains("idv_token_operator_reconciles_total"));
+        assert!(
+            route("/metrics", &health, Some(&metrics))
+                .2
+                .contains("idv_token_operator_reconciles_total")
+        );
         assert_eq!(bind_address(":8080"), "0.0.0.0:8080");
         assert_eq!(bind_address("127.0.0.1:0"), "127.0.0.1:0");
     }

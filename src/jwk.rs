@@ -9,7 +9,10 @@ use aws_lc_rs::{
     digest,
     encoding::AsDer,
     rsa::KeySize,
-    signature::{ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, KeyPair, RsaKeyPair},
+    signature::{
+        ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, KeyPair,
+        RsaKeyPair,
+    },
 };
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, EncodingKey};
@@ -118,40 +121,62 @@ fn is_private_signing_key(jwk: &Map<String, Value>) -> bool {
     jwk.contains_key("d") && jwk.get("use").and_then(Value::as_str) != Some("enc")
 }
 
-fn pick_from_set<'a>(keys: &'a [Value], key_id: Option<&str>) -> Result<&'a Map<String, Value>, KeyError> {
+fn pick_from_set<'a>(
+    keys: &'a [Value],
+    key_id: Option<&str>,
+) -> Result<&'a Map<String, Value>, KeyError> {
     let objects: Vec<&Map<String, Value>> = keys.iter().filter_map(Value::as_object).collect();
     if objects.is_empty() {
         return Err(KeyError::EmptySet);
     }
     match key_id {
         Some(wanted) => {
-            let with_kid: Vec<&Map<String, Value>> =
-                objects.into_iter().filter(|k| k.get("kid").and_then(Value::as_str) == Some(wanted)).collect();
+            let with_kid: Vec<&Map<String, Value>> = objects
+                .into_iter()
+                .filter(|k| k.get("kid").and_then(Value::as_str) == Some(wanted))
+                .collect();
             if with_kid.is_empty() {
                 return Err(KeyError::KeyIdNotFound(wanted.to_string()));
             }
             // A set may list a key's public copy too: take the private one.
-            with_kid.into_iter().find(|k| is_private_signing_key(k)).ok_or_else(|| KeyError::KeyIdNotPrivate(wanted.to_string()))
+            with_kid
+                .into_iter()
+                .find(|k| is_private_signing_key(k))
+                .ok_or_else(|| KeyError::KeyIdNotPrivate(wanted.to_string()))
         }
-        None => objects.into_iter().find(|k| is_private_signing_key(k)).ok_or(KeyError::NoPrivateSigningKey),
+        None => objects
+            .into_iter()
+            .find(|k| is_private_signing_key(k))
+            .ok_or(KeyError::NoPrivateSigningKey),
     }
 }
 
 /// A member value for an error message: short identifier-like values (`oct`, `P-521`,
 /// `RS256`) as they are, anything else (possibly key material put in the wrong member) not.
 fn shown(value: &str) -> String {
-    let plain = value.len() <= 16 && value.chars().all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c));
-    if plain { value.to_string() } else { format!("({} characters, not shown)", value.chars().count()) }
+    let plain = value.len() <= 16
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c));
+    if plain {
+        value.to_string()
+    } else {
+        format!("({} characters, not shown)", value.chars().count())
+    }
 }
 
 fn text<'a>(jwk: &'a Map<String, Value>, name: &'static str) -> Result<&'a str, KeyError> {
-    jwk.get(name).and_then(Value::as_str).ok_or(KeyError::MissingMember(name))
+    jwk.get(name)
+        .and_then(Value::as_str)
+        .ok_or(KeyError::MissingMember(name))
 }
 
 fn bytes(jwk: &Map<String, Value>, name: &'static str) -> Result<Vec<u8>, KeyError> {
     let encoded = text(jwk, name)?;
     // Some generators pad base64url; the JWK spec says they must not, so accept both.
-    URL_SAFE_NO_PAD.decode(encoded.trim_end_matches('=')).map_err(|_| KeyError::BadMember(name))
+    URL_SAFE_NO_PAD
+        .decode(encoded.trim_end_matches('='))
+        .map_err(|_| KeyError::BadMember(name))
 }
 
 fn signing_key_from_jwk(jwk: &Map<String, Value>) -> Result<SigningKey, KeyError> {
@@ -171,7 +196,13 @@ fn signing_key_from_jwk(jwk: &Map<String, Value>) -> Result<SigningKey, KeyError
         "EC" => ec_key(jwk, alg)?,
         other => return Err(KeyError::UnsupportedKty(shown(other))),
     };
-    Ok(SigningKey { kid, thumbprint, certificate_thumbprint, algorithm, encoding_key })
+    Ok(SigningKey {
+        kid,
+        thumbprint,
+        certificate_thumbprint,
+        algorithm,
+        encoding_key,
+    })
 }
 
 /// `x5t` as given, or the SHA-1 of the first `x5c` certificate (standard base64 DER).
@@ -179,17 +210,27 @@ fn certificate_thumbprint(jwk: &Map<String, Value>) -> Result<Option<String>, Ke
     if let Some(x5t) = jwk.get("x5t").and_then(Value::as_str) {
         return Ok(Some(x5t.to_string()));
     }
-    let Some(first) = jwk.get("x5c").and_then(Value::as_array).and_then(|chain| chain.first()) else {
+    let Some(first) = jwk
+        .get("x5c")
+        .and_then(Value::as_array)
+        .and_then(|chain| chain.first())
+    else {
         return Ok(None);
     };
     let der = first
         .as_str()
         .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
         .ok_or(KeyError::BadMember("x5c"))?;
-    Ok(Some(URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, &der))))
+    Ok(Some(URL_SAFE_NO_PAD.encode(digest::digest(
+        &digest::SHA1_FOR_LEGACY_USE_ONLY,
+        &der,
+    ))))
 }
 
-fn rsa_key(jwk: &Map<String, Value>, alg: Option<&str>) -> Result<(Algorithm, EncodingKey), KeyError> {
+fn rsa_key(
+    jwk: &Map<String, Value>,
+    alg: Option<&str>,
+) -> Result<(Algorithm, EncodingKey), KeyError> {
     let algorithm = match alg {
         None | Some("RS256") => Algorithm::RS256,
         Some("RS384") => Algorithm::RS384,
@@ -197,7 +238,12 @@ fn rsa_key(jwk: &Map<String, Value>, alg: Option<&str>) -> Result<(Algorithm, En
         Some("PS256") => Algorithm::PS256,
         Some("PS384") => Algorithm::PS384,
         Some("PS512") => Algorithm::PS512,
-        Some(other) => return Err(KeyError::AlgorithmMismatch { alg: shown(other), kind: "RSA".into() }),
+        Some(other) => {
+            return Err(KeyError::AlgorithmMismatch {
+                alg: shown(other),
+                kind: "RSA".into(),
+            });
+        }
     };
     let n = bytes(jwk, "n")?;
     let e = bytes(jwk, "e")?;
@@ -206,7 +252,13 @@ fn rsa_key(jwk: &Map<String, Value>, alg: Option<&str>) -> Result<(Algorithm, En
     if crt.iter().any(|m| !jwk.contains_key(*m)) {
         return Err(KeyError::MissingCrtMembers);
     }
-    let (p, q, dp, dq, qi) = (bytes(jwk, "p")?, bytes(jwk, "q")?, bytes(jwk, "dp")?, bytes(jwk, "dq")?, bytes(jwk, "qi")?);
+    let (p, q, dp, dq, qi) = (
+        bytes(jwk, "p")?,
+        bytes(jwk, "q")?,
+        bytes(jwk, "dp")?,
+        bytes(jwk, "dq")?,
+        bytes(jwk, "qi")?,
+    );
     let der = pkcs1::RsaPrivateKey {
         modulus: uint(&n, "n")?,
         public_exponent: uint(&e, "e")?,
@@ -229,7 +281,10 @@ fn rsa_key(jwk: &Map<String, Value>, alg: Option<&str>) -> Result<(Algorithm, En
     Ok((algorithm, EncodingKey::from_rsa_der(&der)))
 }
 
-fn ec_key(jwk: &Map<String, Value>, alg: Option<&str>) -> Result<(Algorithm, EncodingKey), KeyError> {
+fn ec_key(
+    jwk: &Map<String, Value>,
+    alg: Option<&str>,
+) -> Result<(Algorithm, EncodingKey), KeyError> {
     let crv = text(jwk, "crv")?;
     let (algorithm, signing, coordinate_len) = match crv {
         "P-256" => (Algorithm::ES256, &ECDSA_P256_SHA256_FIXED_SIGNING, 32),
@@ -239,7 +294,10 @@ fn ec_key(jwk: &Map<String, Value>, alg: Option<&str>) -> Result<(Algorithm, Enc
     if let Some(alg) = alg
         && alg != format!("{algorithm:?}")
     {
-        return Err(KeyError::AlgorithmMismatch { alg: shown(alg), kind: format!("EC {crv}") });
+        return Err(KeyError::AlgorithmMismatch {
+            alg: shown(alg),
+            kind: format!("EC {crv}"),
+        });
     }
     let (x, y, d) = (bytes(jwk, "x")?, bytes(jwk, "y")?, bytes(jwk, "d")?);
     if x.len() != coordinate_len || y.len() != coordinate_len {
@@ -251,7 +309,9 @@ fn ec_key(jwk: &Map<String, Value>, alg: Option<&str>) -> Result<(Algorithm, Enc
     public.extend_from_slice(&y);
     let pair = EcdsaKeyPair::from_private_key_and_public_key(signing, &d, &public)
         .map_err(|e| KeyError::Rejected(e.to_string()))?;
-    let pkcs8 = pair.to_pkcs8v1().map_err(|_| KeyError::Rejected("cannot encode as PKCS#8".into()))?;
+    let pkcs8 = pair
+        .to_pkcs8v1()
+        .map_err(|_| KeyError::Rejected("cannot encode as PKCS#8".into()))?;
     Ok((algorithm, EncodingKey::from_ec_der(pkcs8.as_ref())))
 }
 
@@ -265,7 +325,9 @@ pub fn thumbprint(jwk: &Map<String, Value>) -> Result<String, KeyError> {
     // Members in lexicographic order, no whitespace, as RFC 7638 section 3 prescribes.
     let canonical = match kty {
         "RSA" => serde_json::json!({"e": text(jwk, "e")?, "kty": "RSA", "n": text(jwk, "n")?}),
-        "EC" => serde_json::json!({"crv": text(jwk, "crv")?, "kty": "EC", "x": text(jwk, "x")?, "y": text(jwk, "y")?}),
+        "EC" => {
+            serde_json::json!({"crv": text(jwk, "crv")?, "kty": "EC", "x": text(jwk, "x")?, "y": text(jwk, "y")?})
+        }
         other => return Err(KeyError::UnsupportedKty(shown(other))),
     };
     // serde_json's Map is a BTreeMap here (no preserve_order feature), so keys come out sorted.
@@ -307,11 +369,14 @@ pub fn generate(alg: KeygenAlgorithm, rsa_bits: usize) -> Result<Map<String, Val
                 8192 => KeySize::Rsa8192,
                 other => return Err(KeyError::UnsupportedRsaSize(other)),
             };
-            let pair = RsaKeyPair::generate(size).map_err(|_| KeyError::Rejected("RSA key generation failed".into()))?;
+            let pair = RsaKeyPair::generate(size)
+                .map_err(|_| KeyError::Rejected("RSA key generation failed".into()))?;
             let pkcs8 = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&pair)
                 .map_err(|_| KeyError::Rejected("cannot encode as PKCS#8".into()))?;
-            let info = pkcs8::PrivateKeyInfo::from_der(pkcs8.as_ref()).map_err(|e| KeyError::Rejected(e.kind().to_string()))?;
-            let rsa = pkcs1::RsaPrivateKey::from_der(info.private_key).map_err(|e| KeyError::Rejected(e.kind().to_string()))?;
+            let info = pkcs8::PrivateKeyInfo::from_der(pkcs8.as_ref())
+                .map_err(|e| KeyError::Rejected(e.kind().to_string()))?;
+            let rsa = pkcs1::RsaPrivateKey::from_der(info.private_key)
+                .map_err(|e| KeyError::Rejected(e.kind().to_string()))?;
             jwk.insert("kty".into(), "RSA".into());
             jwk.insert("n".into(), b64(rsa.modulus.as_bytes()));
             jwk.insert("e".into(), b64(rsa.public_exponent.as_bytes()));
@@ -328,10 +393,15 @@ pub fn generate(alg: KeygenAlgorithm, rsa_bits: usize) -> Result<Map<String, Val
             } else {
                 (&ECDSA_P384_SHA384_FIXED_SIGNING, "P-384", 48)
             };
-            let pair = EcdsaKeyPair::generate(signing).map_err(|_| KeyError::Rejected("EC key generation failed".into()))?;
-            let pkcs8 = pair.to_pkcs8v1().map_err(|_| KeyError::Rejected("cannot encode as PKCS#8".into()))?;
-            let info = pkcs8::PrivateKeyInfo::from_der(pkcs8.as_ref()).map_err(|e| KeyError::Rejected(e.kind().to_string()))?;
-            let ec = sec1::EcPrivateKey::from_der(info.private_key).map_err(|e| KeyError::Rejected(e.kind().to_string()))?;
+            let pair = EcdsaKeyPair::generate(signing)
+                .map_err(|_| KeyError::Rejected("EC key generation failed".into()))?;
+            let pkcs8 = pair
+                .to_pkcs8v1()
+                .map_err(|_| KeyError::Rejected("cannot encode as PKCS#8".into()))?;
+            let info = pkcs8::PrivateKeyInfo::from_der(pkcs8.as_ref())
+                .map_err(|e| KeyError::Rejected(e.kind().to_string()))?;
+            let ec = sec1::EcPrivateKey::from_der(info.private_key)
+                .map_err(|e| KeyError::Rejected(e.kind().to_string()))?;
             let public = pair.public_key().as_ref();
             // Uncompressed point: 0x04 || x || y.
             jwk.insert("kty".into(), "EC".into());
@@ -351,7 +421,11 @@ pub fn generate(alg: KeygenAlgorithm, rsa_bits: usize) -> Result<Map<String, Val
 /// The public half of a JWK: only the members a verifier needs (what the portal wants).
 pub fn public_jwk(private: &Map<String, Value>) -> Map<String, Value> {
     const PUBLIC: [&str; 9] = ["kty", "kid", "use", "alg", "n", "e", "crv", "x", "y"];
-    private.iter().filter(|(k, _)| PUBLIC.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect()
+    private
+        .iter()
+        .filter(|(k, _)| PUBLIC.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -372,7 +446,10 @@ mod tests {
             "alg": "RS256",
             "kid": "2011-04-29"
         }));
-        assert_eq!(thumbprint(&jwk).unwrap(), "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs");
+        assert_eq!(
+            thumbprint(&jwk).unwrap(),
+            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+        );
     }
 
     #[test]
@@ -396,11 +473,19 @@ mod tests {
     #[test]
     fn certificate_thumbprint_from_x5t_or_x5c() {
         let mut jwk = generate(KeygenAlgorithm::Es256, 0).unwrap();
-        assert_eq!(parse_signing_key(&serde_json::to_vec(&jwk).unwrap(), None).unwrap().certificate_thumbprint, None);
+        assert_eq!(
+            parse_signing_key(&serde_json::to_vec(&jwk).unwrap(), None)
+                .unwrap()
+                .certificate_thumbprint,
+            None
+        );
         // SHA-1 of the bytes "abc" is a9993e364706816aba3e25717850c26c9cd0d89d.
         jwk.insert("x5c".into(), serde_json::json!(["YWJj"]));
         let key = parse_signing_key(&serde_json::to_vec(&jwk).unwrap(), None).unwrap();
-        assert_eq!(key.certificate_thumbprint.as_deref(), Some("qZk-NkcGgWq6PiVxeFDCbJzQ2J0"));
+        assert_eq!(
+            key.certificate_thumbprint.as_deref(),
+            Some("qZk-NkcGgWq6PiVxeFDCbJzQ2J0")
+        );
         jwk.insert("x5t".into(), "given".into());
         let key = parse_signing_key(&serde_json::to_vec(&jwk).unwrap(), None).unwrap();
         assert_eq!(key.certificate_thumbprint.as_deref(), Some("given"));
@@ -426,7 +511,10 @@ mod tests {
         assert_eq!(first.kid.as_deref(), a["kid"].as_str());
         let chosen = parse_signing_key(&set, b["kid"].as_str()).unwrap();
         assert_eq!(chosen.kid.as_deref(), b["kid"].as_str());
-        assert_eq!(parse_signing_key(&set, Some("nope")).unwrap_err(), KeyError::KeyIdNotFound("nope".into()));
+        assert_eq!(
+            parse_signing_key(&set, Some("nope")).unwrap_err(),
+            KeyError::KeyIdNotFound("nope".into())
+        );
     }
 
     #[test]
@@ -444,26 +532,59 @@ mod tests {
             Value::Object(j)
         };
         let mut swapped = ec.clone();
-        swapped.insert("d".into(), generate(KeygenAlgorithm::Es256, 0).unwrap()["d"].clone());
+        swapped.insert(
+            "d".into(),
+            generate(KeygenAlgorithm::Es256, 0).unwrap()["d"].clone(),
+        );
         let cases: Vec<(Vec<u8>, KeyError)> = vec![
-            (b"not json".to_vec(), KeyError::NotJson("line 1, column 2".into())),
+            (
+                b"not json".to_vec(),
+                KeyError::NotJson("line 1, column 2".into()),
+            ),
             (b"[1,2]".to_vec(), KeyError::NotAJwk),
             (br#"{"keys": []}"#.to_vec(), KeyError::EmptySet),
-            (serde_json::to_vec(&public_jwk(&rsa)).unwrap(), KeyError::PublicOnly),
-            (serde_json::to_vec(&with(&ec, "kty", "oct".into())).unwrap(), KeyError::UnsupportedKty("oct".into())),
-            (serde_json::to_vec(&with(&ec, "crv", "P-521".into())).unwrap(), KeyError::UnsupportedCurve("P-521".into())),
+            (
+                serde_json::to_vec(&public_jwk(&rsa)).unwrap(),
+                KeyError::PublicOnly,
+            ),
+            (
+                serde_json::to_vec(&with(&ec, "kty", "oct".into())).unwrap(),
+                KeyError::UnsupportedKty("oct".into()),
+            ),
+            (
+                serde_json::to_vec(&with(&ec, "crv", "P-521".into())).unwrap(),
+                KeyError::UnsupportedCurve("P-521".into()),
+            ),
             (
                 serde_json::to_vec(&with(&ec, "alg", "RS256".into())).unwrap(),
-                KeyError::AlgorithmMismatch { alg: "RS256".into(), kind: "EC P-256".into() },
+                KeyError::AlgorithmMismatch {
+                    alg: "RS256".into(),
+                    kind: "EC P-256".into(),
+                },
             ),
             (
                 serde_json::to_vec(&with(&rsa, "alg", "ES256".into())).unwrap(),
-                KeyError::AlgorithmMismatch { alg: "ES256".into(), kind: "RSA".into() },
+                KeyError::AlgorithmMismatch {
+                    alg: "ES256".into(),
+                    kind: "RSA".into(),
+                },
             ),
-            (serde_json::to_vec(&without(&rsa, "qi")).unwrap(), KeyError::MissingCrtMembers),
-            (serde_json::to_vec(&without(&rsa, "n")).unwrap(), KeyError::MissingMember("n")),
-            (serde_json::to_vec(&with(&ec, "d", "!!".into())).unwrap(), KeyError::BadMember("d")),
-            (serde_json::to_vec(&with(&ec, "use", "enc".into())).unwrap(), KeyError::NotForSigning),
+            (
+                serde_json::to_vec(&without(&rsa, "qi")).unwrap(),
+                KeyError::MissingCrtMembers,
+            ),
+            (
+                serde_json::to_vec(&without(&rsa, "n")).unwrap(),
+                KeyError::MissingMember("n"),
+            ),
+            (
+                serde_json::to_vec(&with(&ec, "d", "!!".into())).unwrap(),
+                KeyError::BadMember("d"),
+            ),
+            (
+                serde_json::to_vec(&with(&ec, "use", "enc".into())).unwrap(),
+                KeyError::NotForSigning,
+            ),
         ];
         for (input, expected) in cases {
             assert_eq!(parse_signing_key(&input, None).unwrap_err(), expected);
@@ -471,7 +592,10 @@ mod tests {
         let err = parse_signing_key(&serde_json::to_vec(&swapped).unwrap(), None).unwrap_err();
         assert!(matches!(err, KeyError::Rejected(_)), "{err:?}");
         let message = err.to_string();
-        for secret in ["d", "p", "q"].iter().filter_map(|m| rsa.get(*m).and_then(Value::as_str)) {
+        for secret in ["d", "p", "q"]
+            .iter()
+            .filter_map(|m| rsa.get(*m).and_then(Value::as_str))
+        {
             assert!(!message.contains(secret));
         }
     }

@@ -33,7 +33,8 @@ pub fn may_acquire(spec: &LeaseSpec, identity: &str, now: Timestamp) -> bool {
     if holder.is_empty() || holder == identity {
         return true;
     }
-    let duration = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(15).max(1)));
+    let duration =
+        SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(15).max(1)));
     match &spec.renew_time {
         Some(MicroTime(renewed)) => *renewed + duration <= now,
         None => true,
@@ -41,14 +42,23 @@ pub fn may_acquire(spec: &LeaseSpec, identity: &str, now: Timestamp) -> bool {
 }
 
 fn claimed(previous: Option<&LeaseSpec>, settings: &LeaseSettings, now: Timestamp) -> LeaseSpec {
-    let same_holder = previous.and_then(|p| p.holder_identity.as_deref()) == Some(settings.identity.as_str());
+    let same_holder =
+        previous.and_then(|p| p.holder_identity.as_deref()) == Some(settings.identity.as_str());
     let transitions = previous.and_then(|p| p.lease_transitions).unwrap_or(0);
     LeaseSpec {
         holder_identity: Some(settings.identity.clone()),
         lease_duration_seconds: Some(settings.lease_duration.as_secs().max(1) as i32),
-        acquire_time: if same_holder { previous.and_then(|p| p.acquire_time.clone()) } else { Some(MicroTime(now)) },
+        acquire_time: if same_holder {
+            previous.and_then(|p| p.acquire_time.clone())
+        } else {
+            Some(MicroTime(now))
+        },
         renew_time: Some(MicroTime(now)),
-        lease_transitions: Some(if same_holder || previous.is_none() { transitions } else { transitions + 1 }),
+        lease_transitions: Some(if same_holder || previous.is_none() {
+            transitions
+        } else {
+            transitions + 1
+        }),
         ..LeaseSpec::default()
     }
 }
@@ -59,7 +69,10 @@ async fn try_claim(api: &Api<Lease>, settings: &LeaseSettings) -> Result<bool, k
     match api.get_opt(&settings.name).await? {
         None => {
             let lease = Lease {
-                metadata: ObjectMeta { name: Some(settings.name.clone()), ..ObjectMeta::default() },
+                metadata: ObjectMeta {
+                    name: Some(settings.name.clone()),
+                    ..ObjectMeta::default()
+                },
                 spec: Some(claimed(None, settings, now)),
             };
             match api.create(&PostParams::default(), &lease).await {
@@ -75,7 +88,10 @@ async fn try_claim(api: &Api<Lease>, settings: &LeaseSettings) -> Result<bool, k
             }
             lease.spec = Some(claimed(Some(&spec), settings, now));
             // replace carries the resourceVersion: a concurrent claim makes one of us lose.
-            match api.replace(&settings.name, &PostParams::default(), &lease).await {
+            match api
+                .replace(&settings.name, &PostParams::default(), &lease)
+                .await
+            {
                 Ok(_) => Ok(true),
                 Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
                 Err(e) => Err(e),
@@ -95,7 +111,12 @@ pub struct Leadership {
 /// Wait until this replica holds the lease.
 pub async fn acquire(client: kube::Client, settings: LeaseSettings) -> Leadership {
     let api: Api<Lease> = Api::namespaced(client, &settings.namespace);
-    info!(lease = settings.name, namespace = settings.namespace, identity = settings.identity, "waiting for leadership");
+    info!(
+        lease = settings.name,
+        namespace = settings.namespace,
+        identity = settings.identity,
+        "waiting for leadership"
+    );
     loop {
         match try_claim(&api, &settings).await {
             Ok(true) => break,
@@ -107,7 +128,12 @@ pub async fn acquire(client: kube::Client, settings: LeaseSettings) -> Leadershi
     info!(identity = settings.identity, "leadership acquired");
     let (tx, lost) = watch::channel(false);
     let renewer = tokio::spawn(renew(api.clone(), settings.clone(), tx));
-    Leadership { lost, renewer, api, settings }
+    Leadership {
+        lost,
+        renewer,
+        api,
+        settings,
+    }
 }
 
 /// Renew every retry period; give up when renewal has failed for most of a lease duration,
@@ -154,13 +180,21 @@ impl Leadership {
             return;
         }
         if let Ok(Some(mut lease)) = self.api.get_opt(&self.settings.name).await
-            && lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(self.settings.identity.as_str())
+            && lease
+                .spec
+                .as_ref()
+                .and_then(|s| s.holder_identity.as_deref())
+                == Some(self.settings.identity.as_str())
         {
             let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
             spec.holder_identity = None;
             spec.lease_duration_seconds = Some(1);
             spec.renew_time = Some(MicroTime(Timestamp::now()));
-            match self.api.replace(&self.settings.name, &PostParams::default(), &lease).await {
+            match self
+                .api
+                .replace(&self.settings.name, &PostParams::default(), &lease)
+                .await
+            {
                 Ok(_) => info!("leadership released"),
                 Err(e) => warn!("could not release the lease: {e}"),
             }
@@ -204,9 +238,15 @@ mod tests {
             retry_period: Duration::from_secs(2),
         };
         let first = claimed(None, &settings, at(0));
-        assert_eq!((first.lease_transitions, first.acquire_time.clone()), (Some(0), Some(MicroTime(at(0)))));
+        assert_eq!(
+            (first.lease_transitions, first.acquire_time.clone()),
+            (Some(0), Some(MicroTime(at(0))))
+        );
         let renewed = claimed(Some(&first), &settings, at(5));
-        assert_eq!((renewed.lease_transitions, renewed.acquire_time), (Some(0), Some(MicroTime(at(0)))));
+        assert_eq!(
+            (renewed.lease_transitions, renewed.acquire_time),
+            (Some(0), Some(MicroTime(at(0))))
+        );
         let taken = claimed(Some(&held_by(Some("b"), 0)), &settings, at(20));
         assert_eq!(taken.lease_transitions, Some(1));
     }

@@ -9,26 +9,30 @@ use std::{
 };
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use futures::FutureExt;
 use idv_token_operator::{
     api::{self, Environment},
     authserver::{self, ServerPlan},
     controller::{self, RunOptions},
     http::{self, Health},
+    jwk::{self, KeygenAlgorithm},
     leader::{self, LeaseSettings},
     metrics::Metrics,
-    jwk::{self, KeygenAlgorithm},
     oauth::TokenParams,
     reconcile::{Context, Settings},
     schedule,
     telemetry::{self, LogFormat},
     token_client::{ClientSecretValue, Credential, TokenClient, TokenClientOptions},
 };
-use futures::FutureExt;
-use kube::runtime::events::{Recorder, Reporter};
 use jiff::{SignedDuration, Timestamp};
+use kube::runtime::events::{Recorder, Reporter};
 
 #[derive(Parser)]
-#[command(name = "idv-token-operator", version, about = "Keeps IDV (Vlaanderen) OAuth2 access tokens fresh in Kubernetes Secrets")]
+#[command(
+    name = "idv-token-operator",
+    version,
+    about = "Keeps IDV (Vlaanderen) OAuth2 access tokens fresh in Kubernetes Secrets"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -49,7 +53,8 @@ enum Command {
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    schedule::parse_duration(text).ok_or_else(|| format!("{text:?} is not a duration like 10s, 5m or 1h"))
+    schedule::parse_duration(text)
+        .ok_or_else(|| format!("{text:?} is not a duration like 10s, 5m or 1h"))
 }
 
 #[derive(Args)]
@@ -89,7 +94,11 @@ struct RunArgs {
     #[arg(long)]
     leader_elect: bool,
     /// Namespace of the Lease (default: this pod's namespace).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "idv-token-operator-system")]
+    #[arg(
+        long,
+        env = "POD_NAMESPACE",
+        default_value = "idv-token-operator-system"
+    )]
     leader_election_namespace: String,
     /// Name of the Lease.
     #[arg(long, default_value = "idv-token-operator")]
@@ -110,7 +119,11 @@ struct TokenArgs {
     #[arg(long)]
     client_id: String,
     /// Path of the private JWK or JWK Set (private_key_jwt).
-    #[arg(long, group = "credential", required_unless_present = "client_secret_file")]
+    #[arg(
+        long,
+        group = "credential",
+        required_unless_present = "client_secret_file"
+    )]
     key: Option<PathBuf>,
     /// Path of a file holding the client secret (client_secret_basic), for clients without a key.
     #[arg(long, group = "credential")]
@@ -201,7 +214,10 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| format!("cannot start the runtime: {e}"))
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
 }
 
 fn run(args: RunArgs) -> Result<(), String> {
@@ -299,7 +315,10 @@ fn run(args: RunArgs) -> Result<(), String> {
 }
 
 fn hostname() -> String {
-    std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "idv-token-operator".into())
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "idv-token-operator".into())
 }
 
 /// SIGTERM (Kubernetes) or Ctrl-C.
@@ -307,7 +326,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},
@@ -322,7 +342,10 @@ fn token(args: TokenArgs) -> Result<(), String> {
     let environment = match &args.environment {
         Some(name) => Some(Environment::from_name(name).ok_or_else(|| {
             let names: Vec<&str> = Environment::ALL.iter().map(|e| e.name()).collect();
-            format!("unknown environment {name:?}; use one of {}", names.join(", "))
+            format!(
+                "unknown environment {name:?}; use one of {}",
+                names.join(", ")
+            )
         })?),
         None => None,
     };
@@ -333,27 +356,46 @@ fn token(args: TokenArgs) -> Result<(), String> {
         assertion_audience: args.assertion_audience.clone(),
     };
     let plan: ServerPlan = authserver::plan(&server).map_err(|e| match e {
-        authserver::ServerConfigError::NotExactlyOne => "give exactly one of --token-endpoint, --issuer or --environment".to_string(),
+        authserver::ServerConfigError::NotExactlyOne => {
+            "give exactly one of --token-endpoint, --issuer or --environment".to_string()
+        }
         other => other.to_string(),
     })?;
     let credential = match (&args.key, &args.client_secret_file) {
         (Some(path), _) => {
-            let bytes = std::fs::read(path).map_err(|e| format!("cannot read the key file {}: {e}", path.display()))?;
-            let key = jwk::parse_signing_key(&bytes, args.key_id.as_deref()).map_err(|e| format!("the key in {} is unusable: {e}", path.display()))?;
+            let bytes = std::fs::read(path)
+                .map_err(|e| format!("cannot read the key file {}: {e}", path.display()))?;
+            let key = jwk::parse_signing_key(&bytes, args.key_id.as_deref())
+                .map_err(|e| format!("the key in {} is unusable: {e}", path.display()))?;
             Credential::PrivateKey(std::sync::Arc::new(key))
         }
         (None, Some(path)) => {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read the client secret file {}: {e}", path.display()))?;
-            Credential::ClientSecret { secret: ClientSecretValue::new(text.trim_end_matches(['\r', '\n']).to_string()), version: String::new() }
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                format!("cannot read the client secret file {}: {e}", path.display())
+            })?;
+            Credential::ClientSecret {
+                secret: ClientSecretValue::new(text.trim_end_matches(['\r', '\n']).to_string()),
+                version: String::new(),
+            }
         }
         (None, None) => return Err("give --key or --client-secret-file".into()),
     };
-    let params = TokenParams { scopes: args.scopes.clone(), audience: args.audience.clone(), resource: args.resource.clone() };
+    let params = TokenParams {
+        scopes: args.scopes.clone(),
+        audience: args.audience.clone(),
+        resource: args.resource.clone(),
+    };
     let answer = runtime()?.block_on(async {
-        let tokens = TokenClient::new(TokenClientOptions { timeout: args.timeout, ..TokenClientOptions::default() })?;
+        let tokens = TokenClient::new(TokenClientOptions {
+            timeout: args.timeout,
+            ..TokenClientOptions::default()
+        })?;
         let resolved = tokens.resolve(&plan).await.map_err(|e| e.to_string())?;
         let now = Timestamp::now();
-        let answer = tokens.request_token(&args.client_id, &resolved, &params, &credential, now).await.map_err(|e| e.to_string())?;
+        let answer = tokens
+            .request_token(&args.client_id, &resolved, &params, &credential, now)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok::<_, String>((answer, now))
     })?;
     let (answer, issued) = answer;
@@ -361,7 +403,8 @@ fn token(args: TokenArgs) -> Result<(), String> {
     let written = match args.output {
         Output::Token => writeln!(stdout, "{}", answer.access_token.expose()),
         Output::Json => {
-            let expires_at = schedule::whole_seconds(issued) + SignedDuration::from_secs(answer.expires_in as i64);
+            let expires_at = schedule::whole_seconds(issued)
+                + SignedDuration::from_secs(answer.expires_in as i64);
             let json = serde_json::json!({
                 "access_token": answer.access_token.expose(),
                 "token_type": answer.token_type,
@@ -397,7 +440,11 @@ fn keygen(args: KeygenArgs) -> Result<(), String> {
         },
         None => None,
     };
-    write_contents(&mut private_file, &args.private, &serde_json::to_string_pretty(&private).expect("JSON"))?;
+    write_contents(
+        &mut private_file,
+        &args.private,
+        &serde_json::to_string_pretty(&private).expect("JSON"),
+    )?;
     match public_file {
         Some((path, mut file)) => write_contents(&mut file, path, &public),
         None => {
@@ -414,11 +461,19 @@ fn create_new_file(path: &PathBuf, mode: u32) -> Result<std::fs::File, String> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
     options.open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::AlreadyExists => format!("{} already exists; not overwriting it", path.display()),
+        std::io::ErrorKind::AlreadyExists => {
+            format!("{} already exists; not overwriting it", path.display())
+        }
         _ => format!("cannot create {}: {e}", path.display()),
     })
 }
 
-fn write_contents(file: &mut std::fs::File, path: &std::path::Path, contents: &str) -> Result<(), String> {
-    file.write_all(contents.as_bytes()).and_then(|_| file.write_all(b"\n")).map_err(|e| format!("cannot write {}: {e}", path.display()))
+fn write_contents(
+    file: &mut std::fs::File,
+    path: &std::path::Path,
+    contents: &str,
+) -> Result<(), String> {
+    file.write_all(contents.as_bytes())
+        .and_then(|_| file.write_all(b"\n"))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }

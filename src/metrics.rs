@@ -41,33 +41,68 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("idv_token_operator");
         let token_requests = Family::<ResultLabel, Counter>::default();
-        registry.register("token_requests", "Token requests to the IdP, by result (success or the failure reason)", token_requests.clone());
+        registry.register(
+            "token_requests",
+            "Token requests to the IdP, by result (success or the failure reason)",
+            token_requests.clone(),
+        );
         // 5 ms .. ~20 s.
         let token_request_duration = Histogram::new(exponential_buckets(0.005, 2.0, 13));
-        registry.register("token_request_duration_seconds", "Duration of token requests (discovery included)", token_request_duration.clone());
+        registry.register(
+            "token_request_duration_seconds",
+            "Duration of token requests (discovery included)",
+            token_request_duration.clone(),
+        );
         let token_expiry = Family::<ClientLabels, Gauge>::default();
-        registry.register("token_expiry_timestamp_seconds", "When the token in each IdvClient's Secret expires (Unix seconds)", token_expiry.clone());
+        registry.register(
+            "token_expiry_timestamp_seconds",
+            "When the token in each IdvClient's Secret expires (Unix seconds)",
+            token_expiry.clone(),
+        );
         let reconciles = Counter::default();
         registry.register("reconciles", "Reconciles of IdvClients", reconciles.clone());
         let reconcile_errors = Family::<CategoryLabel, Counter>::default();
-        registry.register("reconcile_errors", "Failed reconciles, by category (the condition reason)", reconcile_errors.clone());
-        Self { registry, token_requests, token_request_duration, token_expiry, reconciles, reconcile_errors }
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles, by category (the condition reason)",
+            reconcile_errors.clone(),
+        );
+        Self {
+            registry,
+            token_requests,
+            token_request_duration,
+            token_expiry,
+            reconciles,
+            reconcile_errors,
+        }
     }
 }
 
 impl Metrics {
     pub fn token_request(&self, result: &str, seconds: f64) {
-        self.token_requests.get_or_create(&ResultLabel { result: result.to_string() }).inc();
+        self.token_requests
+            .get_or_create(&ResultLabel {
+                result: result.to_string(),
+            })
+            .inc();
         self.token_request_duration.observe(seconds);
     }
 
     pub fn token_expiry(&self, namespace: &str, name: &str, expires_at_unix: i64) {
-        self.token_expiry.get_or_create(&ClientLabels { namespace: namespace.into(), name: name.into() }).set(expires_at_unix);
+        self.token_expiry
+            .get_or_create(&ClientLabels {
+                namespace: namespace.into(),
+                name: name.into(),
+            })
+            .set(expires_at_unix);
     }
 
     /// A deleted IdvClient's series must go, or alerts would fire on it.
     pub fn forget_client(&self, namespace: &str, name: &str) {
-        self.token_expiry.remove(&ClientLabels { namespace: namespace.into(), name: name.into() });
+        self.token_expiry.remove(&ClientLabels {
+            namespace: namespace.into(),
+            name: name.into(),
+        });
     }
 
     pub fn reconciled(&self) {
@@ -75,7 +110,11 @@ impl Metrics {
     }
 
     pub fn reconcile_error(&self, category: &str) {
-        self.reconcile_errors.get_or_create(&CategoryLabel { category: category.to_string() }).inc();
+        self.reconcile_errors
+            .get_or_create(&CategoryLabel {
+                category: category.to_string(),
+            })
+            .inc();
     }
 
     /// The Prometheus text exposition.

@@ -52,7 +52,10 @@ pub fn basic_authorization(client_id: &str, secret: &str) -> String {
     use base64::Engine;
     let encode = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
     let pair = format!("{}:{}", encode(client_id), encode(secret));
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
 }
 
 /// An access token. Never parsed, never printed.
@@ -91,28 +94,49 @@ pub struct TokenAnswer {
 pub enum TokenError {
     /// An RFC 6749 section 5.2 error answer.
     #[error("the token endpoint refused the request (HTTP {status}): {code}{}", describe(.description))]
-    Refused { status: u16, code: String, description: Option<String>, retry_after: Option<u64> },
+    Refused {
+        status: u16,
+        code: String,
+        description: Option<String>,
+        retry_after: Option<u64>,
+    },
     /// 5xx or 429 without an OAuth error body.
     #[error("the token endpoint is unavailable (HTTP {status}{}){}", content_note(.content_type), retry_note(.retry_after))]
-    Unavailable { status: u16, content_type: Option<String>, retry_after: Option<u64> },
+    Unavailable {
+        status: u16,
+        content_type: Option<String>,
+        retry_after: Option<u64>,
+    },
     /// An answer that is not a usable token response.
     #[error("the token endpoint answered HTTP {status} with {what}")]
     BadAnswer { status: u16, what: String },
     /// No answer: connection refused, DNS, TLS, timeout, redirect.
     #[error("cannot reach the token endpoint at {host}: {what}")]
-    Transport { host: String, what: String, timeout: bool },
+    Transport {
+        host: String,
+        what: String,
+        timeout: bool,
+    },
 }
 
 fn describe(description: &Option<String>) -> String {
-    description.as_ref().map(|d| format!(" ({d})")).unwrap_or_default()
+    description
+        .as_ref()
+        .map(|d| format!(" ({d})"))
+        .unwrap_or_default()
 }
 
 fn content_note(content_type: &Option<String>) -> String {
-    content_type.as_ref().map(|c| format!(", {} body", c.split(';').next().unwrap_or_default().trim())).unwrap_or_default()
+    content_type
+        .as_ref()
+        .map(|c| format!(", {} body", c.split(';').next().unwrap_or_default().trim()))
+        .unwrap_or_default()
 }
 
 fn retry_note(retry_after: &Option<u64>) -> String {
-    retry_after.map(|s| format!("; it asks to retry after {s}s")).unwrap_or_default()
+    retry_after
+        .map(|s| format!("; it asks to retry after {s}s"))
+        .unwrap_or_default()
 }
 
 impl TokenError {
@@ -120,7 +144,11 @@ impl TokenError {
     pub fn is_configuration_error(&self) -> bool {
         match self {
             TokenError::Refused { code, status, .. } => {
-                !matches!(code.as_str(), "temporarily_unavailable" | "server_error" | "slow_down") && *status < 500 && *status != 429
+                !matches!(
+                    code.as_str(),
+                    "temporarily_unavailable" | "server_error" | "slow_down"
+                ) && *status < 500
+                    && *status != 429
             }
             _ => false,
         }
@@ -128,7 +156,8 @@ impl TokenError {
 
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            TokenError::Refused { retry_after, .. } | TokenError::Unavailable { retry_after, .. } => *retry_after,
+            TokenError::Refused { retry_after, .. }
+            | TokenError::Unavailable { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
@@ -155,18 +184,27 @@ fn parse_expires_in(value: Option<&Value>) -> Result<u64, String> {
     }
     .ok_or_else(|| "expires_in that is not a number".to_string())?;
     if seconds <= 0 {
-        return Err(format!("expires_in {seconds}, which is not a positive lifetime"));
+        return Err(format!(
+            "expires_in {seconds}, which is not a positive lifetime"
+        ));
     }
     let seconds = seconds as u64;
     if seconds > MAX_EXPIRES_IN {
-        return Err(format!("expires_in {seconds}, longer than a year, which is not believable"));
+        return Err(format!(
+            "expires_in {seconds}, longer than a year, which is not believable"
+        ));
     }
     Ok(seconds)
 }
 
 fn is_json(content_type: Option<&str>) -> bool {
     content_type.is_some_and(|c| {
-        let essence = c.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+        let essence = c
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
         essence == "application/json" || essence.ends_with("+json")
     })
 }
@@ -188,8 +226,16 @@ pub fn parse_token_answer(answer: &HttpAnswer, sent: &[&str]) -> Result<TokenAns
     let object = body.as_ref().and_then(Value::as_object);
     // An OAuth error object, whatever the status (some servers send errors with 200).
     if let Some(code) = object.and_then(|o| o.get("error")).and_then(Value::as_str) {
-        let description = object.and_then(|o| o.get("error_description")).and_then(Value::as_str).map(|d| sanitize(d, sent));
-        return Err(TokenError::Refused { status, code: sanitize(code, sent), description, retry_after: answer.retry_after });
+        let description = object
+            .and_then(|o| o.get("error_description"))
+            .and_then(Value::as_str)
+            .map(|d| sanitize(d, sent));
+        return Err(TokenError::Refused {
+            status,
+            code: sanitize(code, sent),
+            description,
+            retry_after: answer.retry_after,
+        });
     }
     if status == 429 || status >= 500 {
         return Err(TokenError::Unavailable {
@@ -204,18 +250,35 @@ pub fn parse_token_answer(answer: &HttpAnswer, sent: &[&str]) -> Result<TokenAns
         } else if is_json(answer.content_type.as_deref()) && body.is_some() {
             "JSON that is not an object".to_string()
         } else {
-            let kind = answer.content_type.as_deref().map(|c| sanitize(c, sent)).unwrap_or_else(|| "no content type".into());
-            let html = String::from_utf8_lossy(&answer.body[..answer.body.len().min(512)]).to_ascii_lowercase().contains("<html");
-            format!("a non-JSON body ({}{kind}), not a token response", if html { "HTML, " } else { "" })
+            let kind = answer
+                .content_type
+                .as_deref()
+                .map(|c| sanitize(c, sent))
+                .unwrap_or_else(|| "no content type".into());
+            let html = String::from_utf8_lossy(&answer.body[..answer.body.len().min(512)])
+                .to_ascii_lowercase()
+                .contains("<html");
+            format!(
+                "a non-JSON body ({}{kind}), not a token response",
+                if html { "HTML, " } else { "" }
+            )
         };
         return Err(TokenError::BadAnswer { status, what });
     };
     if !(200..300).contains(&status) {
-        return Err(TokenError::BadAnswer { status, what: "a JSON body without an OAuth error code".into() });
+        return Err(TokenError::BadAnswer {
+            status,
+            what: "a JSON body without an OAuth error code".into(),
+        });
     }
     let access_token = match object.get("access_token") {
         Some(Value::String(t)) if !t.is_empty() => t.clone(),
-        _ => return Err(TokenError::BadAnswer { status, what: "JSON without an access_token".into() }),
+        _ => {
+            return Err(TokenError::BadAnswer {
+                status,
+                what: "JSON without an access_token".into(),
+            });
+        }
     };
     let token_type = match object.get("token_type") {
         None | Some(Value::Null) => "Bearer".to_string(),
@@ -223,19 +286,38 @@ pub fn parse_token_answer(answer: &HttpAnswer, sent: &[&str]) -> Result<TokenAns
         Some(Value::String(t)) => {
             return Err(TokenError::BadAnswer {
                 status,
-                what: format!("token_type {:?}; only Bearer tokens are supported", sanitize(t, sent)),
+                what: format!(
+                    "token_type {:?}; only Bearer tokens are supported",
+                    sanitize(t, sent)
+                ),
             });
         }
-        Some(_) => return Err(TokenError::BadAnswer { status, what: "a token_type that is not a string".into() }),
+        Some(_) => {
+            return Err(TokenError::BadAnswer {
+                status,
+                what: "a token_type that is not a string".into(),
+            });
+        }
     };
-    let expires_in = parse_expires_in(object.get("expires_in")).map_err(|what| TokenError::BadAnswer { status, what })?;
-    let scope = object.get("scope").and_then(Value::as_str).map(str::to_string);
-    Ok(TokenAnswer { access_token: AccessToken::new(access_token), token_type, expires_in, scope })
+    let expires_in = parse_expires_in(object.get("expires_in"))
+        .map_err(|what| TokenError::BadAnswer { status, what })?;
+    let scope = object
+        .get("scope")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    Ok(TokenAnswer {
+        access_token: AccessToken::new(access_token),
+        token_type,
+        expires_in,
+        scope,
+    })
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is rare on token endpoints and is ignored).
 pub fn parse_retry_after(value: Option<&str>) -> Option<u64> {
-    value.and_then(|v| v.trim().parse::<u64>().ok()).map(|s| s.min(3600))
+    value
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|s| s.min(3600))
 }
 
 /// One shared HTTP client for every token and discovery request.
@@ -248,7 +330,9 @@ impl HttpClient {
     pub fn new(timeout: Duration, ca_bundle_pem: Option<&[u8]>) -> Result<Self, String> {
         let mut builder = reqwest::Client::builder();
         if let Some(pem) = ca_bundle_pem {
-            for certificate in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("invalid CA bundle: {e}"))? {
+            for certificate in reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| format!("invalid CA bundle: {e}"))?
+            {
                 builder = builder.add_root_certificate(certificate);
             }
         }
@@ -265,8 +349,17 @@ impl HttpClient {
     }
 
     /// POST a form and read the answer.
-    pub async fn post_form(&self, url: &Url, form: &[(&'static str, String)], authorization: Option<&str>) -> Result<HttpAnswer, TokenError> {
-        let mut request = self.client.post(url.clone()).header("accept", "application/json").form(form);
+    pub async fn post_form(
+        &self,
+        url: &Url,
+        form: &[(&'static str, String)],
+        authorization: Option<&str>,
+    ) -> Result<HttpAnswer, TokenError> {
+        let mut request = self
+            .client
+            .post(url.clone())
+            .header("accept", "application/json")
+            .form(form);
         if let Some(value) = authorization {
             request = request.header("authorization", value);
         }
@@ -275,22 +368,44 @@ impl HttpClient {
 
     /// GET a document (discovery).
     pub async fn get(&self, url: &Url) -> Result<HttpAnswer, TokenError> {
-        self.send(url, self.client.get(url.clone()).header("accept", "application/json")).await
+        self.send(
+            url,
+            self.client
+                .get(url.clone())
+                .header("accept", "application/json"),
+        )
+        .await
     }
 
-    async fn send(&self, url: &Url, request: reqwest::RequestBuilder) -> Result<HttpAnswer, TokenError> {
+    async fn send(
+        &self,
+        url: &Url,
+        request: reqwest::RequestBuilder,
+    ) -> Result<HttpAnswer, TokenError> {
         let host = url.host_str().unwrap_or("?").to_string();
-        let transport = |e: reqwest::Error| TokenError::Transport { host: host.clone(), what: transport_what(&e), timeout: e.is_timeout() };
+        let transport = |e: reqwest::Error| TokenError::Transport {
+            host: host.clone(),
+            what: transport_what(&e),
+            timeout: e.is_timeout(),
+        };
         let mut response = request.send().await.map_err(transport)?;
         let status = response.status().as_u16();
         if response.status().is_redirection() {
             return Err(TokenError::Transport {
                 host: host.clone(),
-                what: format!("it answered with a redirect (HTTP {status}); redirects are not followed"),
+                what: format!(
+                    "it answered with a redirect (HTTP {status}); redirects are not followed"
+                ),
                 timeout: false,
             });
         }
-        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
         let content_type = header("content-type");
         let retry_after = parse_retry_after(header("retry-after").as_deref());
         let mut body = Vec::new();
@@ -301,7 +416,12 @@ impl HttpClient {
                 break;
             }
         }
-        Ok(HttpAnswer { status, content_type, retry_after, body })
+        Ok(HttpAnswer {
+            status,
+            content_type,
+            retry_after,
+            body,
+        })
     }
 }
 
@@ -331,7 +451,12 @@ mod tests {
     use super::*;
 
     fn answer(status: u16, content_type: &str, body: &str) -> HttpAnswer {
-        HttpAnswer { status, content_type: Some(content_type.into()), retry_after: None, body: body.as_bytes().to_vec() }
+        HttpAnswer {
+            status,
+            content_type: Some(content_type.into()),
+            retry_after: None,
+            body: body.as_bytes().to_vec(),
+        }
     }
 
     #[test]
@@ -354,23 +479,50 @@ mod tests {
             ]
         );
         let minimal = token_form(&TokenParams::default(), &Assertion::for_tests("x"));
-        assert_eq!(minimal.iter().map(|(k, _)| *k).collect::<Vec<_>>(), ["grant_type", "client_assertion_type", "client_assertion"]);
+        assert_eq!(
+            minimal.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+            ["grant_type", "client_assertion_type", "client_assertion"]
+        );
     }
 
     #[test]
     fn client_secret_basic() {
         // RFC 6749 2.3.1: form-urlencode, then base64.
-        assert_eq!(basic_authorization("my client", "p@ss:word"), "Basic bXkrY2xpZW50OnAlNDBzcyUzQXdvcmQ=");
-        let form = token_form_without_assertion(&TokenParams { scopes: vec!["a".into()], ..TokenParams::default() });
-        assert_eq!(form, vec![("grant_type", "client_credentials".to_string()), ("scope", "a".into())]);
+        assert_eq!(
+            basic_authorization("my client", "p@ss:word"),
+            "Basic bXkrY2xpZW50OnAlNDBzcyUzQXdvcmQ="
+        );
+        let form = token_form_without_assertion(&TokenParams {
+            scopes: vec!["a".into()],
+            ..TokenParams::default()
+        });
+        assert_eq!(
+            form,
+            vec![
+                ("grant_type", "client_credentials".to_string()),
+                ("scope", "a".into())
+            ]
+        );
     }
 
     #[test]
     fn successful_answers() {
         let cases = [
-            (r#"{"access_token":"t","token_type":"Bearer","expires_in":3600}"#, 3600, None),
-            (r#"{"access_token":"t","token_type":"bearer","expires_in":"14556","scope":"a b"}"#, 14556, Some("a b")),
-            (r#"{"access_token":"t","token_type":"Bearer"}"#, DEFAULT_EXPIRES_IN, None),
+            (
+                r#"{"access_token":"t","token_type":"Bearer","expires_in":3600}"#,
+                3600,
+                None,
+            ),
+            (
+                r#"{"access_token":"t","token_type":"bearer","expires_in":"14556","scope":"a b"}"#,
+                14556,
+                Some("a b"),
+            ),
+            (
+                r#"{"access_token":"t","token_type":"Bearer"}"#,
+                DEFAULT_EXPIRES_IN,
+                None,
+            ),
             (r#"{"access_token":"t","expires_in":59.9}"#, 59, None),
         ];
         for (body, expires_in, scope) in cases {
@@ -385,22 +537,75 @@ mod tests {
     fn failing_answers() {
         let html = "<html><body>Bad gateway</body></html>";
         let cases: Vec<(HttpAnswer, &str)> = vec![
-            (answer(400, "application/json", r#"{"error":"invalid_request"}"#), "refused the request (HTTP 400): invalid_request"),
             (
-                answer(401, "application/json", r#"{"error":"invalid_client","error_description":"bad sig"}"#),
+                answer(400, "application/json", r#"{"error":"invalid_request"}"#),
+                "refused the request (HTTP 400): invalid_request",
+            ),
+            (
+                answer(
+                    401,
+                    "application/json",
+                    r#"{"error":"invalid_client","error_description":"bad sig"}"#,
+                ),
                 "(HTTP 401): invalid_client (bad sig)",
             ),
-            (answer(200, "application/json", r#"{"error":"invalid_scope"}"#), "(HTTP 200): invalid_scope"),
-            (answer(502, "text/html", html), "unavailable (HTTP 502, text/html body)"),
-            (answer(200, "text/html", html), "HTTP 200 with a non-JSON body (HTML, text/html)"),
-            (answer(200, "application/json", r#"{"token_type":"Bearer"}"#), "JSON without an access_token"),
-            (answer(200, "application/json", r#"{"access_token":"t","token_type":"mac"}"#), "token_type \"mac\""),
-            (answer(200, "application/json", r#"{"access_token":"t","expires_in":-5}"#), "expires_in -5"),
-            (answer(200, "application/json", r#"{"access_token":"t","expires_in":99999999999}"#), "longer than a year"),
-            (answer(200, "application/json", r#"{"access_token":"t","expires_in":"soon"}"#), "not a number"),
+            (
+                answer(200, "application/json", r#"{"error":"invalid_scope"}"#),
+                "(HTTP 200): invalid_scope",
+            ),
+            (
+                answer(502, "text/html", html),
+                "unavailable (HTTP 502, text/html body)",
+            ),
+            (
+                answer(200, "text/html", html),
+                "HTTP 200 with a non-JSON body (HTML, text/html)",
+            ),
+            (
+                answer(200, "application/json", r#"{"token_type":"Bearer"}"#),
+                "JSON without an access_token",
+            ),
+            (
+                answer(
+                    200,
+                    "application/json",
+                    r#"{"access_token":"t","token_type":"mac"}"#,
+                ),
+                "token_type \"mac\"",
+            ),
+            (
+                answer(
+                    200,
+                    "application/json",
+                    r#"{"access_token":"t","expires_in":-5}"#,
+                ),
+                "expires_in -5",
+            ),
+            (
+                answer(
+                    200,
+                    "application/json",
+                    r#"{"access_token":"t","expires_in":99999999999}"#,
+                ),
+                "longer than a year",
+            ),
+            (
+                answer(
+                    200,
+                    "application/json",
+                    r#"{"access_token":"t","expires_in":"soon"}"#,
+                ),
+                "not a number",
+            ),
             (answer(200, "application/json", ""), "an empty body"),
-            (answer(200, "application/json", "[1]"), "JSON that is not an object"),
-            (answer(404, "application/json", "{}"), "HTTP 404 with a JSON body without an OAuth error code"),
+            (
+                answer(200, "application/json", "[1]"),
+                "JSON that is not an object",
+            ),
+            (
+                answer(404, "application/json", "{}"),
+                "HTTP 404 with a JSON body without an OAuth error code",
+            ),
         ];
         for (input, expected) in cases {
             let message = parse_token_answer(&input, &[]).unwrap_err().to_string();
@@ -416,9 +621,23 @@ mod tests {
     #[test]
     fn error_classes() {
         let refused = |status: u16, code: &str| {
-            parse_token_answer(&answer(status, "application/json", &format!(r#"{{"error":"{code}"}}"#)), &[]).unwrap_err()
+            parse_token_answer(
+                &answer(
+                    status,
+                    "application/json",
+                    &format!(r#"{{"error":"{code}"}}"#),
+                ),
+                &[],
+            )
+            .unwrap_err()
         };
-        for code in ["invalid_client", "unauthorized_client", "invalid_scope", "invalid_grant", "invalid_request"] {
+        for code in [
+            "invalid_client",
+            "unauthorized_client",
+            "invalid_scope",
+            "invalid_grant",
+            "invalid_request",
+        ] {
             assert!(refused(400, code).is_configuration_error(), "{code}");
         }
         assert!(!refused(503, "temporarily_unavailable").is_configuration_error());
@@ -428,8 +647,12 @@ mod tests {
     #[test]
     fn quoted_server_text_never_repeats_what_we_sent() {
         let assertion = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJjIn0.c2lnbmF0dXJl";
-        let body = format!(r#"{{"error":"invalid_client","error_description":"assertion {assertion} rejected"}}"#);
-        let message = parse_token_answer(&answer(401, "application/json", &body), &[assertion]).unwrap_err().to_string();
+        let body = format!(
+            r#"{{"error":"invalid_client","error_description":"assertion {assertion} rejected"}}"#
+        );
+        let message = parse_token_answer(&answer(401, "application/json", &body), &[assertion])
+            .unwrap_err()
+            .to_string();
         assert!(!message.contains(assertion));
         assert!(message.contains("[redacted]"));
     }
@@ -438,12 +661,19 @@ mod tests {
     fn a_ca_bundle_is_checked_when_the_client_is_built() {
         let ca = rcgen::generate_simple_self_signed(vec!["idp.internal".to_string()]).unwrap();
         assert!(HttpClient::new(Duration::from_secs(1), Some(ca.cert.pem().as_bytes())).is_ok());
-        let error = HttpClient::new(Duration::from_secs(1), Some(b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n")).err();
+        let error = HttpClient::new(
+            Duration::from_secs(1),
+            Some(b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n"),
+        )
+        .err();
         assert!(error.is_some_and(|e| e.contains("invalid CA bundle")));
     }
 
     #[test]
     fn secrets_do_not_show_in_debug() {
-        assert_eq!(format!("{:?}", AccessToken::new("secret-token".into())), "AccessToken([redacted])");
+        assert_eq!(
+            format!("{:?}", AccessToken::new("secret-token".into())),
+            "AccessToken([redacted])"
+        );
     }
 }

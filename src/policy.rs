@@ -49,7 +49,9 @@ impl RefreshReason {
 pub enum Decision {
     Refresh(RefreshReason),
     /// The recorded token is good: nothing to do until then.
-    Wait { until: Timestamp },
+    Wait {
+        until: Timestamp,
+    },
 }
 
 pub fn decide(inputs_hash: &str, observed: Option<&ObservedToken>, now: Timestamp) -> Decision {
@@ -91,24 +93,66 @@ mod tests {
 
     #[test]
     fn decisions_in_order() {
-        let tampered = ObservedToken { data_intact: false, inputs_hash: Some("old".into()), ..good() };
-        let changed = ObservedToken { inputs_hash: Some("old".into()), ..good() };
-        let unannotated = ObservedToken { refresh_at: None, ..good() };
+        let tampered = ObservedToken {
+            data_intact: false,
+            inputs_hash: Some("old".into()),
+            ..good()
+        };
+        let changed = ObservedToken {
+            inputs_hash: Some("old".into()),
+            ..good()
+        };
+        let unannotated = ObservedToken {
+            refresh_at: None,
+            ..good()
+        };
         // A 1 s token whose refresh was floored to 10 s after issue.
-        let floored = ObservedToken { expires_at: Some(at(1)), refresh_at: Some(at(10)), ..good() };
+        let floored = ObservedToken {
+            expires_at: Some(at(1)),
+            refresh_at: Some(at(10)),
+            ..good()
+        };
         let cases = [
             (None, at(10), Decision::Refresh(RefreshReason::NoSecret)),
-            (Some(tampered), at(10), Decision::Refresh(RefreshReason::SecretModified)),
-            (Some(changed), at(10), Decision::Refresh(RefreshReason::InputsChanged)),
-            (Some(unannotated), at(10), Decision::Refresh(RefreshReason::SecretModified)),
+            (
+                Some(tampered),
+                at(10),
+                Decision::Refresh(RefreshReason::SecretModified),
+            ),
+            (
+                Some(changed),
+                at(10),
+                Decision::Refresh(RefreshReason::InputsChanged),
+            ),
+            (
+                Some(unannotated),
+                at(10),
+                Decision::Refresh(RefreshReason::SecretModified),
+            ),
             (Some(good()), at(10), Decision::Wait { until: at(2400) }),
-            (Some(good()), at(2400), Decision::Refresh(RefreshReason::Due)),
-            (Some(good()), at(4000), Decision::Refresh(RefreshReason::Due)),
-            (Some(floored.clone()), at(5), Decision::Wait { until: at(10) }),
+            (
+                Some(good()),
+                at(2400),
+                Decision::Refresh(RefreshReason::Due),
+            ),
+            (
+                Some(good()),
+                at(4000),
+                Decision::Refresh(RefreshReason::Due),
+            ),
+            (
+                Some(floored.clone()),
+                at(5),
+                Decision::Wait { until: at(10) },
+            ),
             (Some(floored), at(10), Decision::Refresh(RefreshReason::Due)),
         ];
         for (observed, now, expected) in cases {
-            assert_eq!(decide("h", observed.as_ref(), now), expected, "{observed:?} at {now}");
+            assert_eq!(
+                decide("h", observed.as_ref(), now),
+                expected,
+                "{observed:?} at {now}"
+            );
         }
     }
 
@@ -116,6 +160,12 @@ mod tests {
     fn validity() {
         assert!(good().is_valid_at(at(3599)));
         assert!(!good().is_valid_at(at(3600)));
-        assert!(!ObservedToken { data_intact: false, ..good() }.is_valid_at(at(1)));
+        assert!(
+            !ObservedToken {
+                data_intact: false,
+                ..good()
+            }
+            .is_valid_at(at(1))
+        );
     }
 }

@@ -11,8 +11,8 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Resource, ResourceExt,
-    core::PartialObjectMeta,
     api::{DeleteParams, Patch, PatchParams, PostParams},
+    core::PartialObjectMeta,
     runtime::{
         controller::Action,
         events::{Event, EventType, Recorder},
@@ -43,11 +43,17 @@ pub struct Caches {
     pub credential_secrets: Vec<(Option<String>, Store<PartialObjectMeta<Secret>>)>,
 }
 
-fn in_scope<'a, K: kube::Resource + Clone>(stores: &'a [(Option<String>, Store<K>)], namespace: &str) -> Option<&'a Store<K>>
+fn in_scope<'a, K: kube::Resource + Clone>(
+    stores: &'a [(Option<String>, Store<K>)],
+    namespace: &str,
+) -> Option<&'a Store<K>>
 where
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
-    stores.iter().find(|(scope, _)| scope.as_deref().is_none_or(|s| s == namespace)).map(|(_, store)| store)
+    stores
+        .iter()
+        .find(|(scope, _)| scope.as_deref().is_none_or(|s| s == namespace))
+        .map(|(_, store)| store)
 }
 
 /// Tunables of the controller.
@@ -113,23 +119,37 @@ impl Context {
     }
 
     fn cached_token_secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
-        in_scope(&self.caches.token_secrets, namespace)?.get(&ObjectRef::new(name).within(namespace))
+        in_scope(&self.caches.token_secrets, namespace)?
+            .get(&ObjectRef::new(name).within(namespace))
     }
 
     /// The resourceVersion of a Secret as the metadata watch last saw it.
     fn cached_secret_version(&self, namespace: &str, name: &str) -> Option<String> {
-        in_scope(&self.caches.credential_secrets, namespace)?.get(&ObjectRef::new(name).within(namespace))?.metadata.resource_version.clone()
+        in_scope(&self.caches.credential_secrets, namespace)?
+            .get(&ObjectRef::new(name).within(namespace))?
+            .metadata
+            .resource_version
+            .clone()
     }
 
     /// Forget a deleted IdvClient: its backoff state and its metric series.
     pub fn forget(&self, namespace: &str, name: &str) {
-        self.failures.lock().expect("lock").remove(&ObjectRef::new(name).within(namespace));
+        self.failures
+            .lock()
+            .expect("lock")
+            .remove(&ObjectRef::new(name).within(namespace));
         self.metrics.forget_client(namespace, name);
     }
 
     /// Publish an event on the IdvClient; failing to publish never fails a reconcile.
     async fn event(&self, client: &IdvClient, type_: EventType, reason: &str, note: String) {
-        let event = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
         if let Err(e) = self.recorder.publish(&event, &client.object_ref(&())).await {
             tracing::debug!("cannot publish event: {e}");
         }
@@ -146,7 +166,10 @@ struct Seen {
 
 enum Outcome {
     /// A valid token is in place; recheck at `next`.
-    Ready { status: IdvClientStatus, next: Timestamp },
+    Ready {
+        status: IdvClientStatus,
+        next: Timestamp,
+    },
     /// A retry is due later; nothing changed.
     HeldBack { until: Timestamp },
 }
@@ -155,16 +178,33 @@ pub async fn reconcile(client: Arc<IdvClient>, ctx: Arc<Context>) -> Result<Acti
     let now = Timestamp::now();
     ctx.metrics.reconciled();
     if client.spec.suspend {
-        let status = resources::failed_status(&client, false, "Suspended", "spec.suspend is true: no tokens are fetched; the token Secret is left as it is".into(), now);
+        let status = resources::failed_status(
+            &client,
+            false,
+            "Suspended",
+            "spec.suspend is true: no tokens are fetched; the token Secret is left as it is".into(),
+            now,
+        );
         write_status(&client, &ctx, status).await?;
         return Ok(Action::await_change());
     }
     let mut seen = Seen::default();
     match attempt(&client, &ctx, now, &mut seen).await {
         Ok(Outcome::Ready { status, next }) => {
-            ctx.failures.lock().expect("lock").remove(&ObjectRef::from_obj(&*client));
-            if let Some(expires) = status.expires_at.as_deref().and_then(|e| e.parse::<Timestamp>().ok()) {
-                ctx.metrics.token_expiry(&client.namespace().unwrap_or_default(), &client.name_any(), expires.as_second());
+            ctx.failures
+                .lock()
+                .expect("lock")
+                .remove(&ObjectRef::from_obj(&*client));
+            if let Some(expires) = status
+                .expires_at
+                .as_deref()
+                .and_then(|e| e.parse::<Timestamp>().ok())
+            {
+                ctx.metrics.token_expiry(
+                    &client.namespace().unwrap_or_default(),
+                    &client.name_any(),
+                    expires.as_second(),
+                );
             }
             remove_renamed_secret(&client, &ctx, &status).await?;
             write_status(&client, &ctx, status).await?;
@@ -180,19 +220,35 @@ fn until(now: Timestamp, at: Timestamp) -> Duration {
     Duration::from_secs(at.duration_since(now).as_secs().max(1) as u64)
 }
 
-async fn handle_failure(client: &IdvClient, ctx: &Context, now: Timestamp, seen: Seen, error: Error) -> Result<Action, Error> {
+async fn handle_failure(
+    client: &IdvClient,
+    ctx: &Context,
+    now: Timestamp,
+    seen: Seen,
+    error: Error,
+) -> Result<Action, Error> {
     ctx.metrics.reconcile_error(error.reason());
     let holds_valid_token = seen.observed.as_ref().is_some_and(|o| o.is_valid_at(now));
     let delay = {
         let mut failures = ctx.failures.lock().expect("lock");
         let failure = failures.entry(ObjectRef::from_obj(client)).or_default();
         if failure.inputs != seen.inputs {
-            *failure = Failure { inputs: seen.inputs.clone(), ..Failure::default() };
+            *failure = Failure {
+                inputs: seen.inputs.clone(),
+                ..Failure::default()
+            };
         }
         failure.count += 1;
         let retry_after = error.retry_after().map(Duration::from_secs);
-        let delay = schedule::backoff(error.class(), failure.count, holds_valid_token, retry_after, rand::random::<f64>());
-        failure.not_before = Some(now + SignedDuration::try_from(delay).unwrap_or(SignedDuration::from_secs(60)));
+        let delay = schedule::backoff(
+            error.class(),
+            failure.count,
+            holds_valid_token,
+            retry_after,
+            rand::random::<f64>(),
+        );
+        failure.not_before =
+            Some(now + SignedDuration::try_from(delay).unwrap_or(SignedDuration::from_secs(60)));
         delay
     };
     let retry_at = schedule::whole_seconds(now + SignedDuration::from_secs(delay.as_secs() as i64));
@@ -205,10 +261,18 @@ async fn handle_failure(client: &IdvClient, ctx: &Context, now: Timestamp, seen:
         "token refresh failed: {error}"
     );
     let mut message = format!("{error}; next attempt at {retry_at}");
-    if let Some(expires) = seen.observed.as_ref().filter(|o| o.is_valid_at(now)).and_then(|o| o.expires_at) {
-        message.push_str(&format!("; the current token stays in the Secret until it expires at {expires}"));
+    if let Some(expires) = seen
+        .observed
+        .as_ref()
+        .filter(|o| o.is_valid_at(now))
+        .and_then(|o| o.expires_at)
+    {
+        message.push_str(&format!(
+            "; the current token stays in the Secret until it expires at {expires}"
+        ));
     }
-    ctx.event(client, EventType::Warning, error.reason(), message.clone()).await;
+    ctx.event(client, EventType::Warning, error.reason(), message.clone())
+        .await;
     // A transient failure while a good token is in place does not make the client unready:
     // workloads are fine, and the next attempt comes before the token expires.
     if !(error.is_transient() && holds_valid_token) {
@@ -218,18 +282,38 @@ async fn handle_failure(client: &IdvClient, ctx: &Context, now: Timestamp, seen:
     Ok(Action::requeue(delay))
 }
 
-async fn attempt(client: &IdvClient, ctx: &Context, now: Timestamp, seen: &mut Seen) -> Result<Outcome, Error> {
-    let namespace = client.namespace().ok_or_else(|| Error::InvalidSpec("the IdvClient has no namespace".into()))?;
-    let force = client.annotations().get(api::FORCE_REFRESH_ANNOTATION).cloned().unwrap_or_default();
-    seen.inputs = format!("{}/{force}/", client.metadata.generation.unwrap_or_default());
+async fn attempt(
+    client: &IdvClient,
+    ctx: &Context,
+    now: Timestamp,
+    seen: &mut Seen,
+) -> Result<Outcome, Error> {
+    let namespace = client
+        .namespace()
+        .ok_or_else(|| Error::InvalidSpec("the IdvClient has no namespace".into()))?;
+    let force = client
+        .annotations()
+        .get(api::FORCE_REFRESH_ANNOTATION)
+        .cloned()
+        .unwrap_or_default();
+    seen.inputs = format!(
+        "{}/{force}/",
+        client.metadata.generation.unwrap_or_default()
+    );
 
     // Validate what needs no I/O first.
     if client.spec.client_id.trim().is_empty() {
         return Err(Error::InvalidSpec("clientId must not be empty".into()));
     }
     let plan = authserver::plan(&client.spec.auth_server)?;
-    let before_expiry: Option<BeforeExpiry> =
-        client.spec.refresh.before_expiry.as_deref().map(schedule::parse_before_expiry).transpose().map_err(Error::InvalidSpec)?;
+    let before_expiry: Option<BeforeExpiry> = client
+        .spec
+        .refresh
+        .before_expiry
+        .as_deref()
+        .map(schedule::parse_before_expiry)
+        .transpose()
+        .map_err(Error::InvalidSpec)?;
 
     // The token Secret, if any, must be ours.
     let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), &namespace);
@@ -267,7 +351,10 @@ async fn attempt(client: &IdvClient, ctx: &Context, now: Timestamp, seen: &mut S
                 apply_secret(&secrets, &desired).await?;
             }
             let note = clamp_note(client, &observed, before_expiry, ctx);
-            Ok(Outcome::Ready { status: resources::ready_status(client, &observed, key.key_id(), note, now), next: until })
+            Ok(Outcome::Ready {
+                status: resources::ready_status(client, &observed, key.key_id(), note, now),
+                next: until,
+            })
         }
         Decision::Refresh(reason) => {
             if let Some(not_before) = held_back(ctx, client, &seen.inputs, now) {
@@ -279,24 +366,55 @@ async fn attempt(client: &IdvClient, ctx: &Context, now: Timestamp, seen: &mut S
                 resource: client.spec.resource.clone(),
             };
             let answer = {
-                let _slot = ctx.token_request_slots.acquire().await.expect("the semaphore is never closed");
+                let _slot = ctx
+                    .token_request_slots
+                    .acquire()
+                    .await
+                    .expect("the semaphore is never closed");
                 let started = std::time::Instant::now();
                 let result = async {
-                    let server = ctx.tokens.resolve(&plan).await.inspect_err(|_| ctx.tokens.forget(&plan))?;
-                    ctx.tokens.request_token(&client.spec.client_id, &server, &params, &key, Timestamp::now()).await
+                    let server = ctx
+                        .tokens
+                        .resolve(&plan)
+                        .await
+                        .inspect_err(|_| ctx.tokens.forget(&plan))?;
+                    ctx.tokens
+                        .request_token(
+                            &client.spec.client_id,
+                            &server,
+                            &params,
+                            &key,
+                            Timestamp::now(),
+                        )
+                        .await
                 }
                 .await;
-                let outcome = result.as_ref().map(|_| "success").unwrap_or_else(|e| e.reason());
-                ctx.metrics.token_request(outcome, started.elapsed().as_secs_f64());
+                let outcome = result
+                    .as_ref()
+                    .map(|_| "success")
+                    .unwrap_or_else(|e| e.reason());
+                ctx.metrics
+                    .token_request(outcome, started.elapsed().as_secs_f64());
                 result?
             };
             // Count the lifetime from before the request: the token cannot outlive that.
             let issued_at = schedule::whole_seconds(now);
             let expires_at = issued_at + SignedDuration::from_secs(answer.expires_in as i64);
-            let refresh = schedule::refresh_at(issued_at, expires_at, before_expiry, ctx.settings.min_refresh_interval, rand::random::<f64>());
-            let times = TokenTimes { issued_at, expires_at, refresh_at: refresh.refresh_at };
+            let refresh = schedule::refresh_at(
+                issued_at,
+                expires_at,
+                before_expiry,
+                ctx.settings.min_refresh_interval,
+                rand::random::<f64>(),
+            );
+            let times = TokenTimes {
+                issued_at,
+                expires_at,
+                refresh_at: refresh.refresh_at,
+            };
             let data = resources::token_data(&answer, expires_at, &params.scopes);
-            let desired = resources::desired_secret(client, data.data, &data.hash, &inputs_hash, &times);
+            let desired =
+                resources::desired_secret(client, data.data, &data.hash, &inputs_hash, &times);
             if existing.is_some() {
                 apply_secret(&secrets, &desired).await?;
             } else {
@@ -316,19 +434,29 @@ async fn attempt(client: &IdvClient, ctx: &Context, now: Timestamp, seen: &mut S
                 client,
                 EventType::Normal,
                 "TokenIssued",
-                format!("token issued with key {}; expires at {expires_at}, refresh at {}", key.key_id().unwrap_or("(client secret)"), refresh.refresh_at),
+                format!(
+                    "token issued with key {}; expires at {expires_at}, refresh at {}",
+                    key.key_id().unwrap_or("(client secret)"),
+                    refresh.refresh_at
+                ),
             )
             .await;
             let observed = resources::observe(&desired);
             let note = resources::plan_note(&refresh, client.spec.refresh.before_expiry.as_deref());
-            Ok(Outcome::Ready { status: resources::ready_status(client, &observed, key.key_id(), note, now), next: refresh.refresh_at })
+            Ok(Outcome::Ready {
+                status: resources::ready_status(client, &observed, key.key_id(), note, now),
+                next: refresh.refresh_at,
+            })
         }
     }
 }
 
 fn times_of(observed: &ObservedToken) -> TokenTimes {
     TokenTimes {
-        issued_at: observed.issued_at.or(observed.expires_at).unwrap_or_default(),
+        issued_at: observed
+            .issued_at
+            .or(observed.expires_at)
+            .unwrap_or_default(),
         expires_at: observed.expires_at.unwrap_or_default(),
         refresh_at: observed.refresh_at.unwrap_or_default(),
     }
@@ -336,9 +464,20 @@ fn times_of(observed: &ObservedToken) -> TokenTimes {
 
 /// Recompute whether `beforeExpiry` was overruled, from what the Secret records, so that a
 /// restarted operator shows the same status.
-fn clamp_note(client: &IdvClient, observed: &ObservedToken, before: Option<BeforeExpiry>, ctx: &Context) -> Option<String> {
+fn clamp_note(
+    client: &IdvClient,
+    observed: &ObservedToken,
+    before: Option<BeforeExpiry>,
+    ctx: &Context,
+) -> Option<String> {
     let (issued, expires) = (observed.issued_at?, observed.expires_at?);
-    let plan = schedule::refresh_at(issued, expires, before, ctx.settings.min_refresh_interval, 0.0);
+    let plan = schedule::refresh_at(
+        issued,
+        expires,
+        before,
+        ctx.settings.min_refresh_interval,
+        0.0,
+    );
     resources::plan_note(&plan, client.spec.refresh.before_expiry.as_deref())
 }
 
@@ -352,11 +491,19 @@ fn held_back(ctx: &Context, client: &IdvClient, inputs: &str, now: Timestamp) ->
 
 /// Read the credential (private key or client secret); reuse a parsed key while its Secret is
 /// unchanged.
-async fn load_credential(client: &IdvClient, ctx: &Context, namespace: &str) -> Result<(Credential, String), Error> {
+async fn load_credential(
+    client: &IdvClient,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<(Credential, String), Error> {
     let (reference, key_id) = match (&client.spec.private_key, &client.spec.client_secret) {
         (Some(private_key), None) => (&private_key.secret_ref, private_key.key_id.clone()),
         (None, Some(client_secret)) => (&client_secret.secret_ref, None),
-        _ => return Err(Error::InvalidSpec("set exactly one of privateKey and clientSecret".into())),
+        _ => {
+            return Err(Error::InvalidSpec(
+                "set exactly one of privateKey and clientSecret".into(),
+            ));
+        }
     };
     let cache_key = |version: &str| KeyCacheKey {
         namespace: namespace.to_string(),
@@ -365,7 +512,13 @@ async fn load_credential(client: &IdvClient, ctx: &Context, namespace: &str) -> 
         key_id: key_id.clone(),
         resource_version: version.to_string(),
     };
-    let cached = |version: &str| ctx.keys.lock().expect("lock").get(&cache_key(version)).cloned();
+    let cached = |version: &str| {
+        ctx.keys
+            .lock()
+            .expect("lock")
+            .get(&cache_key(version))
+            .cloned()
+    };
     // The metadata watch knows the Secret's version: a key parsed from that version is reused
     // without reading the Secret again.
     if let Some(version) = ctx.cached_secret_version(namespace, &reference.name)
@@ -374,7 +527,13 @@ async fn load_credential(client: &IdvClient, ctx: &Context, namespace: &str) -> 
         return Ok((key, version));
     }
     let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), namespace);
-    let secret = secrets.get_opt(&reference.name).await?.ok_or_else(|| Error::KeySecretNotFound { name: reference.name.clone() })?;
+    let secret =
+        secrets
+            .get_opt(&reference.name)
+            .await?
+            .ok_or_else(|| Error::KeySecretNotFound {
+                name: reference.name.clone(),
+            })?;
     let version = secret.resource_version().unwrap_or_default();
     if let Some(key) = cached(&version) {
         return Ok((key, version));
@@ -384,39 +543,84 @@ async fn load_credential(client: &IdvClient, ctx: &Context, namespace: &str) -> 
         .as_ref()
         .and_then(|d| d.get(&reference.key))
         .map(|b| b.0.clone())
-        .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(&reference.key)).map(|s| s.clone().into_bytes()))
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(&reference.key))
+                .map(|s| s.clone().into_bytes())
+        })
         .filter(|b| !b.is_empty())
-        .ok_or_else(|| Error::KeyNotInSecret { name: reference.name.clone(), key: reference.key.clone() })?;
-    let key = if client.spec.client_secret.is_some() {
-        let text = String::from_utf8(bytes).map_err(|_| Error::InvalidSpec(format!("the client secret in Secret {:?} is not UTF-8", reference.name)))?;
-        let uid = secret.metadata.uid.clone().unwrap_or_default();
-        Credential::ClientSecret { secret: ClientSecretValue::new(text.trim_end_matches(['\r', '\n']).to_string()), version: format!("{uid}/{version}") }
-    } else {
-        let parsed = jwk::parse_signing_key(&bytes, key_id.as_deref()).map_err(|source| Error::InvalidKey {
+        .ok_or_else(|| Error::KeyNotInSecret {
             name: reference.name.clone(),
             key: reference.key.clone(),
-            source,
+        })?;
+    let key = if client.spec.client_secret.is_some() {
+        let text = String::from_utf8(bytes).map_err(|_| {
+            Error::InvalidSpec(format!(
+                "the client secret in Secret {:?} is not UTF-8",
+                reference.name
+            ))
+        })?;
+        let uid = secret.metadata.uid.clone().unwrap_or_default();
+        Credential::ClientSecret {
+            secret: ClientSecretValue::new(text.trim_end_matches(['\r', '\n']).to_string()),
+            version: format!("{uid}/{version}"),
+        }
+    } else {
+        let parsed = jwk::parse_signing_key(&bytes, key_id.as_deref()).map_err(|source| {
+            Error::InvalidKey {
+                name: reference.name.clone(),
+                key: reference.key.clone(),
+                source,
+            }
         })?;
         Credential::PrivateKey(Arc::new(parsed))
     };
     let new_key = cache_key(&version);
     let mut keys = ctx.keys.lock().expect("lock");
     // Older versions of this Secret's key are dead weight now.
-    keys.retain(|k, _| !(k.namespace == new_key.namespace && k.secret == new_key.secret && k.key == new_key.key && k.key_id == new_key.key_id));
+    keys.retain(|k, _| {
+        !(k.namespace == new_key.namespace
+            && k.secret == new_key.secret
+            && k.key == new_key.key
+            && k.key_id == new_key.key_id)
+    });
     keys.insert(new_key, key.clone());
     Ok((key, version))
 }
 
 /// Create the token Secret. If one of that name exists, write it only when it is ours (its
 /// managed-by label was removed); anyone else's is left alone.
-async fn create_or_reclaim_secret(secrets: &Api<Secret>, desired: &Secret, client: &IdvClient) -> Result<(), Error> {
-    let name = desired.metadata.name.clone().expect("desired Secret has a name");
-    match secrets.create(&PostParams { field_manager: Some(api::FIELD_MANAGER.into()), ..PostParams::default() }, desired).await {
+async fn create_or_reclaim_secret(
+    secrets: &Api<Secret>,
+    desired: &Secret,
+    client: &IdvClient,
+) -> Result<(), Error> {
+    let name = desired
+        .metadata
+        .name
+        .clone()
+        .expect("desired Secret has a name");
+    match secrets
+        .create(
+            &PostParams {
+                field_manager: Some(api::FIELD_MANAGER.into()),
+                ..PostParams::default()
+            },
+            desired,
+        )
+        .await
+    {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 409 => match secrets.get_opt(&name).await? {
-            Some(found) if resources::is_owned_by(&found, client) => apply_secret(secrets, desired).await,
-            _ => Err(Error::SecretConflict { name }),
-        },
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            match secrets.get_opt(&name).await? {
+                Some(found) if resources::is_owned_by(&found, client) => {
+                    apply_secret(secrets, desired).await
+                }
+                _ => Err(Error::SecretConflict { name }),
+            }
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -431,14 +635,34 @@ async fn apply_secret(secrets: &Api<Secret>, desired: &Secret) -> Result<(), Err
         "type": body.type_,
         "data": body.data,
     });
-    let name = desired.metadata.name.as_deref().expect("desired Secret has a name");
-    secrets.patch(name, &PatchParams::apply(api::FIELD_MANAGER).force(), &Patch::Apply(value)).await?;
+    let name = desired
+        .metadata
+        .name
+        .as_deref()
+        .expect("desired Secret has a name");
+    secrets
+        .patch(
+            name,
+            &PatchParams::apply(api::FIELD_MANAGER).force(),
+            &Patch::Apply(value),
+        )
+        .await?;
     Ok(())
 }
 
 /// After `spec.secret.name` changed, delete the Secret under the old name (only if ours).
-async fn remove_renamed_secret(client: &IdvClient, ctx: &Context, status: &IdvClientStatus) -> Result<(), Error> {
-    let Some(old) = client.status.as_ref().and_then(|s| s.secret_name.as_deref()) else { return Ok(()) };
+async fn remove_renamed_secret(
+    client: &IdvClient,
+    ctx: &Context,
+    status: &IdvClientStatus,
+) -> Result<(), Error> {
+    let Some(old) = client
+        .status
+        .as_ref()
+        .and_then(|s| s.secret_name.as_deref())
+    else {
+        return Ok(());
+    };
     if Some(old) == status.secret_name.as_deref() {
         return Ok(());
     }
@@ -447,30 +671,56 @@ async fn remove_renamed_secret(client: &IdvClient, ctx: &Context, status: &IdvCl
     if let Some(secret) = secrets.get_opt(old).await?
         && resources::is_owned_by(&secret, client)
     {
-        let precondition = DeleteParams { preconditions: Some(kube::api::Preconditions { uid: secret.metadata.uid.clone(), resource_version: None }), ..DeleteParams::default() };
+        let precondition = DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                uid: secret.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
         secrets.delete(old, &precondition).await?;
-        info!(namespace, name = client.name_any(), secret = old, "removed the token Secret under its old name");
+        info!(
+            namespace,
+            name = client.name_any(),
+            secret = old,
+            "removed the token Secret under its old name"
+        );
     }
     Ok(())
 }
 
 /// Write the status only when it differs: an unchanged status is never rewritten.
-async fn write_status(client: &IdvClient, ctx: &Context, status: IdvClientStatus) -> Result<(), Error> {
+async fn write_status(
+    client: &IdvClient,
+    ctx: &Context,
+    status: IdvClientStatus,
+) -> Result<(), Error> {
     if client.status.as_ref() == Some(&status) {
         return Ok(());
     }
-    let api: Api<IdvClient> = Api::namespaced(ctx.kube.clone(), &client.namespace().unwrap_or_default());
+    let api: Api<IdvClient> =
+        Api::namespaced(ctx.kube.clone(), &client.namespace().unwrap_or_default());
     let body = serde_json::json!({
         "apiVersion": IdvClient::api_version(&()),
         "kind": IdvClient::kind(&()),
         "status": status,
     });
-    api.patch_status(&client.name_any(), &PatchParams::apply(api::FIELD_MANAGER).force(), &Patch::Apply(body)).await?;
+    api.patch_status(
+        &client.name_any(),
+        &PatchParams::apply(api::FIELD_MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await?;
     Ok(())
 }
 
 /// Called when `reconcile` itself returns an error (only API failures writing status).
 pub fn error_policy(client: Arc<IdvClient>, error: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(namespace = client.namespace().unwrap_or_default(), name = client.name_any(), reason = error.reason(), "reconcile failed: {error}");
+    warn!(
+        namespace = client.namespace().unwrap_or_default(),
+        name = client.name_any(),
+        reason = error.reason(),
+        "reconcile failed: {error}"
+    );
     Action::requeue(Duration::from_secs(5))
 }

@@ -14,10 +14,10 @@ use kube::{Resource, ResourceExt};
 
 use crate::{
     api::{self, Condition, IdvClient, IdvClientStatus, secret_keys},
-    token_client::Credential,
     oauth::TokenAnswer,
     policy::ObservedToken,
     schedule::RefreshPlan,
+    token_client::Credential,
 };
 
 pub const READY: &str = "Ready";
@@ -50,9 +50,16 @@ pub struct TokenData {
 }
 
 /// Secret data for a token answer. `authorization` is ready to use as an HTTP header value.
-pub fn token_data(answer: &TokenAnswer, expires_at: Timestamp, requested_scopes: &[String]) -> TokenData {
+pub fn token_data(
+    answer: &TokenAnswer,
+    expires_at: Timestamp,
+    requested_scopes: &[String],
+) -> TokenData {
     let token = answer.access_token.expose();
-    let scope = answer.scope.clone().unwrap_or_else(|| requested_scopes.join(" "));
+    let scope = answer
+        .scope
+        .clone()
+        .unwrap_or_else(|| requested_scopes.join(" "));
     let entries = [
         (secret_keys::ACCESS_TOKEN, token.to_string()),
         (secret_keys::TOKEN_TYPE, "Bearer".to_string()),
@@ -60,8 +67,10 @@ pub fn token_data(answer: &TokenAnswer, expires_at: Timestamp, requested_scopes:
         (secret_keys::SCOPE, scope),
         (secret_keys::AUTHORIZATION, format!("Bearer {token}")),
     ];
-    let data: BTreeMap<String, ByteString> =
-        entries.into_iter().map(|(k, v)| (k.to_string(), ByteString(v.into_bytes()))).collect();
+    let data: BTreeMap<String, ByteString> = entries
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
+        .collect();
     let hash = data_hash(&data);
     TokenData { data, hash }
 }
@@ -94,13 +103,21 @@ pub struct TokenTimes {
 }
 
 fn owner_reference(client: &IdvClient) -> OwnerReference {
-    let mut owner = client.controller_owner_ref(&()).expect("an IdvClient from the API has a uid");
+    let mut owner = client
+        .controller_owner_ref(&())
+        .expect("an IdvClient from the API has a uid");
     owner.block_owner_deletion = Some(true);
     owner
 }
 
 /// The token Secret as the operator wants it.
-pub fn desired_secret(client: &IdvClient, data: BTreeMap<String, ByteString>, data_hash: &str, inputs_hash: &str, times: &TokenTimes) -> Secret {
+pub fn desired_secret(
+    client: &IdvClient,
+    data: BTreeMap<String, ByteString>,
+    data_hash: &str,
+    inputs_hash: &str,
+    times: &TokenTimes,
+) -> Secret {
     let mut labels = client.spec.secret.labels.clone();
     labels.insert(api::MANAGED_BY_LABEL.into(), api::MANAGED_BY_VALUE.into());
     let mut annotations = client.spec.secret.annotations.clone();
@@ -132,23 +149,31 @@ pub fn desired_secret(client: &IdvClient, data: BTreeMap<String, ByteString>, da
 pub fn is_owned_by(secret: &Secret, client: &IdvClient) -> bool {
     let uid = client.metadata.uid.as_deref();
     uid.is_some()
-        && secret
-            .metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid && o.kind == "IdvClient")
+        && secret.metadata.owner_references.iter().flatten().any(|o| {
+            o.controller == Some(true) && Some(o.uid.as_str()) == uid && o.kind == "IdvClient"
+        })
 }
 
 /// Read the operator's bookkeeping back from a Secret it owns.
 pub fn observe(secret: &Secret) -> ObservedToken {
     let annotations = secret.metadata.annotations.clone().unwrap_or_default();
-    let time = |key: &str| annotations.get(key).and_then(|v| v.parse::<Timestamp>().ok());
+    let time = |key: &str| {
+        annotations
+            .get(key)
+            .and_then(|v| v.parse::<Timestamp>().ok())
+    };
     let data = secret.data.clone().unwrap_or_default();
-    let labelled = secret.metadata.labels.as_ref().and_then(|l| l.get(api::MANAGED_BY_LABEL)).map(String::as_str)
+    let labelled = secret
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(api::MANAGED_BY_LABEL))
+        .map(String::as_str)
         == Some(api::MANAGED_BY_VALUE);
     let data_intact = labelled
-        && data.get(secret_keys::ACCESS_TOKEN).is_some_and(|t| !t.0.is_empty())
+        && data
+            .get(secret_keys::ACCESS_TOKEN)
+            .is_some_and(|t| !t.0.is_empty())
         && annotations.get(api::DATA_HASH_ANNOTATION) == Some(&data_hash(&data));
     ObservedToken {
         inputs_hash: annotations.get(api::INPUTS_HASH_ANNOTATION).cloned(),
@@ -162,27 +187,58 @@ pub fn observe(secret: &Secret) -> ObservedToken {
 /// Whether the Secret carries every label and annotation the spec asks for.
 pub fn metadata_matches(secret: &Secret, client: &IdvClient) -> bool {
     let has_all = |have: &Option<BTreeMap<String, String>>, want: &BTreeMap<String, String>| {
-        want.iter().all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
+        want.iter()
+            .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
     };
-    has_all(&secret.metadata.labels, &client.spec.secret.labels) && has_all(&secret.metadata.annotations, &client.spec.secret.annotations)
+    has_all(&secret.metadata.labels, &client.spec.secret.labels)
+        && has_all(
+            &secret.metadata.annotations,
+            &client.spec.secret.annotations,
+        )
 }
 
 /// A Ready condition; `lastTransitionTime` stays when the status does not change, so an
 /// unchanged outcome writes an identical status (and no new watch event).
-pub fn ready_condition(previous: Option<&IdvClientStatus>, ready: bool, reason: &str, message: String, generation: Option<i64>, now: Timestamp) -> Condition {
+pub fn ready_condition(
+    previous: Option<&IdvClientStatus>,
+    ready: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
     let status = if ready { "True" } else { "False" };
     let last_transition_time = previous
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY))
         .filter(|c| c.status == status)
         .map(|c| c.last_transition_time.clone())
         .unwrap_or_else(|| crate::schedule::whole_seconds(now).to_string());
-    Condition { type_: READY.into(), status: status.into(), reason: reason.into(), message, last_transition_time, observed_generation: generation }
+    Condition {
+        type_: READY.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time,
+        observed_generation: generation,
+    }
 }
 
 /// Status while a valid token is in place, derived only from what the Secret records.
-pub fn ready_status(client: &IdvClient, observed: &ObservedToken, key_id: Option<&str>, plan_note: Option<String>, now: Timestamp) -> IdvClientStatus {
-    let expires = observed.expires_at.map(|t| t.to_string()).unwrap_or_default();
-    let refresh = observed.refresh_at.map(|t| t.to_string()).unwrap_or_default();
+pub fn ready_status(
+    client: &IdvClient,
+    observed: &ObservedToken,
+    key_id: Option<&str>,
+    plan_note: Option<String>,
+    now: Timestamp,
+) -> IdvClientStatus {
+    let expires = observed
+        .expires_at
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    let refresh = observed
+        .refresh_at
+        .map(|t| t.to_string())
+        .unwrap_or_default();
     let mut message = format!("token valid until {expires}; next refresh at {refresh}");
     if let Some(note) = plan_note {
         message.push_str("; ");
@@ -191,7 +247,14 @@ pub fn ready_status(client: &IdvClient, observed: &ObservedToken, key_id: Option
     let generation = client.metadata.generation;
     IdvClientStatus {
         observed_generation: generation,
-        conditions: vec![ready_condition(client.status.as_ref(), true, "TokenIssued", message, generation, now)],
+        conditions: vec![ready_condition(
+            client.status.as_ref(),
+            true,
+            "TokenIssued",
+            message,
+            generation,
+            now,
+        )],
         expires_at: observed.expires_at.map(|t| t.to_string()),
         refresh_at: observed.refresh_at.map(|t| t.to_string()),
         key_id: key_id.map(str::to_string),
@@ -201,12 +264,25 @@ pub fn ready_status(client: &IdvClient, observed: &ObservedToken, key_id: Option
 
 /// Status after a failure. Token times and key id stay as they were: they describe the token
 /// that is still in the Secret.
-pub fn failed_status(client: &IdvClient, ready: bool, reason: &str, message: String, now: Timestamp) -> IdvClientStatus {
+pub fn failed_status(
+    client: &IdvClient,
+    ready: bool,
+    reason: &str,
+    message: String,
+    now: Timestamp,
+) -> IdvClientStatus {
     let previous = client.status.clone().unwrap_or_default();
     let generation = client.metadata.generation;
     IdvClientStatus {
         observed_generation: generation,
-        conditions: vec![ready_condition(client.status.as_ref(), ready, reason, message, generation, now)],
+        conditions: vec![ready_condition(
+            client.status.as_ref(),
+            ready,
+            reason,
+            message,
+            generation,
+            now,
+        )],
         secret_name: Some(client.token_secret_name()),
         ..previous
     }
@@ -231,18 +307,27 @@ mod tests {
     };
 
     fn client() -> IdvClient {
-        let mut c = IdvClient::new("gipod", IdvClientSpec {
-            client_id: "c".into(),
-            auth_server: AuthServer { token_endpoint: Some("https://idp.example/token".into()), ..AuthServer::default() },
-            private_key: Some(PrivateKey::default()),
-            client_secret: None,
-            scopes: vec!["gipod_read".into()],
-            audience: None,
-            resource: None,
-            secret: TokenSecret { labels: [("team".to_string(), "roads".to_string())].into(), ..TokenSecret::default() },
-            refresh: Refresh::default(),
-            suspend: false,
-        });
+        let mut c = IdvClient::new(
+            "gipod",
+            IdvClientSpec {
+                client_id: "c".into(),
+                auth_server: AuthServer {
+                    token_endpoint: Some("https://idp.example/token".into()),
+                    ..AuthServer::default()
+                },
+                private_key: Some(PrivateKey::default()),
+                client_secret: None,
+                scopes: vec!["gipod_read".into()],
+                audience: None,
+                resource: None,
+                secret: TokenSecret {
+                    labels: [("team".to_string(), "roads".to_string())].into(),
+                    ..TokenSecret::default()
+                },
+                refresh: Refresh::default(),
+                suspend: false,
+            },
+        );
         c.metadata.namespace = Some("ns".into());
         c.metadata.uid = Some("uid-1".into());
         c.metadata.generation = Some(2);
@@ -261,7 +346,17 @@ mod tests {
             scope: None,
         };
         let data = token_data(&answer, at(3600), &["gipod_read".into()]);
-        desired_secret(&client(), data.data, &data.hash, "inputs", &TokenTimes { issued_at: at(0), expires_at: at(3600), refresh_at: at(2400) })
+        desired_secret(
+            &client(),
+            data.data,
+            &data.hash,
+            "inputs",
+            &TokenTimes {
+                issued_at: at(0),
+                expires_at: at(3600),
+                refresh_at: at(2400),
+            },
+        )
     }
 
     #[test]
@@ -273,13 +368,19 @@ mod tests {
         assert_eq!(text("authorization"), "Bearer tok");
         assert_eq!(text("token_type"), "Bearer");
         assert_eq!(text("scope"), "gipod_read");
-        assert_eq!(text("expires_at"), "2027-01-15T08:60:00Z".replace("08:60", "09:00"));
+        assert_eq!(
+            text("expires_at"),
+            "2027-01-15T08:60:00Z".replace("08:60", "09:00")
+        );
         let labels = s.metadata.labels.clone().unwrap();
         assert_eq!(labels[api::MANAGED_BY_LABEL], api::MANAGED_BY_VALUE);
         assert_eq!(labels["team"], "roads");
         assert_eq!(s.metadata.name.as_deref(), Some("gipod-token"));
         let owner = &s.metadata.owner_references.as_ref().unwrap()[0];
-        assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("IdvClient", "uid-1", Some(true)));
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+            ("IdvClient", "uid-1", Some(true))
+        );
         assert!(is_owned_by(&s, &client()));
         assert!(metadata_matches(&s, &client()));
     }
@@ -290,12 +391,24 @@ mod tests {
         let observed = observe(&s);
         assert!(observed.data_intact);
         assert_eq!(observed.inputs_hash.as_deref(), Some("inputs"));
-        assert_eq!((observed.expires_at, observed.refresh_at), (Some(at(3600)), Some(at(2400))));
+        assert_eq!(
+            (observed.expires_at, observed.refresh_at),
+            (Some(at(3600)), Some(at(2400)))
+        );
         let mut edited = s.clone();
-        edited.data.as_mut().unwrap().insert("access_token".into(), ByteString(b"other".to_vec()));
+        edited
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("access_token".into(), ByteString(b"other".to_vec()));
         assert!(!observe(&edited).data_intact);
         let mut unlabelled = s;
-        unlabelled.metadata.labels.as_mut().unwrap().remove(api::MANAGED_BY_LABEL);
+        unlabelled
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .remove(api::MANAGED_BY_LABEL);
         assert!(!observe(&unlabelled).data_intact);
     }
 
@@ -305,11 +418,21 @@ mod tests {
         let first = failed_status(&c, false, "KeySecretNotFound", "m1".into(), at(0));
         c.status = Some(first.clone());
         let second = failed_status(&c, false, "InvalidKey", "m2".into(), at(100));
-        assert_eq!(second.conditions[0].last_transition_time, first.conditions[0].last_transition_time);
+        assert_eq!(
+            second.conditions[0].last_transition_time,
+            first.conditions[0].last_transition_time
+        );
         let observed = observe(&secret());
         let ready = ready_status(&c, &observed, Some("kid"), None, at(200));
-        assert_eq!(ready.conditions[0].last_transition_time, at(200).to_string());
+        assert_eq!(
+            ready.conditions[0].last_transition_time,
+            at(200).to_string()
+        );
         c.status = Some(ready.clone());
-        assert_eq!(ready_status(&c, &observed, Some("kid"), None, at(300)), ready, "same inputs, same status");
+        assert_eq!(
+            ready_status(&c, &observed, Some("kid"), None, at(300)),
+            ready,
+            "same inputs, same status"
+        );
     }
 }

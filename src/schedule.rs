@@ -15,7 +15,11 @@ pub enum BeforeExpiry {
 
 /// Parse `15m`, `1h30m`, `90s` or `25%`.
 pub fn parse_before_expiry(text: &str) -> Result<BeforeExpiry, String> {
-    let bad = || format!("refresh.beforeExpiry {text:?} is neither a duration like 15m or 1h30m nor a percentage like 25%");
+    let bad = || {
+        format!(
+            "refresh.beforeExpiry {text:?} is neither a duration like 15m or 1h30m nor a percentage like 25%"
+        )
+    };
     let text = text.trim();
     if let Some(percent) = text.strip_suffix('%') {
         return match percent.parse::<u8>() {
@@ -23,7 +27,9 @@ pub fn parse_before_expiry(text: &str) -> Result<BeforeExpiry, String> {
             _ => Err(bad()),
         };
     }
-    parse_duration(text).map(BeforeExpiry::Duration).ok_or_else(bad)
+    parse_duration(text)
+        .map(BeforeExpiry::Duration)
+        .ok_or_else(bad)
 }
 
 /// Parse a Go-style duration of hours, minutes, seconds and milliseconds: `10s`, `15m`,
@@ -87,7 +93,10 @@ pub fn refresh_at(
         None => (default_wait, false),
         Some(BeforeExpiry::Duration(d)) if d.as_secs() >= lifetime => (default_wait, true),
         Some(BeforeExpiry::Duration(d)) => (default_wait.min(lifetime - d.as_secs()), false),
-        Some(BeforeExpiry::Percent(p)) => (default_wait.min(lifetime - lifetime * u64::from(p) / 100), false),
+        Some(BeforeExpiry::Percent(p)) => (
+            default_wait.min(lifetime - lifetime * u64::from(p) / 100),
+            false,
+        ),
     };
     let jitter = unit(jitter);
     let advance = ((wait as f64 * 0.05).min(MAX_JITTER.as_secs_f64()) * jitter) as u64;
@@ -97,12 +106,19 @@ pub fn refresh_at(
         .ok()
         .and_then(|m| issued.checked_add(m).ok())
         .map_or(whole_seconds(Timestamp::MAX), ceil_seconds);
-    RefreshPlan { refresh_at: refresh_at.max(floor), clamped }
+    RefreshPlan {
+        refresh_at: refresh_at.max(floor),
+        clamped,
+    }
 }
 
 /// A jitter value in 0..=1 (NaN counts as 0).
 fn unit(jitter: f64) -> f64 {
-    if jitter.is_nan() { 0.0 } else { jitter.clamp(0.0, 1.0) }
+    if jitter.is_nan() {
+        0.0
+    } else {
+        jitter.clamp(0.0, 1.0)
+    }
 }
 
 pub fn whole_seconds(t: Timestamp) -> Timestamp {
@@ -111,7 +127,13 @@ pub fn whole_seconds(t: Timestamp) -> Timestamp {
 
 fn ceil_seconds(t: Timestamp) -> Timestamp {
     let whole = whole_seconds(t);
-    if whole == t { whole } else { whole.checked_add(SignedDuration::from_secs(1)).unwrap_or(whole) }
+    if whole == t {
+        whole
+    } else {
+        whole
+            .checked_add(SignedDuration::from_secs(1))
+            .unwrap_or(whole)
+    }
 }
 
 /// How a failure is classed for retrying.
@@ -133,11 +155,21 @@ const TRANSIENT_CAP_WITH_TOKEN: Duration = Duration::from_secs(300);
 
 /// Delay before attempt `failures + 1` (`failures` >= 1), with `jitter` in 0..1 taking up
 /// to a fifth off, and `Retry-After` honoured as a lower bound.
-pub fn backoff(class: FailureClass, failures: u32, holds_valid_token: bool, retry_after: Option<Duration>, jitter: f64) -> Duration {
+pub fn backoff(
+    class: FailureClass,
+    failures: u32,
+    holds_valid_token: bool,
+    retry_after: Option<Duration>,
+    jitter: f64,
+) -> Duration {
     let delay = match class {
         FailureClass::Configuration => CONFIGURATION_RETRY,
         FailureClass::Transient => {
-            let cap = if holds_valid_token { TRANSIENT_CAP_WITH_TOKEN } else { TRANSIENT_CAP_WITHOUT_TOKEN };
+            let cap = if holds_valid_token {
+                TRANSIENT_CAP_WITH_TOKEN
+            } else {
+                TRANSIENT_CAP_WITHOUT_TOKEN
+            };
             let exponent = failures.saturating_sub(1).min(16);
             TRANSIENT_FIRST.saturating_mul(1 << exponent).min(cap)
         }
@@ -159,9 +191,18 @@ mod tests {
 
     #[test]
     fn parses_before_expiry() {
-        assert_eq!(parse_before_expiry("15m"), Ok(BeforeExpiry::Duration(Duration::from_secs(900))));
-        assert_eq!(parse_before_expiry("1h30m"), Ok(BeforeExpiry::Duration(Duration::from_secs(5400))));
-        assert_eq!(parse_before_expiry("90s"), Ok(BeforeExpiry::Duration(Duration::from_secs(90))));
+        assert_eq!(
+            parse_before_expiry("15m"),
+            Ok(BeforeExpiry::Duration(Duration::from_secs(900)))
+        );
+        assert_eq!(
+            parse_before_expiry("1h30m"),
+            Ok(BeforeExpiry::Duration(Duration::from_secs(5400)))
+        );
+        assert_eq!(
+            parse_before_expiry("90s"),
+            Ok(BeforeExpiry::Duration(Duration::from_secs(90)))
+        );
         assert_eq!(parse_before_expiry("25%"), Ok(BeforeExpiry::Percent(25)));
         for bad in ["", "15", "m", "100%", "0%", "1d", "-5m", "1.5h"] {
             assert!(parse_before_expiry(bad).is_err(), "{bad}");
@@ -189,7 +230,14 @@ mod tests {
         ];
         for (lifetime, before, jitter, wait, clamped) in cases {
             let plan = refresh_at(at(0), at(lifetime), before, min, jitter);
-            assert_eq!(plan, RefreshPlan { refresh_at: at(wait), clamped }, "{lifetime} {before:?} {jitter}");
+            assert_eq!(
+                plan,
+                RefreshPlan {
+                    refresh_at: at(wait),
+                    clamped
+                },
+                "{lifetime} {before:?} {jitter}"
+            );
         }
     }
 
@@ -202,12 +250,30 @@ mod tests {
 
     #[test]
     fn backoff_doubles_to_a_cap_and_honours_retry_after() {
-        let t = |failures, holds| backoff(FailureClass::Transient, failures, holds, None, 0.0).as_secs();
-        assert_eq!((1..=8).map(|f| t(f, false)).collect::<Vec<_>>(), [1, 2, 4, 8, 16, 32, 60, 60]);
+        let t = |failures, holds| {
+            backoff(FailureClass::Transient, failures, holds, None, 0.0).as_secs()
+        };
+        assert_eq!(
+            (1..=8).map(|f| t(f, false)).collect::<Vec<_>>(),
+            [1, 2, 4, 8, 16, 32, 60, 60]
+        );
         assert_eq!(t(10, true), 300);
         assert_eq!(t(1000, true), 300);
-        assert_eq!(backoff(FailureClass::Configuration, 1, false, None, 0.0), CONFIGURATION_RETRY);
-        assert_eq!(backoff(FailureClass::Transient, 1, false, Some(Duration::from_secs(30)), 0.0).as_secs(), 30);
+        assert_eq!(
+            backoff(FailureClass::Configuration, 1, false, None, 0.0),
+            CONFIGURATION_RETRY
+        );
+        assert_eq!(
+            backoff(
+                FailureClass::Transient,
+                1,
+                false,
+                Some(Duration::from_secs(30)),
+                0.0
+            )
+            .as_secs(),
+            30
+        );
         let jittered = backoff(FailureClass::Transient, 7, false, None, 1.0);
         assert_eq!(jittered, Duration::from_secs(48));
     }

@@ -16,7 +16,10 @@ use crate::{
     authserver::{ResolvedServer, ServerPlan, discovery_url, resolve_discovered},
     error::Error,
     jwk::SigningKey,
-    oauth::{HttpClient, TokenAnswer, TokenError, TokenParams, basic_authorization, parse_token_answer, token_form, token_form_without_assertion},
+    oauth::{
+        HttpClient, TokenAnswer, TokenError, TokenParams, basic_authorization, parse_token_answer,
+        token_form, token_form_without_assertion,
+    },
 };
 
 /// How the client proves who it is.
@@ -26,7 +29,10 @@ pub enum Credential {
     PrivateKey(Arc<SigningKey>),
     /// client_secret_basic. `version` identifies the Secret's content without hashing the
     /// secret itself (a weak secret's hash could be guessed).
-    ClientSecret { secret: ClientSecretValue, version: String },
+    ClientSecret {
+        secret: ClientSecretValue,
+        version: String,
+    },
 }
 
 impl Credential {
@@ -41,7 +47,12 @@ impl Credential {
     /// Changes when the credential changes: part of the token's inputs hash.
     pub fn fingerprint(&self) -> String {
         match self {
-            Credential::PrivateKey(key) => format!("key:{}:{}:{:?}", key.thumbprint, key.kid.as_deref().unwrap_or_default(), key.algorithm),
+            Credential::PrivateKey(key) => format!(
+                "key:{}:{}:{:?}",
+                key.thumbprint,
+                key.kid.as_deref().unwrap_or_default(),
+                key.algorithm
+            ),
             Credential::ClientSecret { version, .. } => format!("secret:{version}"),
         }
     }
@@ -98,7 +109,9 @@ impl TokenClient {
         if crate::authserver::host_allowed(host, &self.allowed_hosts) {
             Ok(())
         } else {
-            Err(Error::HostNotAllowed { host: host.to_string() })
+            Err(Error::HostNotAllowed {
+                host: host.to_string(),
+            })
         }
     }
 
@@ -106,7 +119,10 @@ impl TokenClient {
     pub async fn resolve(&self, plan: &ServerPlan) -> Result<ResolvedServer, Error> {
         let (issuer, audience_override) = match plan {
             ServerPlan::Known(resolved) => return Ok(resolved.clone()),
-            ServerPlan::Discover { issuer, audience_override } => (issuer, audience_override),
+            ServerPlan::Discover {
+                issuer,
+                audience_override,
+            } => (issuer, audience_override),
         };
         let key = (issuer.to_string(), audience_override.clone());
         if let Some((resolved, at)) = self.discovered.lock().expect("lock").get(&key)
@@ -120,24 +136,43 @@ impl TokenClient {
             .http
             .get(&discovery_url(issuer))
             .await
-            .map_err(|source| Error::DiscoveryTransport { issuer: issuer_text.clone(), source })?;
+            .map_err(|source| Error::DiscoveryTransport {
+                issuer: issuer_text.clone(),
+                source,
+            })?;
         if !(200..300).contains(&answer.status) {
             return Err(Error::DiscoveryTransport {
                 issuer: issuer_text,
-                source: TokenError::BadAnswer { status: answer.status, what: "no discovery document".into() },
+                source: TokenError::BadAnswer {
+                    status: answer.status,
+                    what: "no discovery document".into(),
+                },
             });
         }
         let resolved = resolve_discovered(issuer, audience_override.clone(), &answer.body)
-            .map_err(|source| Error::Discovery { issuer: issuer_text, source })?;
+            .map_err(|source| Error::Discovery {
+                issuer: issuer_text,
+                source,
+            })?;
         self.check_host(&resolved.token_endpoint)?;
-        self.discovered.lock().expect("lock").insert(key, (resolved.clone(), Instant::now()));
+        self.discovered
+            .lock()
+            .expect("lock")
+            .insert(key, (resolved.clone(), Instant::now()));
         Ok(resolved)
     }
 
     /// Forget a discovered endpoint (after it failed), so the next attempt asks again.
     pub fn forget(&self, plan: &ServerPlan) {
-        if let ServerPlan::Discover { issuer, audience_override } = plan {
-            self.discovered.lock().expect("lock").remove(&(issuer.to_string(), audience_override.clone()));
+        if let ServerPlan::Discover {
+            issuer,
+            audience_override,
+        } = plan
+        {
+            self.discovered
+                .lock()
+                .expect("lock")
+                .remove(&(issuer.to_string(), audience_override.clone()));
         }
     }
 
@@ -158,16 +193,25 @@ impl TokenClient {
         };
         match credential {
             Credential::PrivateKey(key) => {
-                let claims = assertion::claims(client_id, &server.assertion_audience, now, Uuid::new_v4());
+                let claims =
+                    assertion::claims(client_id, &server.assertion_audience, now, Uuid::new_v4());
                 let signed = assertion::sign(&claims, key, server.always_send_kid)?;
                 let form = token_form(params, &signed);
-                let answer = self.http.post_form(&server.token_endpoint, &form, None).await.map_err(token_error)?;
+                let answer = self
+                    .http
+                    .post_form(&server.token_endpoint, &form, None)
+                    .await
+                    .map_err(token_error)?;
                 parse_token_answer(&answer, &[signed.expose()]).map_err(token_error)
             }
             Credential::ClientSecret { secret, .. } => {
                 let authorization = basic_authorization(client_id, &secret.0);
                 let form = token_form_without_assertion(params);
-                let answer = self.http.post_form(&server.token_endpoint, &form, Some(&authorization)).await.map_err(token_error)?;
+                let answer = self
+                    .http
+                    .post_form(&server.token_endpoint, &form, Some(&authorization))
+                    .await
+                    .map_err(token_error)?;
                 parse_token_answer(&answer, &[&secret.0]).map_err(token_error)
             }
         }

@@ -40,7 +40,11 @@ struct Run {
 
 impl std::fmt::Display for Run {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit {:?} after {:?}\n--- stdout\n{}\n--- stderr\n{}", self.code, self.elapsed, self.stdout, self.stderr)
+        write!(
+            f,
+            "exit {:?} after {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.elapsed, self.stdout, self.stderr
+        )
     }
 }
 
@@ -50,7 +54,10 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_os_string()).collect();
+    let args: Vec<_> = args
+        .into_iter()
+        .map(|a| a.as_ref().to_os_string())
+        .collect();
     let started = Instant::now();
     let child = tokio::process::Command::new(BIN)
         .args(&args)
@@ -90,18 +97,36 @@ impl Key {
     }
     /// The private members' values: what must never show up in output.
     fn secrets(&self) -> Vec<String> {
-        PRIVATE_MEMBERS.iter().filter_map(|m| self.private.get(*m)?.as_str().map(str::to_string)).collect()
+        PRIVATE_MEMBERS
+            .iter()
+            .filter_map(|m| self.private.get(*m)?.as_str().map(str::to_string))
+            .collect()
     }
 }
 
 /// `keygen --alg ALG` (RSA at 2048 bits to keep the tests fast) into `dir/name`.
 async fn keygen(dir: &Path, name: &str, alg: &str) -> Key {
     let path = dir.join(name);
-    let run = cli(["keygen", "--alg", alg, "--bits", "2048", "--private", &path_arg(&path)]).await;
+    let run = cli([
+        "keygen",
+        "--alg",
+        alg,
+        "--bits",
+        "2048",
+        "--private",
+        &path_arg(&path),
+    ])
+    .await;
     assert_eq!(run.code, Some(0), "keygen failed: {run}");
-    let private: Map<String, Value> = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    let public: Value = serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("stdout is not the public JWK ({e}): {run}"));
-    Key { path, private, public }
+    let private: Map<String, Value> =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let public: Value = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not the public JWK ({e}): {run}"));
+    Key {
+        path,
+        private,
+        public,
+    }
 }
 
 fn write_json(dir: &Path, name: &str, value: &Value) -> PathBuf {
@@ -111,7 +136,10 @@ fn write_json(dir: &Path, name: &str, value: &Value) -> PathBuf {
 }
 
 fn b64_len(value: &Value) -> usize {
-    URL_SAFE_NO_PAD.decode(value.as_str().expect("a base64url string")).expect("base64url").len()
+    URL_SAFE_NO_PAD
+        .decode(value.as_str().expect("a base64url string"))
+        .expect("base64url")
+        .len()
 }
 
 /// RFC 7638 SHA-256 thumbprint, computed here independently of the code under test.
@@ -119,10 +147,18 @@ fn rfc7638(jwk: &Value) -> String {
     let s = |k: &str| jwk[k].as_str().unwrap_or_else(|| panic!("JWK lacks {k}"));
     let canonical = match s("kty") {
         "RSA" => format!(r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#, s("e"), s("n")),
-        "EC" => format!(r#"{{"crv":"{}","kty":"EC","x":"{}","y":"{}"}}"#, s("crv"), s("x"), s("y")),
+        "EC" => format!(
+            r#"{{"crv":"{}","kty":"EC","x":"{}","y":"{}"}}"#,
+            s("crv"),
+            s("x"),
+            s("y")
+        ),
         other => panic!("unexpected kty {other}"),
     };
-    URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes()))
+    URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        canonical.as_bytes(),
+    ))
 }
 
 /// A public JWK as the portal should get it: kid = thumbprint, use=sig, alg, no private members.
@@ -130,9 +166,16 @@ fn assert_public_jwk(public: &Value, alg: &str) {
     let object = public.as_object().expect("a JSON object");
     assert_eq!(public["alg"], alg, "{public}");
     assert_eq!(public["use"], "sig", "{public}");
-    assert_eq!(public["kid"].as_str(), Some(rfc7638(public).as_str()), "kid is not the RFC 7638 thumbprint: {public}");
+    assert_eq!(
+        public["kid"].as_str(),
+        Some(rfc7638(public).as_str()),
+        "kid is not the RFC 7638 thumbprint: {public}"
+    );
     for member in PRIVATE_MEMBERS {
-        assert!(!object.contains_key(member), "the public JWK holds the private member {member}");
+        assert!(
+            !object.contains_key(member),
+            "the public JWK holds the private member {member}"
+        );
     }
 }
 
@@ -143,16 +186,33 @@ fn mode(path: &Path) -> u32 {
 /// A failed command: non-zero exit, nothing on stdout, one `error: ...` line on stderr that
 /// holds every expected fragment and none of the secrets, within `within`.
 fn assert_failed(run: &Run, within: Duration, expected: &[&str], secrets: &[String]) {
-    assert!(matches!(run.code, Some(c) if c != 0), "expected a non-zero exit: {run}");
+    assert!(
+        matches!(run.code, Some(c) if c != 0),
+        "expected a non-zero exit: {run}"
+    );
     assert!(run.stdout.is_empty(), "stdout is not empty: {run}");
-    assert!(run.elapsed < within, "took {:?}, more than {within:?}: {run}", run.elapsed);
-    assert_eq!(run.stderr.trim_end().lines().count(), 1, "stderr is not one message: {run}");
+    assert!(
+        run.elapsed < within,
+        "took {:?}, more than {within:?}: {run}",
+        run.elapsed
+    );
+    assert_eq!(
+        run.stderr.trim_end().lines().count(),
+        1,
+        "stderr is not one message: {run}"
+    );
     assert!(run.stderr.starts_with("error: "), "{run}");
     for fragment in expected {
-        assert!(run.stderr.contains(fragment), "stderr lacks {fragment:?}: {run}");
+        assert!(
+            run.stderr.contains(fragment),
+            "stderr lacks {fragment:?}: {run}"
+        );
     }
     for secret in secrets.iter().filter(|s| s.len() >= 8) {
-        assert!(!run.stderr.contains(secret.as_str()), "stderr holds a secret value: {run}");
+        assert!(
+            !run.stderr.contains(secret.as_str()),
+            "stderr holds a secret value: {run}"
+        );
     }
     assert!(!run.stderr.contains("panicked"), "{run}");
 }
@@ -164,7 +224,8 @@ fn unique_client(label: &str) -> String {
 /// The last assertion the IdP received from this client.
 async fn last_assertion(env: &Env, client_id: &str) -> Value {
     let mut all = env.idp.assertions(client_id).await;
-    all.pop().unwrap_or_else(|| panic!("the IdP recorded no assertion for {client_id}"))
+    all.pop()
+        .unwrap_or_else(|| panic!("the IdP recorded no assertion for {client_id}"))
 }
 
 /// `token` with the usual arguments plus `extra`.
@@ -181,9 +242,15 @@ async fn run_token(client_id: &str, key: &Path, server: &[&str], extra: &[&str])
 fn printed_token(run: &Run) -> String {
     assert_eq!(run.code, Some(0), "{run}");
     assert!(run.stderr.is_empty(), "{run}");
-    assert!(run.stdout.ends_with('\n') && run.stdout.lines().count() == 1, "not one line: {run}");
+    assert!(
+        run.stdout.ends_with('\n') && run.stdout.lines().count() == 1,
+        "not one line: {run}"
+    );
     let token = run.stdout.trim_end_matches('\n').to_string();
-    assert!(!token.is_empty() && !token.contains(char::is_whitespace), "{run}");
+    assert!(
+        !token.is_empty() && !token.contains(char::is_whitespace),
+        "{run}"
+    );
     token
 }
 
@@ -200,16 +267,28 @@ fn assert_assertion_claims(recorded: &Value, client_id: &str, aud: &str) {
     assert_eq!(payload["iss"], client_id, "{recorded}");
     assert_eq!(payload["sub"], client_id, "{recorded}");
     assert_eq!(payload["aud"], aud, "{recorded}");
-    let (iat, exp) = (payload["iat"].as_i64().unwrap(), payload["exp"].as_i64().unwrap());
-    assert!(exp > iat && exp - iat <= 300, "exp - iat = {}: {recorded}", exp - iat);
-    assert!(uuid::Uuid::parse_str(payload["jti"].as_str().unwrap()).is_ok(), "{recorded}");
+    let (iat, exp) = (
+        payload["iat"].as_i64().unwrap(),
+        payload["exp"].as_i64().unwrap(),
+    );
+    assert!(
+        exp > iat && exp - iat <= 300,
+        "exp - iat = {}: {recorded}",
+        exp - iat
+    );
+    assert!(
+        uuid::Uuid::parse_str(payload["jti"].as_str().unwrap()).is_ok(),
+        "{recorded}"
+    );
     assert_eq!(recorded["header"]["typ"], "JWT", "{recorded}");
 }
 
 // --------------------------------------------------------------------------------------------
 // keygen
 
-async fn keygen_defaults_to_rsa_4096_with_a_0600_private_file_and_the_public_jwk_on_stdout(_env: &Env) {
+async fn keygen_defaults_to_rsa_4096_with_a_0600_private_file_and_the_public_jwk_on_stdout(
+    _env: &Env,
+) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("jwk.json");
     let run = cli(["keygen", "--private", &path_arg(&path)]).await;
@@ -217,23 +296,40 @@ async fn keygen_defaults_to_rsa_4096_with_a_0600_private_file_and_the_public_jwk
     assert!(run.stderr.is_empty(), "{run}");
     assert_eq!(mode(&path), 0o600, "the private JWK is readable by others");
 
-    let public: Value = serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {run}"));
+    let public: Value = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {run}"));
     assert_public_jwk(&public, "RS256");
     assert_eq!(public["kty"], "RSA");
     assert_eq!(public["e"], "AQAB");
-    assert_eq!(b64_len(&public["n"]), 512, "default RSA size is not 4096 bits");
+    assert_eq!(
+        b64_len(&public["n"]),
+        512,
+        "default RSA size is not 4096 bits"
+    );
     let public_members: Vec<&String> = public.as_object().unwrap().keys().collect();
     assert_eq!(public_members, ["alg", "e", "kid", "kty", "n", "use"]);
 
     let private: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     for member in PRIVATE_MEMBERS {
-        assert!(private[member].is_string(), "the private JWK lacks {member}");
+        assert!(
+            private[member].is_string(),
+            "the private JWK lacks {member}"
+        );
     }
     for member in ["kty", "kid", "use", "alg", "n", "e"] {
-        assert_eq!(private[member], public[member], "private and public JWK differ in {member}");
+        assert_eq!(
+            private[member], public[member],
+            "private and public JWK differ in {member}"
+        );
     }
-    for secret in PRIVATE_MEMBERS.iter().map(|m| private[*m].as_str().unwrap()) {
-        assert!(!run.stdout.contains(secret), "stdout holds private key material");
+    for secret in PRIVATE_MEMBERS
+        .iter()
+        .map(|m| private[*m].as_str().unwrap())
+    {
+        assert!(
+            !run.stdout.contains(secret),
+            "stdout holds private key material"
+        );
     }
 }
 
@@ -242,16 +338,42 @@ async fn keygen_refuses_to_overwrite_an_existing_file(_env: &Env) {
     let existing = dir.path().join("jwk.json");
     std::fs::write(&existing, "keep me\n").unwrap();
     std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o640)).unwrap();
-    let run = cli(["keygen", "--alg", "ES256", "--private", &path_arg(&existing)]).await;
-    assert_failed(&run, FAIL_FAST, &["already exists", "not overwriting", &path_arg(&existing)], &[]);
+    let run = cli([
+        "keygen",
+        "--alg",
+        "ES256",
+        "--private",
+        &path_arg(&existing),
+    ])
+    .await;
+    assert_failed(
+        &run,
+        FAIL_FAST,
+        &["already exists", "not overwriting", &path_arg(&existing)],
+        &[],
+    );
     assert_eq!(std::fs::read_to_string(&existing).unwrap(), "keep me\n");
     assert_eq!(mode(&existing), 0o640);
 
     // An existing --public file is not overwritten either.
     let public = dir.path().join("public.json");
     std::fs::write(&public, "portal copy\n").unwrap();
-    let run = cli(["keygen", "--alg", "ES256", "--private", &path_arg(&dir.path().join("new.json")), "--public", &path_arg(&public)]).await;
-    assert_failed(&run, FAIL_FAST, &["already exists", &path_arg(&public)], &[]);
+    let run = cli([
+        "keygen",
+        "--alg",
+        "ES256",
+        "--private",
+        &path_arg(&dir.path().join("new.json")),
+        "--public",
+        &path_arg(&public),
+    ])
+    .await;
+    assert_failed(
+        &run,
+        FAIL_FAST,
+        &["already exists", &path_arg(&public)],
+        &[],
+    );
     assert_eq!(std::fs::read_to_string(&public).unwrap(), "portal copy\n");
 }
 
@@ -262,15 +384,36 @@ async fn keygen_writes_nothing_when_the_public_file_exists(_env: &Env) {
     let dir = tempfile::tempdir().unwrap();
     let (private, public) = (dir.path().join("new.json"), dir.path().join("public.json"));
     std::fs::write(&public, "portal copy\n").unwrap();
-    let run = cli(["keygen", "--alg", "ES256", "--private", &path_arg(&private), "--public", &path_arg(&public)]).await;
+    let run = cli([
+        "keygen",
+        "--alg",
+        "ES256",
+        "--private",
+        &path_arg(&private),
+        "--public",
+        &path_arg(&public),
+    ])
+    .await;
     assert_failed(&run, FAIL_FAST, &["already exists"], &[]);
-    assert!(!private.exists(), "a refused keygen left a private key file behind");
+    assert!(
+        !private.exists(),
+        "a refused keygen left a private key file behind"
+    );
 }
 
 async fn keygen_public_flag_writes_the_public_jwk_to_a_file_and_nothing_to_stdout(_env: &Env) {
     let dir = tempfile::tempdir().unwrap();
     let (private, public) = (dir.path().join("jwk.json"), dir.path().join("public.json"));
-    let run = cli(["keygen", "--alg", "ES256", "--private", &path_arg(&private), "--public", &path_arg(&public)]).await;
+    let run = cli([
+        "keygen",
+        "--alg",
+        "ES256",
+        "--private",
+        &path_arg(&private),
+        "--public",
+        &path_arg(&public),
+    ])
+    .await;
     assert_eq!(run.code, Some(0), "{run}");
     assert!(run.stdout.is_empty(), "{run}");
     assert!(run.stderr.is_empty(), "{run}");
@@ -284,9 +427,12 @@ async fn keygen_public_flag_writes_the_public_jwk_to_a_file_and_nothing_to_stdou
 
 async fn keygen_alg_chooses_the_key_type(_env: &Env) {
     let dir = tempfile::tempdir().unwrap();
-    for (alg, kty, curve, size) in
-        [("ES256", "EC", Some("P-256"), 32), ("ES384", "EC", Some("P-384"), 48), ("PS256", "RSA", None, 256), ("RS256", "RSA", None, 256)]
-    {
+    for (alg, kty, curve, size) in [
+        ("ES256", "EC", Some("P-256"), 32),
+        ("ES384", "EC", Some("P-384"), 48),
+        ("PS256", "RSA", None, 256),
+        ("RS256", "RSA", None, 256),
+    ] {
         let key = keygen(dir.path(), &format!("{alg}.json"), alg).await;
         assert_public_jwk(&key.public, alg);
         assert_eq!(key.public["kty"], kty, "{alg}");
@@ -309,8 +455,17 @@ async fn keygen_alg_chooses_the_key_type(_env: &Env) {
 async fn keygen_key_obtains_a_token_in_issuer_mode(env: &Env) {
     let dir = tempfile::tempdir().unwrap();
     let key = keygen(dir.path(), "jwk.json", "RS256").await;
-    let client_id = env.idp.register(std::slice::from_ref(&key.public), None).await;
-    let run = run_token(&client_id, &key.path, &["--issuer", &env.idp.issuer], &["--scope", "gipod_read"]).await;
+    let client_id = env
+        .idp
+        .register(std::slice::from_ref(&key.public), None)
+        .await;
+    let run = run_token(
+        &client_id,
+        &key.path,
+        &["--issuer", &env.idp.issuer],
+        &["--scope", "gipod_read"],
+    )
+    .await;
     let token = printed_token(&run);
     let introspection = assert_active(env, &token, &client_id).await;
     assert_eq!(introspection["scope"], "gipod_read", "{introspection}");
@@ -319,58 +474,126 @@ async fn keygen_key_obtains_a_token_in_issuer_mode(env: &Env) {
     assert_assertion_claims(&recorded, &client_id, &env.idp.issuer);
     assert_eq!(recorded["header"]["alg"], "RS256", "{recorded}");
     assert_eq!(recorded["header"]["kid"], key.kid(), "{recorded}");
-    assert_eq!(env.idp.stats(&client_id).await, (1, 1), "one request, one token");
+    assert_eq!(
+        env.idp.stats(&client_id).await,
+        (1, 1),
+        "one request, one token"
+    );
 }
 
 async fn token_endpoint_mode_uses_the_endpoint_as_audience(env: &Env) {
     let dir = tempfile::tempdir().unwrap();
     let key = keygen(dir.path(), "jwk.json", "ES256").await;
-    let client_id = env.idp.register(std::slice::from_ref(&key.public), None).await;
-    let run = run_token(&client_id, &key.path, &["--token-endpoint", &env.idp.token_endpoint], &["--scope", "gipod_read"]).await;
+    let client_id = env
+        .idp
+        .register(std::slice::from_ref(&key.public), None)
+        .await;
+    let run = run_token(
+        &client_id,
+        &key.path,
+        &["--token-endpoint", &env.idp.token_endpoint],
+        &["--scope", "gipod_read"],
+    )
+    .await;
     let token = printed_token(&run);
     assert_active(env, &token, &client_id).await;
-    assert_assertion_claims(&last_assertion(env, &client_id).await, &client_id, &env.idp.token_endpoint);
+    assert_assertion_claims(
+        &last_assertion(env, &client_id).await,
+        &client_id,
+        &env.idp.token_endpoint,
+    );
 }
 
 async fn assertion_audience_overrides_aud(env: &Env) {
     let dir = tempfile::tempdir().unwrap();
     let key = keygen(dir.path(), "jwk.json", "ES256").await;
-    let client_id = env.idp.register(std::slice::from_ref(&key.public), None).await;
+    let client_id = env
+        .idp
+        .register(std::slice::from_ref(&key.public), None)
+        .await;
     let endpoint = ["--token-endpoint", env.idp.token_endpoint.as_str()];
 
     // Token-endpoint mode with the issuer as aud: accepted, and the issuer is what was sent.
-    let run = run_token(&client_id, &key.path, &endpoint, &["--assertion-audience", &env.idp.issuer]).await;
+    let run = run_token(
+        &client_id,
+        &key.path,
+        &endpoint,
+        &["--assertion-audience", &env.idp.issuer],
+    )
+    .await;
     let token = printed_token(&run);
     assert_active(env, &token, &client_id).await;
-    assert_assertion_claims(&last_assertion(env, &client_id).await, &client_id, &env.idp.issuer);
+    assert_assertion_claims(
+        &last_assertion(env, &client_id).await,
+        &client_id,
+        &env.idp.issuer,
+    );
 
     // A wrong aud is sent as given, and the IdP refuses it.
-    let run = run_token(&client_id, &key.path, &endpoint, &["--assertion-audience", "https://wrong.example/aud"]).await;
+    let run = run_token(
+        &client_id,
+        &key.path,
+        &endpoint,
+        &["--assertion-audience", "https://wrong.example/aud"],
+    )
+    .await;
     assert_failed(&run, FAIL_FAST, &["invalid_client"], &key.secrets());
-    assert_eq!(last_assertion(env, &client_id).await["payload"]["aud"], "https://wrong.example/aud");
+    assert_eq!(
+        last_assertion(env, &client_id).await["payload"]["aud"],
+        "https://wrong.example/aud"
+    );
 }
 
 async fn json_output_has_token_type_lifetime_and_expiry(env: &Env) {
     let dir = tempfile::tempdir().unwrap();
     let key = keygen(dir.path(), "jwk.json", "ES256").await;
-    let client_id = env.idp.register(std::slice::from_ref(&key.public), Some(1234)).await;
-    let before = jiff::Timestamp::now();
-    let run = run_token(&client_id, &key.path, &["--issuer", &env.idp.issuer], &["--scope", "gipod_read", "--scope", "api_read", "--output", "json"])
+    let client_id = env
+        .idp
+        .register(std::slice::from_ref(&key.public), Some(1234))
         .await;
+    let before = jiff::Timestamp::now();
+    let run = run_token(
+        &client_id,
+        &key.path,
+        &["--issuer", &env.idp.issuer],
+        &[
+            "--scope",
+            "gipod_read",
+            "--scope",
+            "api_read",
+            "--output",
+            "json",
+        ],
+    )
+    .await;
     assert_eq!(run.code, Some(0), "{run}");
     assert!(run.stderr.is_empty(), "{run}");
     assert_eq!(run.stdout.lines().count(), 1, "{run}");
-    let answer: Value = serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {run}"));
-    let token = answer["access_token"].as_str().expect("access_token").to_string();
+    let answer: Value =
+        serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {run}"));
+    let token = answer["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_string();
     assert_eq!(answer["token_type"], "Bearer", "{answer}");
     assert_eq!(answer["expires_in"], 1234, "{answer}");
-    let mut scopes: Vec<&str> = answer["scope"].as_str().expect("scope").split(' ').collect();
+    let mut scopes: Vec<&str> = answer["scope"]
+        .as_str()
+        .expect("scope")
+        .split(' ')
+        .collect();
     scopes.sort();
     assert_eq!(scopes, ["api_read", "gipod_read"]);
-    let expires_at: jiff::Timestamp =
-        answer["expires_at"].as_str().expect("expires_at").parse().unwrap_or_else(|e| panic!("expires_at is not RFC 3339 ({e}): {answer}"));
+    let expires_at: jiff::Timestamp = answer["expires_at"]
+        .as_str()
+        .expect("expires_at")
+        .parse()
+        .unwrap_or_else(|e| panic!("expires_at is not RFC 3339 ({e}): {answer}"));
     let lifetime = expires_at.as_second() - before.as_second();
-    assert!((1233..=1240).contains(&lifetime), "expires_at is {lifetime}s after the request: {answer}");
+    assert!(
+        (1233..=1240).contains(&lifetime),
+        "expires_at is {lifetime}s after the request: {answer}"
+    );
     assert_active(env, &token, &client_id).await;
 }
 
@@ -378,8 +601,17 @@ async fn ec_and_ps_keys_obtain_tokens(env: &Env) {
     let dir = tempfile::tempdir().unwrap();
     for alg in ["ES256", "ES384", "PS256"] {
         let key = keygen(dir.path(), &format!("{alg}.json"), alg).await;
-        let client_id = env.idp.register(std::slice::from_ref(&key.public), None).await;
-        let run = run_token(&client_id, &key.path, &["--issuer", &env.idp.issuer], &["--scope", "gipod_read"]).await;
+        let client_id = env
+            .idp
+            .register(std::slice::from_ref(&key.public), None)
+            .await;
+        let run = run_token(
+            &client_id,
+            &key.path,
+            &["--issuer", &env.idp.issuer],
+            &["--scope", "gipod_read"],
+        )
+        .await;
         let token = printed_token(&run);
         assert_active(env, &token, &client_id).await;
         let recorded = last_assertion(env, &client_id).await;
@@ -393,13 +625,26 @@ async fn jwk_set_with_key_id_signs_with_the_chosen_key(env: &Env) {
     let dir = tempfile::tempdir().unwrap();
     let old = keygen(dir.path(), "old.json", "RS256").await;
     let new = keygen(dir.path(), "new.json", "ES256").await;
-    let set = write_json(dir.path(), "set.json", &json!({"keys": [old.private, new.private]}));
+    let set = write_json(
+        dir.path(),
+        "set.json",
+        &json!({"keys": [old.private, new.private]}),
+    );
     // Only the second key is registered: a token proves it signed.
-    let client_id = env.idp.register(std::slice::from_ref(&new.public), None).await;
+    let client_id = env
+        .idp
+        .register(std::slice::from_ref(&new.public), None)
+        .await;
     let mut secrets = old.secrets();
     secrets.extend(new.secrets());
 
-    let run = run_token(&client_id, &set, &["--issuer", &env.idp.issuer], &["--key-id", new.kid(), "--scope", "gipod_read"]).await;
+    let run = run_token(
+        &client_id,
+        &set,
+        &["--issuer", &env.idp.issuer],
+        &["--key-id", new.kid(), "--scope", "gipod_read"],
+    )
+    .await;
     let token = printed_token(&run);
     assert_active(env, &token, &client_id).await;
     let recorded = last_assertion(env, &client_id).await;
@@ -409,9 +654,18 @@ async fn jwk_set_with_key_id_signs_with_the_chosen_key(env: &Env) {
     // Without --key-id the first private key signs; it is not registered.
     let run = run_token(&client_id, &set, &["--issuer", &env.idp.issuer], &[]).await;
     assert_failed(&run, FAIL_FAST, &["invalid_client", old.kid()], &secrets);
-    assert_eq!(last_assertion(env, &client_id).await["header"]["kid"], old.kid());
+    assert_eq!(
+        last_assertion(env, &client_id).await["header"]["kid"],
+        old.kid()
+    );
 
-    let run = run_token(&client_id, &set, &["--issuer", &env.idp.issuer], &["--key-id", "nope"]).await;
+    let run = run_token(
+        &client_id,
+        &set,
+        &["--issuer", &env.idp.issuer],
+        &["--key-id", "nope"],
+    )
+    .await;
     assert_failed(&run, FAIL_FAST, &[r#"no key with kid "nope""#], &secrets);
 }
 
@@ -425,13 +679,27 @@ async fn expires_in_as_a_string_is_accepted(env: &Env) {
             "body": r#"{"access_token":"abc-123-xyz","token_type":"Bearer","expires_in":"14556"}"#, "times": 1,
         }))
         .await;
-    let run = run_token(&client_id, &key.path, &["--token-endpoint", &env.idp.token_endpoint], &["--output", "json"]).await;
+    let run = run_token(
+        &client_id,
+        &key.path,
+        &["--token-endpoint", &env.idp.token_endpoint],
+        &["--output", "json"],
+    )
+    .await;
     assert_eq!(run.code, Some(0), "{run}");
-    let answer: Value = serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {run}"));
+    let answer: Value =
+        serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {run}"));
     assert_eq!(answer["access_token"], "abc-123-xyz");
     assert_eq!(answer["expires_in"], 14556, "{answer}");
     assert_eq!(answer["token_type"], "Bearer");
-    assert!(answer["expires_at"].as_str().unwrap().parse::<jiff::Timestamp>().is_ok(), "{answer}");
+    assert!(
+        answer["expires_at"]
+            .as_str()
+            .unwrap()
+            .parse::<jiff::Timestamp>()
+            .is_ok(),
+        "{answer}"
+    );
 }
 
 async fn client_secret_file_obtains_a_token(env: &Env) {
@@ -440,24 +708,73 @@ async fn client_secret_file_obtains_a_token(env: &Env) {
     let file = dir.path().join("client-secret");
     std::fs::write(&file, format!("{secret}\n")).unwrap();
     let file = path_arg(&file);
-    let run = cli(["token", "--client-id", &client_id, "--client-secret-file", &file, "--issuer", &env.idp.issuer, "--scope", "gipod_read"]).await;
+    let run = cli([
+        "token",
+        "--client-id",
+        &client_id,
+        "--client-secret-file",
+        &file,
+        "--issuer",
+        &env.idp.issuer,
+        "--scope",
+        "gipod_read",
+    ])
+    .await;
     let token = printed_token(&run);
     assert_active(env, &token, &client_id).await;
 
     let wrong = dir.path().join("wrong-secret");
     let wrong_secret = "not-the-secret-0123456789";
     std::fs::write(&wrong, wrong_secret).unwrap();
-    let run = cli(["token", "--client-id", &client_id, "--client-secret-file", &path_arg(&wrong), "--issuer", &env.idp.issuer]).await;
-    assert_failed(&run, FAIL_FAST, &["invalid_client", "client secret", &client_id], &[secret.clone(), wrong_secret.to_string()]);
+    let run = cli([
+        "token",
+        "--client-id",
+        &client_id,
+        "--client-secret-file",
+        &path_arg(&wrong),
+        "--issuer",
+        &env.idp.issuer,
+    ])
+    .await;
+    assert_failed(
+        &run,
+        FAIL_FAST,
+        &["invalid_client", "client secret", &client_id],
+        &[secret.clone(), wrong_secret.to_string()],
+    );
 
     // Exactly one of --key and --client-secret-file.
     let key = keygen(dir.path(), "jwk.json", "ES256").await;
-    let run = cli(["token", "--client-id", &client_id, "--key", &path_arg(&key.path), "--client-secret-file", &file, "--issuer", &env.idp.issuer]).await;
+    let run = cli([
+        "token",
+        "--client-id",
+        &client_id,
+        "--key",
+        &path_arg(&key.path),
+        "--client-secret-file",
+        &file,
+        "--issuer",
+        &env.idp.issuer,
+    ])
+    .await;
     assert_eq!(run.code, Some(2), "{run}");
-    assert!(run.stdout.is_empty() && run.stderr.contains("cannot be used with"), "{run}");
-    let run = cli(["token", "--client-id", &client_id, "--issuer", &env.idp.issuer]).await;
+    assert!(
+        run.stdout.is_empty() && run.stderr.contains("cannot be used with"),
+        "{run}"
+    );
+    let run = cli([
+        "token",
+        "--client-id",
+        &client_id,
+        "--issuer",
+        &env.idp.issuer,
+    ])
+    .await;
     assert_eq!(run.code, Some(2), "{run}");
-    assert!(run.stdout.is_empty() && run.stderr.contains("--key"), "{run}");
+    assert!(
+        run.stdout.is_empty() && run.stderr.contains("--key"),
+        "{run}"
+    );
 }
 
 // --------------------------------------------------------------------------------------------
@@ -467,68 +784,166 @@ async fn unregistered_key_names_client_kid_and_registration(env: &Env) {
     let dir = tempfile::tempdir().unwrap();
     let registered = keygen(dir.path(), "registered.json", "ES256").await;
     let other = keygen(dir.path(), "other.json", "RS256").await;
-    let client_id = env.idp.register(std::slice::from_ref(&registered.public), None).await;
-    let run = run_token(&client_id, &other.path, &["--issuer", &env.idp.issuer], &["--scope", "gipod_read"]).await;
-    assert_failed(&run, FAIL_FAST, &["invalid_client", &client_id, other.kid(), "registered"], &other.secrets());
+    let client_id = env
+        .idp
+        .register(std::slice::from_ref(&registered.public), None)
+        .await;
+    let run = run_token(
+        &client_id,
+        &other.path,
+        &["--issuer", &env.idp.issuer],
+        &["--scope", "gipod_read"],
+    )
+    .await;
+    assert_failed(
+        &run,
+        FAIL_FAST,
+        &["invalid_client", &client_id, other.kid(), "registered"],
+        &other.secrets(),
+    );
 }
 
 /// Put a one-shot fault on a fresh client id, run `token` in token-endpoint mode, and check
 /// the failure.
-async fn fault_case(env: &Env, label: &str, fault: Value, extra: &[&str], within: Duration, expected: &[&str], secrets: &[&str]) -> Run {
+async fn fault_case(
+    env: &Env,
+    label: &str,
+    fault: Value,
+    extra: &[&str],
+    within: Duration,
+    expected: &[&str],
+    secrets: &[&str],
+) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let key = keygen(dir.path(), "jwk.json", "ES256").await;
     let client_id = unique_client(label);
     let mut fault = fault;
     fault["client_id"] = json!(client_id);
     env.idp.fault(fault).await;
-    let run = run_token(&client_id, &key.path, &["--token-endpoint", &env.idp.token_endpoint], extra).await;
+    let run = run_token(
+        &client_id,
+        &key.path,
+        &["--token-endpoint", &env.idp.token_endpoint],
+        extra,
+    )
+    .await;
     let mut all = key.secrets();
     all.extend(secrets.iter().map(|s| s.to_string()));
     assert_failed(&run, within, expected, &all);
-    assert_eq!(env.idp.stats(&client_id).await, (1, 0), "exactly one request, no retries");
+    assert_eq!(
+        env.idp.stats(&client_id).await,
+        (1, 0),
+        "exactly one request, no retries"
+    );
     run
 }
 
 async fn html_502_says_unavailable_and_html(env: &Env) {
     let fault = json!({"mode": "respond", "status": 502, "content_type": "text/html",
         "body": "<html><body><h1>502 Bad Gateway</h1></body></html>", "times": 1});
-    fault_case(env, "html-502", fault, &[], FAIL_FAST, &["unavailable", "HTTP 502", "text/html"], &[]).await;
+    fault_case(
+        env,
+        "html-502",
+        fault,
+        &[],
+        FAIL_FAST,
+        &["unavailable", "HTTP 502", "text/html"],
+        &[],
+    )
+    .await;
 }
 
 async fn html_with_200_says_not_json(env: &Env) {
     let fault = json!({"mode": "respond", "status": 200, "content_type": "text/html",
         "body": "<html><body>Please log in</body></html>", "times": 1});
-    fault_case(env, "html-200", fault, &[], FAIL_FAST, &["HTTP 200", "non-JSON", "HTML"], &[]).await;
+    fault_case(
+        env,
+        "html-200",
+        fault,
+        &[],
+        FAIL_FAST,
+        &["HTTP 200", "non-JSON", "HTML"],
+        &[],
+    )
+    .await;
 }
 
 async fn json_without_access_token_is_refused(env: &Env) {
     let fault = json!({"mode": "respond", "status": 200, "content_type": "application/json",
         "body": r#"{"token_type":"Bearer","expires_in":3600}"#, "times": 1});
-    fault_case(env, "no-token", fault, &[], FAIL_FAST, &["HTTP 200", "without an access_token"], &[]).await;
+    fault_case(
+        env,
+        "no-token",
+        fault,
+        &[],
+        FAIL_FAST,
+        &["HTTP 200", "without an access_token"],
+        &[],
+    )
+    .await;
 }
 
 async fn error_inside_a_200_is_an_error(env: &Env) {
     let fault = json!({"mode": "respond", "status": 200, "content_type": "application/json",
         "body": r#"{"error":"invalid_scope"}"#, "times": 1});
-    fault_case(env, "error-200", fault, &[], FAIL_FAST, &["refused", "HTTP 200", "invalid_scope"], &[]).await;
+    fault_case(
+        env,
+        "error-200",
+        fault,
+        &[],
+        FAIL_FAST,
+        &["refused", "HTTP 200", "invalid_scope"],
+        &[],
+    )
+    .await;
 }
 
 async fn unusable_token_type_does_not_print_the_token(env: &Env) {
     let secret = "leaky-token-0123456789abcdef";
     let fault = json!({"mode": "respond", "status": 200, "content_type": "application/json",
         "body": format!(r#"{{"access_token":"{secret}","token_type":"mac","expires_in":60}}"#), "times": 1});
-    fault_case(env, "mac", fault, &["--output", "json"], FAIL_FAST, &[r#"token_type "mac""#, "Bearer"], &[secret]).await;
+    fault_case(
+        env,
+        "mac",
+        fault,
+        &["--output", "json"],
+        FAIL_FAST,
+        &[r#"token_type "mac""#, "Bearer"],
+        &[secret],
+    )
+    .await;
 }
 
 async fn hang_with_timeout_fails_in_time(env: &Env) {
     let fault = json!({"mode": "hang", "times": 1});
-    let run = fault_case(env, "hang", fault, &["--timeout", "2s"], Duration::from_secs(6), &["127.0.0.1", "timed out"], &[]).await;
-    assert!(run.elapsed >= Duration::from_millis(1500), "gave up before the timeout: {run}");
+    let run = fault_case(
+        env,
+        "hang",
+        fault,
+        &["--timeout", "2s"],
+        Duration::from_secs(6),
+        &["127.0.0.1", "timed out"],
+        &[],
+    )
+    .await;
+    assert!(
+        run.elapsed >= Duration::from_millis(1500),
+        "gave up before the timeout: {run}"
+    );
 }
 
 async fn redirect_is_not_followed(env: &Env) {
     let fault = json!({"mode": "respond", "status": 302, "headers": {"location": "http://127.0.0.1:9/elsewhere"}, "times": 1});
-    fault_case(env, "redirect", fault, &[], FAIL_FAST, &["HTTP 302", "redirects are not followed"], &[]).await;
+    fault_case(
+        env,
+        "redirect",
+        fault,
+        &[],
+        FAIL_FAST,
+        &["HTTP 302", "redirects are not followed"],
+        &[],
+    )
+    .await;
 }
 
 async fn connection_refused_names_the_host(_env: &Env) {
@@ -539,8 +954,19 @@ async fn connection_refused_names_the_host(_env: &Env) {
         listener.local_addr().unwrap().port()
     };
     let endpoint = format!("http://127.0.0.1:{port}/token");
-    let run = run_token("cli-refused", &key.path, &["--token-endpoint", &endpoint], &[]).await;
-    assert_failed(&run, FAIL_FAST, &["cannot reach the token endpoint at 127.0.0.1", "connection"], &key.secrets());
+    let run = run_token(
+        "cli-refused",
+        &key.path,
+        &["--token-endpoint", &endpoint],
+        &[],
+    )
+    .await;
+    assert_failed(
+        &run,
+        FAIL_FAST,
+        &["cannot reach the token endpoint at 127.0.0.1", "connection"],
+        &key.secrets(),
+    );
 }
 
 async fn issuer_without_discovery_fails_clearly(env: &Env) {
@@ -548,7 +974,12 @@ async fn issuer_without_discovery_fails_clearly(env: &Env) {
     let key = keygen(dir.path(), "jwk.json", "ES256").await;
     let issuer = format!("{}/no-such-issuer", env.idp.issuer);
     let run = run_token("c", &key.path, &["--issuer", &issuer], &[]).await;
-    assert_failed(&run, FAIL_FAST, &["OIDC discovery", &issuer, "HTTP 404"], &key.secrets());
+    assert_failed(
+        &run,
+        FAIL_FAST,
+        &["OIDC discovery", &issuer, "HTTP 404"],
+        &key.secrets(),
+    );
 
     let port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -556,7 +987,12 @@ async fn issuer_without_discovery_fails_clearly(env: &Env) {
     };
     let closed = format!("http://127.0.0.1:{port}");
     let run = run_token("c", &key.path, &["--issuer", &closed], &[]).await;
-    assert_failed(&run, FAIL_FAST, &["OIDC discovery", &closed, "127.0.0.1", "connection"], &key.secrets());
+    assert_failed(
+        &run,
+        FAIL_FAST,
+        &["OIDC discovery", &closed, "127.0.0.1", "connection"],
+        &key.secrets(),
+    );
 }
 
 async fn server_arguments_are_validated(_env: &Env) {
@@ -568,22 +1004,49 @@ async fn server_arguments_are_validated(_env: &Env) {
     assert_failed(
         &run,
         FAIL_FAST,
-        &[r#"unknown environment "nope""#, "acm-production", "acm-test", "geosecure-production", "geosecure-beta"],
+        &[
+            r#"unknown environment "nope""#,
+            "acm-production",
+            "acm-test",
+            "geosecure-production",
+            "geosecure-beta",
+        ],
         &secrets,
     );
 
     // Two of --issuer / --token-endpoint / --environment: clap's usage error (exit 2).
-    for (a, b) in [("--issuer", "--token-endpoint"), ("--issuer", "--environment"), ("--token-endpoint", "--environment")] {
-        let value = |flag: &str| if flag == "--environment" { "acm-test" } else { "https://idp.example/x" };
+    for (a, b) in [
+        ("--issuer", "--token-endpoint"),
+        ("--issuer", "--environment"),
+        ("--token-endpoint", "--environment"),
+    ] {
+        let value = |flag: &str| {
+            if flag == "--environment" {
+                "acm-test"
+            } else {
+                "https://idp.example/x"
+            }
+        };
         let run = run_token("c", &key.path, &[a, value(a), b, value(b)], &[]).await;
         assert_eq!(run.code, Some(2), "{run}");
         assert!(run.stdout.is_empty(), "{run}");
         assert!(run.stderr.contains("cannot be used with"), "{run}");
     }
     let run = run_token("c", &key.path, &[], &[]).await;
-    assert_failed(&run, FAIL_FAST, &["exactly one of --token-endpoint, --issuer or --environment"], &secrets);
+    assert_failed(
+        &run,
+        FAIL_FAST,
+        &["exactly one of --token-endpoint, --issuer or --environment"],
+        &secrets,
+    );
 
-    let run = run_token("c", &key.path, &["--token-endpoint", "http://idp.example/token"], &[]).await;
+    let run = run_token(
+        "c",
+        &key.path,
+        &["--token-endpoint", "http://idp.example/token"],
+        &[],
+    )
+    .await;
     assert_failed(&run, FAIL_FAST, &["must use https"], &secrets);
     let run = run_token("c", &key.path, &["--issuer", "http://idp.example/op"], &[]).await;
     assert_failed(&run, FAIL_FAST, &["issuer must use https"], &secrets);
@@ -598,10 +1061,22 @@ async fn unusable_key_files_give_clear_messages(_env: &Env) {
     let server = ["--token-endpoint", "http://127.0.0.1:9/token"];
 
     let not_json = dir.path().join("not-json.txt");
-    std::fs::write(&not_json, "-----BEGIN PRIVATE KEY-----\nMIIE...\n-----END PRIVATE KEY-----\n").unwrap();
+    std::fs::write(
+        &not_json,
+        "-----BEGIN PRIVATE KEY-----\nMIIE...\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
     let run = run_token("c", &not_json, &server, &[]).await;
-    assert_failed(&run, FAIL_FAST, &[&path_arg(&not_json), "not valid JSON"], &[]);
-    assert!(!run.stderr.contains("MIIE"), "the key file's content is quoted: {run}");
+    assert_failed(
+        &run,
+        FAIL_FAST,
+        &[&path_arg(&not_json), "not valid JSON"],
+        &[],
+    );
+    assert!(
+        !run.stderr.contains("MIIE"),
+        "the key file's content is quoted: {run}"
+    );
 
     let public_only = write_json(dir.path(), "public.json", &key.public);
     let run = run_token("c", &public_only, &server, &[]).await;
@@ -609,7 +1084,12 @@ async fn unusable_key_files_give_clear_messages(_env: &Env) {
 
     let missing = dir.path().join("missing.json");
     let run = run_token("c", &missing, &server, &[]).await;
-    assert_failed(&run, FAIL_FAST, &["cannot read the key file", &path_arg(&missing)], &[]);
+    assert_failed(
+        &run,
+        FAIL_FAST,
+        &["cannot read the key file", &path_arg(&missing)],
+        &[],
+    );
 
     let mut broken = key.private.clone();
     broken.remove("qi");
@@ -624,7 +1104,8 @@ async fn unusable_key_files_give_clear_messages(_env: &Env) {
 
 // --------------------------------------------------------------------------------------------
 
-type Scenario = for<'a> fn(&'a Env) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>;
+type Scenario =
+    for<'a> fn(&'a Env) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>;
 
 macro_rules! scenarios {
     ($($name:ident),* $(,)?) => {
@@ -665,10 +1146,19 @@ fn main() {
         unusable_key_files_give_clear_messages,
     ];
     if args.list {
-        let trials = list.iter().map(|(name, _)| Trial::test(*name, || Ok(())).with_ignored_flag(KNOWN_BUGS.contains(name))).collect();
+        let trials = list
+            .iter()
+            .map(|(name, _)| {
+                Trial::test(*name, || Ok(())).with_ignored_flag(KNOWN_BUGS.contains(name))
+            })
+            .collect();
         libtest_mimic::run(&args, trials).exit();
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let started = Instant::now();
     let idp = Idp::start();
     eprintln!("test IdP up in {:.1}s", started.elapsed().as_secs_f64());

@@ -8,26 +8,51 @@ const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
 fn documents(path: &str) -> Vec<Value> {
     let text = std::fs::read_to_string(format!("{REPO}/{path}")).unwrap();
-    serde_yaml::Deserializer::from_str(&text).map(|d| serde::Deserialize::deserialize(d).unwrap()).filter(|v: &Value| !v.is_null()).collect()
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|v: &Value| !v.is_null())
+        .collect()
 }
 
-const RBAC_FILES: [&str; 3] = ["deploy/rbac.yaml", "deploy/base/leader-election.yaml", "deploy/namespaced/roles.yaml"];
+const RBAC_FILES: [&str; 3] = [
+    "deploy/rbac.yaml",
+    "deploy/base/leader-election.yaml",
+    "deploy/namespaced/roles.yaml",
+];
 
 #[test]
 fn rbac_has_no_wildcards_and_no_deletecollection() {
     for file in RBAC_FILES {
         for doc in documents(file) {
-            let Some(rules) = doc.get("rules").and_then(Value::as_sequence) else { continue };
+            let Some(rules) = doc.get("rules").and_then(Value::as_sequence) else {
+                continue;
+            };
             for rule in rules {
                 for field in ["verbs", "resources", "apiGroups"] {
                     for item in rule[field].as_sequence().unwrap() {
                         assert_ne!(item.as_str(), Some("*"), "{file}: wildcard in {field}");
                     }
                 }
-                let verbs: Vec<&str> = rule["verbs"].as_sequence().unwrap().iter().filter_map(Value::as_str).collect();
-                assert!(!verbs.contains(&"deletecollection"), "{file}: deletecollection");
-                if rule["resources"].as_sequence().unwrap().iter().any(|r| r.as_str() == Some("events")) {
-                    assert!(verbs.contains(&"create") && verbs.contains(&"patch"), "{file}: events need create and patch");
+                let verbs: Vec<&str> = rule["verbs"]
+                    .as_sequence()
+                    .unwrap()
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect();
+                assert!(
+                    !verbs.contains(&"deletecollection"),
+                    "{file}: deletecollection"
+                );
+                if rule["resources"]
+                    .as_sequence()
+                    .unwrap()
+                    .iter()
+                    .any(|r| r.as_str() == Some("events"))
+                {
+                    assert!(
+                        verbs.contains(&"create") && verbs.contains(&"patch"),
+                        "{file}: events need create and patch"
+                    );
                 }
             }
         }
@@ -41,7 +66,11 @@ fn every_rbac_rule_says_why() {
         let lines: Vec<&str> = text.lines().collect();
         for (i, line) in lines.iter().enumerate() {
             if line.trim_start().starts_with("- apiGroups:") {
-                assert!(i > 0 && lines[i - 1].trim_start().starts_with('#'), "{file}:{}: a rule without a comment above it", i + 1);
+                assert!(
+                    i > 0 && lines[i - 1].trim_start().starts_with('#'),
+                    "{file}:{}: a rule without a comment above it",
+                    i + 1
+                );
             }
         }
     }
@@ -51,12 +80,28 @@ fn every_rbac_rule_says_why() {
 fn leases_only_in_the_operator_namespace() {
     for file in RBAC_FILES {
         for doc in documents(file) {
-            let leases = doc.get("rules").and_then(Value::as_sequence).into_iter().flatten().any(|r| {
-                r["resources"].as_sequence().unwrap().iter().any(|x| x.as_str() == Some("leases"))
-            });
+            let leases = doc
+                .get("rules")
+                .and_then(Value::as_sequence)
+                .into_iter()
+                .flatten()
+                .any(|r| {
+                    r["resources"]
+                        .as_sequence()
+                        .unwrap()
+                        .iter()
+                        .any(|x| x.as_str() == Some("leases"))
+                });
             if leases {
-                assert_eq!(doc["kind"].as_str(), Some("Role"), "{file}: leases only through a Role");
-                assert_eq!(doc["metadata"]["namespace"].as_str(), Some("idv-token-operator-system"));
+                assert_eq!(
+                    doc["kind"].as_str(),
+                    Some("Role"),
+                    "{file}: leases only through a Role"
+                );
+                assert_eq!(
+                    doc["metadata"]["namespace"].as_str(),
+                    Some("idv-token-operator-system")
+                );
             }
         }
     }
@@ -67,7 +112,10 @@ fn the_deployment_is_locked_down() {
     let deployment = &documents("deploy/base/deployment.yaml")[0];
     let pod = &deployment["spec"]["template"]["spec"];
     assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
-    assert_eq!(pod["securityContext"]["seccompProfile"]["type"].as_str(), Some("RuntimeDefault"));
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"].as_str(),
+        Some("RuntimeDefault")
+    );
     assert_eq!(deployment["spec"]["replicas"].as_i64(), Some(2));
     let container = &pod["containers"][0];
     let security = &container["securityContext"];
@@ -75,13 +123,35 @@ fn the_deployment_is_locked_down() {
     assert_eq!(security["allowPrivilegeEscalation"].as_bool(), Some(false));
     assert_eq!(security["capabilities"]["drop"][0].as_str(), Some("ALL"));
     for kind in ["requests", "limits"] {
-        assert!(container["resources"][kind]["memory"].as_str().is_some(), "memory {kind}");
+        assert!(
+            container["resources"][kind]["memory"].as_str().is_some(),
+            "memory {kind}"
+        );
     }
     assert!(container["resources"]["requests"]["cpu"].as_str().is_some());
-    assert_eq!(container["livenessProbe"]["httpGet"]["port"].as_str(), Some("health"));
-    assert_eq!(container["readinessProbe"]["httpGet"]["path"].as_str(), Some("/readyz"));
-    let ports: Vec<&str> = container["ports"].as_sequence().unwrap().iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(
+        container["livenessProbe"]["httpGet"]["port"].as_str(),
+        Some("health")
+    );
+    assert_eq!(
+        container["readinessProbe"]["httpGet"]["path"].as_str(),
+        Some("/readyz")
+    );
+    let ports: Vec<&str> = container["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
     assert!(ports.contains(&"metrics") && ports.contains(&"health"));
-    let args: Vec<&str> = container["args"].as_sequence().unwrap().iter().filter_map(Value::as_str).collect();
-    assert!(args.contains(&"--leader-elect"), "two replicas need leader election");
+    let args: Vec<&str> = container["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        args.contains(&"--leader-elect"),
+        "two replicas need leader election"
+    );
 }

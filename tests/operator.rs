@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use base64::{Engine, engine::general_purpose::STANDARD as STANDARD_B64};
 use idv_token_operator::{
     api::{self, IdvClient},
     jwk::{self, KeygenAlgorithm},
@@ -29,7 +30,6 @@ use kube::{
 };
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::{Map, Value, json};
-use base64::{Engine, engine::general_purpose::STANDARD as STANDARD_B64};
 use support::{ControlPlane, Idp, Operator, eventually};
 
 struct Env {
@@ -52,8 +52,17 @@ struct Case {
 async fn create_namespace(env: &Env, label: &str) -> String {
     let ns = format!("{label}-{}", NAMESPACES.fetch_add(1, Ordering::SeqCst));
     let namespaces: Api<Namespace> = Api::all(env.plane.admin().await);
-    let namespace = Namespace { metadata: ObjectMeta { name: Some(ns.clone()), ..Default::default() }, ..Default::default() };
-    namespaces.create(&PostParams::default(), &namespace).await.unwrap();
+    let namespace = Namespace {
+        metadata: ObjectMeta {
+            name: Some(ns.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    namespaces
+        .create(&PostParams::default(), &namespace)
+        .await
+        .unwrap();
     ns
 }
 
@@ -69,7 +78,11 @@ impl Case {
     async fn new(env: &Env, label: &str, operator_args: &[&str]) -> Case {
         let ns = create_namespace(env, label).await;
         let operator = Self::start_operator(env, &ns, operator_args);
-        Case { ns, admin: env.plane.admin().await, operator }
+        Case {
+            ns,
+            admin: env.plane.admin().await,
+            operator,
+        }
     }
 
     fn start_operator(env: &Env, ns: &str, extra: &[&str]) -> Operator {
@@ -88,11 +101,21 @@ impl Case {
 
     async fn put_secret(&self, name: &str, data: &[(&str, &[u8])]) -> Secret {
         let secret = Secret {
-            metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
-            data: Some(data.iter().map(|(k, v)| (k.to_string(), ByteString(v.to_vec()))).collect()),
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.to_vec())))
+                    .collect(),
+            ),
             ..Default::default()
         };
-        self.secrets().create(&PostParams::default(), &secret).await.unwrap()
+        self.secrets()
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap()
     }
 
     async fn put_client(&self, name: &str, spec: Value) -> IdvClient {
@@ -103,11 +126,19 @@ impl Case {
             "spec": spec,
         }))
         .unwrap();
-        self.clients().create(&PostParams::default(), &client).await.unwrap()
+        self.clients()
+            .create(&PostParams::default(), &client)
+            .await
+            .unwrap()
     }
 
     /// Wait until the IdvClient satisfies `check`; on timeout show its status and the operator's log.
-    async fn wait_client(&self, name: &str, what: &str, check: impl Fn(&IdvClient) -> bool) -> IdvClient {
+    async fn wait_client(
+        &self,
+        name: &str,
+        what: &str,
+        check: impl Fn(&IdvClient) -> bool,
+    ) -> IdvClient {
         let api = self.clients();
         let found = tokio::time::timeout(WAIT, async {
             loop {
@@ -123,14 +154,25 @@ impl Case {
         match found {
             Ok(client) => client,
             Err(_) => {
-                let status = api.get(name).await.ok().and_then(|c| c.status).map(|s| serde_json::to_string_pretty(&s).unwrap());
-                panic!("timed out waiting for {name}: {what}\nstatus: {status:?}\noperator log tail:\n{}", self.operator.tail(400));
+                let status = api
+                    .get(name)
+                    .await
+                    .ok()
+                    .and_then(|c| c.status)
+                    .map(|s| serde_json::to_string_pretty(&s).unwrap());
+                panic!(
+                    "timed out waiting for {name}: {what}\nstatus: {status:?}\noperator log tail:\n{}",
+                    self.operator.tail(400)
+                );
             }
         }
     }
 
     async fn wait_ready(&self, name: &str) -> IdvClient {
-        self.wait_client(name, "Ready=True", |c| ready(c).is_some_and(|r| r.status == "True")).await
+        self.wait_client(name, "Ready=True", |c| {
+            ready(c).is_some_and(|r| r.status == "True")
+        })
+        .await
     }
 
     async fn wait_not_ready(&self, name: &str, reason: &str) -> api::Condition {
@@ -155,29 +197,65 @@ impl Case {
             }
         })
         .await;
-        found.unwrap_or_else(|_| panic!("timed out waiting for Secret {name}: {what}\noperator log tail:\n{}", self.operator.tail(30)))
+        found.unwrap_or_else(|_| {
+            panic!(
+                "timed out waiting for Secret {name}: {what}\noperator log tail:\n{}",
+                self.operator.tail(30)
+            )
+        })
     }
 
     async fn events(&self) -> Vec<EventV1> {
-        Api::<EventV1>::namespaced(self.admin.clone(), &self.ns).list(&Default::default()).await.unwrap().items
+        Api::<EventV1>::namespaced(self.admin.clone(), &self.ns)
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
     }
 
     /// Nothing secret in the operator's output, any IdvClient (status included) or any Event.
     async fn assert_no_leaks(&self, secrets: &[String]) {
         let output = self.operator.output();
-        let statuses = serde_json::to_string(&self.clients().list(&Default::default()).await.unwrap().items).unwrap();
+        let statuses = serde_json::to_string(
+            &self
+                .clients()
+                .list(&Default::default())
+                .await
+                .unwrap()
+                .items,
+        )
+        .unwrap();
         let events = serde_json::to_string(&self.events().await).unwrap();
         for secret in secrets.iter().filter(|s| s.len() >= 8) {
-            assert!(!output.contains(secret.as_str()), "a secret value appears in the operator output");
-            assert!(!statuses.contains(secret.as_str()), "a secret value appears in an IdvClient");
-            assert!(!events.contains(secret.as_str()), "a secret value appears in an Event");
+            assert!(
+                !output.contains(secret.as_str()),
+                "a secret value appears in the operator output"
+            );
+            assert!(
+                !statuses.contains(secret.as_str()),
+                "a secret value appears in an IdvClient"
+            );
+            assert!(
+                !events.contains(secret.as_str()),
+                "a secret value appears in an Event"
+            );
         }
-        assert!(!output.contains("panicked"), "the operator panicked:\n{}", self.operator.tail(40));
+        assert!(
+            !output.contains("panicked"),
+            "the operator panicked:\n{}",
+            self.operator.tail(40)
+        );
     }
 }
 
 fn ready(client: &IdvClient) -> Option<api::Condition> {
-    client.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready").cloned()
+    client
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .cloned()
 }
 
 fn text(secret: &Secret, key: &str) -> String {
@@ -186,7 +264,10 @@ fn text(secret: &Secret, key: &str) -> String {
 
 /// Private-key material of a JWK, for the leak scans.
 fn key_material(private: &Map<String, Value>) -> Vec<String> {
-    ["d", "p", "q", "dp", "dq", "qi"].iter().filter_map(|m| private.get(*m)?.as_str().map(str::to_string)).collect()
+    ["d", "p", "q", "dp", "dq", "qi"]
+        .iter()
+        .filter_map(|m| private.get(*m)?.as_str().map(str::to_string))
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -195,15 +276,22 @@ async fn token_secret_holds_a_token_the_idp_issued(env: &Env) {
     let case = Case::new(env, "issue", &[]).await;
     let private = private_key(KeygenAlgorithm::Rs256);
     let client_id = env.idp.register(&[public_key(&private)], None).await;
-    case.put_secret("gipod-jwk", &[("jwk.json", &serde_json::to_vec(&private).unwrap())]).await;
+    case.put_secret(
+        "gipod-jwk",
+        &[("jwk.json", &serde_json::to_vec(&private).unwrap())],
+    )
+    .await;
     let created = case
-        .put_client("gipod", json!({
-            "clientId": client_id,
-            "authServer": {"issuer": env.idp.issuer},
-            "privateKey": {"secretRef": {"name": "gipod-jwk", "key": "jwk.json"}},
-            "scopes": ["gipod_read"],
-            "secret": {"labels": {"team": "roads"}},
-        }))
+        .put_client(
+            "gipod",
+            json!({
+                "clientId": client_id,
+                "authServer": {"issuer": env.idp.issuer},
+                "privateKey": {"secretRef": {"name": "gipod-jwk", "key": "jwk.json"}},
+                "scopes": ["gipod_read"],
+                "secret": {"labels": {"team": "roads"}},
+            }),
+        )
         .await;
 
     let client = case.wait_ready("gipod").await;
@@ -223,19 +311,35 @@ async fn token_secret_holds_a_token_the_idp_issued(env: &Env) {
 
     // Owned, labelled, annotated.
     let owner = &secret.owner_references()[0];
-    assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.controller), ("IdvClient", "gipod", Some(true)));
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+        ("IdvClient", "gipod", Some(true))
+    );
     assert_eq!(Some(owner.uid.as_str()), created.metadata.uid.as_deref());
-    assert_eq!(secret.labels()[api::MANAGED_BY_LABEL], api::MANAGED_BY_VALUE);
+    assert_eq!(
+        secret.labels()[api::MANAGED_BY_LABEL],
+        api::MANAGED_BY_VALUE
+    );
     assert_eq!(secret.labels()["team"], "roads");
-    for annotation in [api::EXPIRES_AT_ANNOTATION, api::REFRESH_AT_ANNOTATION, api::INPUTS_HASH_ANNOTATION] {
-        assert!(secret.annotations().contains_key(annotation), "{annotation}");
+    for annotation in [
+        api::EXPIRES_AT_ANNOTATION,
+        api::REFRESH_AT_ANNOTATION,
+        api::INPUTS_HASH_ANNOTATION,
+    ] {
+        assert!(
+            secret.annotations().contains_key(annotation),
+            "{annotation}"
+        );
     }
 
     // Status.
     let status = client.status.clone().unwrap();
     assert_eq!(status.secret_name.as_deref(), Some("gipod-token"));
     assert_eq!(status.key_id.as_deref(), private["kid"].as_str());
-    assert_eq!(status.expires_at.as_deref(), Some(expires_at.to_string().as_str()));
+    assert_eq!(
+        status.expires_at.as_deref(),
+        Some(expires_at.to_string().as_str())
+    );
     assert_eq!(status.observed_generation, client.metadata.generation);
     let refresh_at: jiff::Timestamp = status.refresh_at.unwrap().parse().unwrap();
     assert!(refresh_at < expires_at);
@@ -248,7 +352,12 @@ async fn token_secret_holds_a_token_the_idp_issued(env: &Env) {
     assert_eq!(claims["sub"], json!(client_id));
     assert_eq!(claims["aud"], json!(env.idp.issuer));
     assert!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap() <= 300);
-    assert_eq!(uuid::Uuid::parse_str(claims["jti"].as_str().unwrap()).unwrap().get_version_num(), 4);
+    assert_eq!(
+        uuid::Uuid::parse_str(claims["jti"].as_str().unwrap())
+            .unwrap()
+            .get_version_num(),
+        4
+    );
     assert_eq!(header["alg"], json!("RS256"));
     assert_eq!(header["kid"], private["kid"]);
 
@@ -263,21 +372,32 @@ async fn token_endpoint_mode_with_ec_key_from_a_jwk_set(env: &Env) {
     let new = private_key(KeygenAlgorithm::Es256);
     let client_id = env.idp.register(&[public_key(&new)], None).await;
     let set = json!({"keys": [old, new]});
-    case.put_secret("keys", &[("jwks.json", &serde_json::to_vec(&set).unwrap())]).await;
-    case.put_client("awv", json!({
-        "clientId": client_id,
-        "authServer": {"tokenEndpoint": env.idp.token_endpoint},
-        "privateKey": {"secretRef": {"name": "keys", "key": "jwks.json"}, "keyId": new["kid"]},
-        "secret": {"name": "awv-bearer"},
-    }))
+    case.put_secret("keys", &[("jwks.json", &serde_json::to_vec(&set).unwrap())])
+        .await;
+    case.put_client(
+        "awv",
+        json!({
+            "clientId": client_id,
+            "authServer": {"tokenEndpoint": env.idp.token_endpoint},
+            "privateKey": {"secretRef": {"name": "keys", "key": "jwks.json"}, "keyId": new["kid"]},
+            "secret": {"name": "awv-bearer"},
+        }),
+    )
     .await;
     let client = case.wait_ready("awv").await;
-    assert_eq!(client.status.unwrap().key_id.as_deref(), new["kid"].as_str());
+    assert_eq!(
+        client.status.unwrap().key_id.as_deref(),
+        new["kid"].as_str()
+    );
     let secret = case.wait_secret("awv-bearer", "exists", |_| true).await;
     let token = text(&secret, "access_token");
     assert_eq!(env.idp.introspect(&token).await["active"], json!(true));
     let assertions = env.idp.assertions(&client_id).await;
-    assert_eq!(assertions[0]["payload"]["aud"], json!(env.idp.token_endpoint), "tokenEndpoint mode: aud is the endpoint");
+    assert_eq!(
+        assertions[0]["payload"]["aud"],
+        json!(env.idp.token_endpoint),
+        "tokenEndpoint mode: aud is the endpoint"
+    );
     assert_eq!(assertions[0]["header"]["alg"], json!("ES256"));
     let mut secrets = key_material(&old);
     secrets.extend(key_material(&new));
@@ -289,23 +409,43 @@ async fn short_lived_token_is_refreshed_before_it_expires(env: &Env) {
     let case = Case::new(env, "refresh", &[]).await;
     let private = private_key(KeygenAlgorithm::Es256);
     let client_id = env.idp.register(&[public_key(&private)], Some(9)).await;
-    case.put_secret("jwk", &[("jwk.json", &serde_json::to_vec(&private).unwrap())]).await;
-    case.put_client("short", json!({
-        "clientId": client_id,
-        "authServer": {"issuer": env.idp.issuer},
-        "privateKey": {"secretRef": {"name": "jwk", "key": "jwk.json"}},
-    }))
+    case.put_secret(
+        "jwk",
+        &[("jwk.json", &serde_json::to_vec(&private).unwrap())],
+    )
+    .await;
+    case.put_client(
+        "short",
+        json!({
+            "clientId": client_id,
+            "authServer": {"issuer": env.idp.issuer},
+            "privateKey": {"secretRef": {"name": "jwk", "key": "jwk.json"}},
+        }),
+    )
     .await;
     let first = case.wait_secret("short-token", "exists", |_| true).await;
     let first_token = text(&first, "access_token");
     let first_expiry: jiff::Timestamp = text(&first, "expires_at").parse().unwrap();
-    let second = case.wait_secret("short-token", "a new token", |s| text(s, "access_token") != first_token).await;
+    let second = case
+        .wait_secret("short-token", "a new token", |s| {
+            text(s, "access_token") != first_token
+        })
+        .await;
     let replaced_at = jiff::Timestamp::now();
-    assert!(replaced_at < first_expiry, "refreshed at {replaced_at}, after the old token expired at {first_expiry}");
+    assert!(
+        replaced_at < first_expiry,
+        "refreshed at {replaced_at}, after the old token expired at {first_expiry}"
+    );
     let second_token = text(&second, "access_token");
-    assert_eq!(env.idp.introspect(&second_token).await["active"], json!(true));
+    assert_eq!(
+        env.idp.introspect(&second_token).await["active"],
+        json!(true)
+    );
     let (requests, successes) = env.idp.stats(&client_id).await;
-    assert!(successes >= 2 && requests == successes, "{requests} requests, {successes} successes");
+    assert!(
+        successes >= 2 && requests == successes,
+        "{requests} requests, {successes} successes"
+    );
     case.assert_no_leaks(&[first_token, second_token]).await;
 }
 
@@ -320,49 +460,96 @@ async fn broken_keys_give_ready_false_and_the_operator_lives_on(env: &Env) {
             "privateKey": {"secretRef": {"name": secret, "key": key}},
         })
     };
-    case.put_secret("not-json", &[("jwk.json", b"this is not a JWK")]).await;
+    case.put_secret("not-json", &[("jwk.json", b"this is not a JWK")])
+        .await;
     let public_only = serde_json::to_vec(&public_key(&private)).unwrap();
-    case.put_secret("public-only", &[("jwk.json", &public_only)]).await;
+    case.put_secret("public-only", &[("jwk.json", &public_only)])
+        .await;
     let with = |k: &str, v: Value| {
         let mut jwk = private.clone();
         jwk.insert(k.into(), v);
         serde_json::to_vec(&jwk).unwrap()
     };
-    case.put_secret("odd", &[
-        ("oct.json", br#"{"kty":"oct","k":"c2VjcmV0","d":"x"}"#.as_slice()),
-        ("p521.json", &with("crv", json!("P-521"))),
-        ("mismatch.json", &with("alg", json!("RS256"))),
-        ("empty.json", b"".as_slice()),
-    ])
+    case.put_secret(
+        "odd",
+        &[
+            (
+                "oct.json",
+                br#"{"kty":"oct","k":"c2VjcmV0","d":"x"}"#.as_slice(),
+            ),
+            ("p521.json", &with("crv", json!("P-521"))),
+            ("mismatch.json", &with("alg", json!("RS256"))),
+            ("empty.json", b"".as_slice()),
+        ],
+    )
     .await;
-    for (name, key) in [("oct", "oct.json"), ("p521", "p521.json"), ("mismatch", "mismatch.json"), ("empty", "empty.json")] {
+    for (name, key) in [
+        ("oct", "oct.json"),
+        ("p521", "p521.json"),
+        ("mismatch", "mismatch.json"),
+        ("empty", "empty.json"),
+    ] {
         case.put_client(name, spec("odd", key)).await;
     }
-    case.put_client("garbage", spec("not-json", "jwk.json")).await;
-    case.put_client("public", spec("public-only", "jwk.json")).await;
-    case.put_client("missing-secret", spec("nowhere", "jwk.json")).await;
-    case.put_client("missing-key", spec("not-json", "other.json")).await;
+    case.put_client("garbage", spec("not-json", "jwk.json"))
+        .await;
+    case.put_client("public", spec("public-only", "jwk.json"))
+        .await;
+    case.put_client("missing-secret", spec("nowhere", "jwk.json"))
+        .await;
+    case.put_client("missing-key", spec("not-json", "other.json"))
+        .await;
 
     let garbage = case.wait_not_ready("garbage", "InvalidKey").await;
-    assert!(garbage.message.contains("not valid JSON"), "{}", garbage.message);
+    assert!(
+        garbage.message.contains("not valid JSON"),
+        "{}",
+        garbage.message
+    );
     let public = case.wait_not_ready("public", "InvalidKey").await;
     assert!(public.message.contains("public key"), "{}", public.message);
-    let missing = case.wait_not_ready("missing-secret", "KeySecretNotFound").await;
-    assert!(missing.message.contains("\"nowhere\""), "{}", missing.message);
+    let missing = case
+        .wait_not_ready("missing-secret", "KeySecretNotFound")
+        .await;
+    assert!(
+        missing.message.contains("\"nowhere\""),
+        "{}",
+        missing.message
+    );
     let key = case.wait_not_ready("missing-key", "KeyNotFound").await;
     assert!(key.message.contains("\"other.json\""), "{}", key.message);
     for (name, reason, expected) in [
         ("oct", "InvalidKey", "unsupported key type (kty) \"oct\""),
         ("p521", "InvalidKey", "unsupported EC curve \"P-521\""),
-        ("mismatch", "InvalidKey", "algorithm \"RS256\" does not fit a EC P-256 key"),
-        ("empty", "KeyNotFound", "has no key \"empty.json\" (or it is empty)"),
+        (
+            "mismatch",
+            "InvalidKey",
+            "algorithm \"RS256\" does not fit a EC P-256 key",
+        ),
+        (
+            "empty",
+            "KeyNotFound",
+            "has no key \"empty.json\" (or it is empty)",
+        ),
     ] {
         let condition = case.wait_not_ready(name, reason).await;
-        assert!(condition.message.contains(expected), "{name}: {:?} lacks {expected:?}", condition.message);
+        assert!(
+            condition.message.contains(expected),
+            "{name}: {:?} lacks {expected:?}",
+            condition.message
+        );
     }
 
-    assert!(case.operator.process.is_running(), "the operator died:\n{}", case.operator.tail(30));
-    assert_eq!(env.idp.stats(&client_id).await.0, 0, "a broken key never reaches the IdP");
+    assert!(
+        case.operator.process.is_running(),
+        "the operator died:\n{}",
+        case.operator.tail(30)
+    );
+    assert_eq!(
+        env.idp.stats(&client_id).await.0,
+        0,
+        "a broken key never reaches the IdP"
+    );
     case.assert_no_leaks(&key_material(&private)).await;
 }
 
@@ -371,18 +558,42 @@ async fn idp_refusal_gives_ready_false_without_a_retry_storm(env: &Env) {
     let registered = private_key(KeygenAlgorithm::Es256);
     let other = private_key(KeygenAlgorithm::Es256);
     let client_id = env.idp.register(&[public_key(&registered)], None).await;
-    case.put_secret("jwk", &[("jwk.json", &serde_json::to_vec(&other).unwrap())]).await;
-    case.put_client("wrong-key", json!({
-        "clientId": client_id,
-        "authServer": {"issuer": env.idp.issuer},
-        "privateKey": {"secretRef": {"name": "jwk", "key": "jwk.json"}},
-    }))
+    case.put_secret("jwk", &[("jwk.json", &serde_json::to_vec(&other).unwrap())])
+        .await;
+    case.put_client(
+        "wrong-key",
+        json!({
+            "clientId": client_id,
+            "authServer": {"issuer": env.idp.issuer},
+            "privateKey": {"secretRef": {"name": "jwk", "key": "jwk.json"}},
+        }),
+    )
     .await;
-    let condition = case.wait_not_ready("wrong-key", "TokenRequestRejected").await;
-    assert!(condition.message.contains("invalid_client"), "{}", condition.message);
-    assert!(condition.message.contains(&client_id), "names the client: {}", condition.message);
-    assert!(condition.message.contains(other["kid"].as_str().unwrap()), "names the key: {}", condition.message);
-    assert!(case.secrets().get_opt("wrong-key-token").await.unwrap().is_none());
+    let condition = case
+        .wait_not_ready("wrong-key", "TokenRequestRejected")
+        .await;
+    assert!(
+        condition.message.contains("invalid_client"),
+        "{}",
+        condition.message
+    );
+    assert!(
+        condition.message.contains(&client_id),
+        "names the client: {}",
+        condition.message
+    );
+    assert!(
+        condition.message.contains(other["kid"].as_str().unwrap()),
+        "names the key: {}",
+        condition.message
+    );
+    assert!(
+        case.secrets()
+            .get_opt("wrong-key-token")
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // A configuration error is retried slowly: no more requests over the next seconds.
     let before = env.idp.stats(&client_id).await.0;
@@ -400,47 +611,85 @@ async fn a_foreign_secret_of_the_same_name_is_left_untouched(env: &Env) {
     let case = Case::new(env, "foreign", &[]).await;
     let private = private_key(KeygenAlgorithm::Es256);
     let client_id = env.idp.register(&[public_key(&private)], None).await;
-    let foreign = case.put_secret("mine-token", &[("password", b"hunter2-do-not-touch")]).await;
-    case.put_secret("jwk", &[("jwk.json", &serde_json::to_vec(&private).unwrap())]).await;
-    case.put_client("mine", json!({
-        "clientId": client_id,
-        "authServer": {"tokenEndpoint": env.idp.token_endpoint},
-        "privateKey": {"secretRef": {"name": "jwk", "key": "jwk.json"}},
-    }))
+    let foreign = case
+        .put_secret("mine-token", &[("password", b"hunter2-do-not-touch")])
+        .await;
+    case.put_secret(
+        "jwk",
+        &[("jwk.json", &serde_json::to_vec(&private).unwrap())],
+    )
+    .await;
+    case.put_client(
+        "mine",
+        json!({
+            "clientId": client_id,
+            "authServer": {"tokenEndpoint": env.idp.token_endpoint},
+            "privateKey": {"secretRef": {"name": "jwk", "key": "jwk.json"}},
+        }),
+    )
     .await;
     let condition = case.wait_not_ready("mine", "SecretConflict").await;
-    assert!(condition.message.contains("\"mine-token\""), "{}", condition.message);
+    assert!(
+        condition.message.contains("\"mine-token\""),
+        "{}",
+        condition.message
+    );
     let after = case.secrets().get("mine-token").await.unwrap();
-    assert_eq!(after.resource_version(), foreign.resource_version(), "the foreign Secret was written to");
+    assert_eq!(
+        after.resource_version(),
+        foreign.resource_version(),
+        "the foreign Secret was written to"
+    );
     assert_eq!(after.data, foreign.data);
-    assert_eq!(env.idp.stats(&client_id).await.0, 0, "no token is fetched that could not be stored");
+    assert_eq!(
+        env.idp.stats(&client_id).await.0,
+        0,
+        "no token is fetched that could not be stored"
+    );
 }
 
 async fn a_restarted_operator_reuses_the_recorded_token(env: &Env) {
     let mut case = Case::new(env, "restart", &[]).await;
     let private = private_key(KeygenAlgorithm::Es256);
     let client_id = env.idp.register(&[public_key(&private)], None).await;
-    case.put_secret("jwk", &[("jwk.json", &serde_json::to_vec(&private).unwrap())]).await;
+    case.put_secret(
+        "jwk",
+        &[("jwk.json", &serde_json::to_vec(&private).unwrap())],
+    )
+    .await;
     let names = ["one", "two", "three"];
     for name in names {
-        case.put_client(name, json!({
-            "clientId": client_id,
-            "authServer": {"tokenEndpoint": env.idp.token_endpoint},
-            "privateKey": {"secretRef": {"name": "jwk", "key": "jwk.json"}},
-            // Longer than the lifetime: clamped to the default, and said so in the status.
-            "refresh": {"beforeExpiry": "2h"},
-        }))
+        case.put_client(
+            name,
+            json!({
+                "clientId": client_id,
+                "authServer": {"tokenEndpoint": env.idp.token_endpoint},
+                "privateKey": {"secretRef": {"name": "jwk", "key": "jwk.json"}},
+                // Longer than the lifetime: clamped to the default, and said so in the status.
+                "refresh": {"beforeExpiry": "2h"},
+            }),
+        )
         .await;
     }
     let mut before = Vec::new();
     for name in names {
         let client = case.wait_ready(name).await;
         let message = ready(&client).unwrap().message;
-        assert!(message.contains("not shorter than the token lifetime"), "{message}");
-        before.push((client.status.clone(), case.wait_secret(&format!("{name}-token"), "exists", |_| true).await));
+        assert!(
+            message.contains("not shorter than the token lifetime"),
+            "{message}"
+        );
+        before.push((
+            client.status.clone(),
+            case.wait_secret(&format!("{name}-token"), "exists", |_| true)
+                .await,
+        ));
     }
     assert_eq!(env.idp.stats(&client_id).await.0, 3);
-    assert!(case.operator.process.terminate(Duration::from_secs(10)), "SIGTERM stops the operator");
+    assert!(
+        case.operator.process.terminate(Duration::from_secs(10)),
+        "SIGTERM stops the operator"
+    );
 
     case.operator = Case::start_operator(env, &case.ns, &[]);
     eventually(WAIT, "the new operator to reconcile all clients", || {
@@ -448,19 +697,40 @@ async fn a_restarted_operator_reuses_the_recorded_token(env: &Env) {
         async move { (reconciled >= names.len()).then_some(()) }
     })
     .await;
-    assert_eq!(env.idp.stats(&client_id).await.0, 3, "no token request after a restart while tokens are valid");
+    assert_eq!(
+        env.idp.stats(&client_id).await.0,
+        3,
+        "no token request after a restart while tokens are valid"
+    );
     for (name, (status, secret)) in names.iter().zip(&before) {
         let after = case.secrets().get(&format!("{name}-token")).await.unwrap();
-        assert_eq!(after.resource_version(), secret.resource_version(), "no Secret write after a restart");
-        assert_eq!(&case.clients().get(name).await.unwrap().status, status, "the same status after a restart");
+        assert_eq!(
+            after.resource_version(),
+            secret.resource_version(),
+            "no Secret write after a restart"
+        );
+        assert_eq!(
+            &case.clients().get(name).await.unwrap().status,
+            status,
+            "the same status after a restart"
+        );
     }
-    case.assert_no_leaks(&before.iter().map(|(_, s)| text(s, "access_token")).collect::<Vec<_>>()).await;
+    case.assert_no_leaks(
+        &before
+            .iter()
+            .map(|(_, s)| text(s, "access_token"))
+            .collect::<Vec<_>>(),
+    )
+    .await;
 }
 
 async fn tiny_lifetimes_do_not_cause_a_hot_loop(env: &Env) {
     let case = Case::new(env, "tiny", &[]).await;
-    let body = json!({"access_token": "short-lived-token", "token_type": "Bearer", "expires_in": 1}).to_string();
-    let fault = json!({"mode": "respond", "status": 200, "content_type": "application/json", "body": body});
+    let body =
+        json!({"access_token": "short-lived-token", "token_type": "Bearer", "expires_in": 1})
+            .to_string();
+    let fault =
+        json!({"mode": "respond", "status": 200, "content_type": "application/json", "body": body});
     let (client_id, _) = keyed_client(env, &case, "tiny", None, Some(fault)).await;
     case.wait_secret("tiny-token", "exists", |_| true).await;
     let start = env.idp.stats(&client_id).await.0;
@@ -476,21 +746,37 @@ async fn tiny_lifetimes_do_not_cause_a_hot_loop(env: &Env) {
 async fn a_client_secret_client_gets_a_token(env: &Env) {
     let case = Case::new(env, "basic", &[]).await;
     let (client_id, client_secret) = env.idp.register_with_secret().await;
-    case.put_secret("creds", &[("secret", format!("{client_secret}\n").as_bytes())]).await;
-    case.put_client("legacy", json!({
-        "clientId": client_id,
-        "authServer": {"issuer": env.idp.issuer},
-        "clientSecret": {"secretRef": {"name": "creds", "key": "secret"}},
-        "scopes": ["api_read"],
-    }))
+    case.put_secret(
+        "creds",
+        &[("secret", format!("{client_secret}\n").as_bytes())],
+    )
+    .await;
+    case.put_client(
+        "legacy",
+        json!({
+            "clientId": client_id,
+            "authServer": {"issuer": env.idp.issuer},
+            "clientSecret": {"secretRef": {"name": "creds", "key": "secret"}},
+            "scopes": ["api_read"],
+        }),
+    )
     .await;
     let client = case.wait_ready("legacy").await;
     assert_eq!(client.status.unwrap().key_id, None);
     let secret = case.wait_secret("legacy-token", "exists", |_| true).await;
     let token = text(&secret, "access_token");
     let introspection = env.idp.introspect(&token).await;
-    assert_eq!((introspection["active"].clone(), introspection["client_id"].clone()), (json!(true), json!(client_id)));
-    assert!(env.idp.assertions(&client_id).await.is_empty(), "no assertion with a client secret");
+    assert_eq!(
+        (
+            introspection["active"].clone(),
+            introspection["client_id"].clone()
+        ),
+        (json!(true), json!(client_id))
+    );
+    assert!(
+        env.idp.assertions(&client_id).await.is_empty(),
+        "no assertion with a client secret"
+    );
     case.assert_no_leaks(&[token, client_secret]).await;
 }
 
@@ -498,26 +784,53 @@ async fn a_spec_change_brings_a_new_token(env: &Env) {
     let case = Case::new(env, "change", &[]).await;
     let private = private_key(KeygenAlgorithm::Es256);
     let client_id = env.idp.register(&[public_key(&private)], None).await;
-    case.put_secret("jwk", &[("jwk.json", &serde_json::to_vec(&private).unwrap())]).await;
-    case.put_client("evolving", json!({
-        "clientId": client_id,
-        "authServer": {"tokenEndpoint": env.idp.token_endpoint},
-        "privateKey": {"secretRef": {"name": "jwk", "key": "jwk.json"}},
-        "scopes": ["gipod_read"],
-    }))
+    case.put_secret(
+        "jwk",
+        &[("jwk.json", &serde_json::to_vec(&private).unwrap())],
+    )
+    .await;
+    case.put_client(
+        "evolving",
+        json!({
+            "clientId": client_id,
+            "authServer": {"tokenEndpoint": env.idp.token_endpoint},
+            "privateKey": {"secretRef": {"name": "jwk", "key": "jwk.json"}},
+            "scopes": ["gipod_read"],
+        }),
+    )
     .await;
     let first = case.wait_secret("evolving-token", "exists", |_| true).await;
     let patch = json!({"spec": {"scopes": ["gipod_read", "api_read"]}});
-    case.clients().patch("evolving", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
-    let second = case.wait_secret("evolving-token", "a token with both scopes", |s| text(s, "scope") == "gipod_read api_read").await;
+    case.clients()
+        .patch(
+            "evolving",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    let second = case
+        .wait_secret("evolving-token", "a token with both scopes", |s| {
+            text(s, "scope") == "gipod_read api_read"
+        })
+        .await;
     assert_ne!(text(&first, "access_token"), text(&second, "access_token"));
-    assert_eq!(env.idp.introspect(&text(&second, "access_token")).await["scope"], json!("gipod_read api_read"));
-    let client = case.wait_client("evolving", "status for generation 2", |c| {
-        c.status.as_ref().and_then(|s| s.observed_generation) == c.metadata.generation && ready(c).is_some_and(|r| r.status == "True")
-    })
-    .await;
+    assert_eq!(
+        env.idp.introspect(&text(&second, "access_token")).await["scope"],
+        json!("gipod_read api_read")
+    );
+    let client = case
+        .wait_client("evolving", "status for generation 2", |c| {
+            c.status.as_ref().and_then(|s| s.observed_generation) == c.metadata.generation
+                && ready(c).is_some_and(|r| r.status == "True")
+        })
+        .await;
     assert_eq!(client.metadata.generation, Some(2));
-    assert_eq!(env.idp.stats(&client_id).await, (2, 2), "exactly one new token for one change");
+    assert_eq!(
+        env.idp.stats(&client_id).await,
+        (2, 2),
+        "exactly one new token for one change"
+    );
 }
 
 async fn the_crd_rejects_invalid_specs(env: &Env) {
@@ -537,57 +850,118 @@ async fn the_crd_rejects_invalid_specs(env: &Env) {
         spec
     };
     let cases = [
-        (with(&["authServer", "issuer"], json!("https://idp.example")), "exactly one of environment, issuer or tokenEndpoint"),
-        (with(&["authServer"], json!({})), "exactly one of environment, issuer or tokenEndpoint"),
-        (with(&["authServer", "tokenEndpoint"], json!("http://idp.example/token")), "must be an https URL"),
-        (with(&["clientId"], json!("  ")), "clientId must not be empty"),
-        (with(&["scopes"], json!(["has space"])), "a scope is printable ASCII"),
-        (with(&["refresh"], json!({"beforeExpiry": "soon"})), "beforeExpiry is a duration"),
-        (with(&["authServer"], json!({"environment": "acm-nowhere"})), "Unsupported value"),
-        (with(&["clientSecret"], json!({"secretRef": {"name": "s", "key": "k"}})), "exactly one of privateKey and clientSecret"),
-        (with(&["privateKey"], Value::Null), "exactly one of privateKey and clientSecret"),
+        (
+            with(&["authServer", "issuer"], json!("https://idp.example")),
+            "exactly one of environment, issuer or tokenEndpoint",
+        ),
+        (
+            with(&["authServer"], json!({})),
+            "exactly one of environment, issuer or tokenEndpoint",
+        ),
+        (
+            with(
+                &["authServer", "tokenEndpoint"],
+                json!("http://idp.example/token"),
+            ),
+            "must be an https URL",
+        ),
+        (
+            with(&["clientId"], json!("  ")),
+            "clientId must not be empty",
+        ),
+        (
+            with(&["scopes"], json!(["has space"])),
+            "a scope is printable ASCII",
+        ),
+        (
+            with(&["refresh"], json!({"beforeExpiry": "soon"})),
+            "beforeExpiry is a duration",
+        ),
+        (
+            with(&["authServer"], json!({"environment": "acm-nowhere"})),
+            "Unsupported value",
+        ),
+        (
+            with(
+                &["clientSecret"],
+                json!({"secretRef": {"name": "s", "key": "k"}}),
+            ),
+            "exactly one of privateKey and clientSecret",
+        ),
+        (
+            with(&["privateKey"], Value::Null),
+            "exactly one of privateKey and clientSecret",
+        ),
     ];
     // Untyped, so that values the Rust types would refuse reach the apiserver.
     let resource = kube::api::ApiResource::erase::<IdvClient>(&());
-    let raw: Api<kube::api::DynamicObject> = Api::namespaced_with(case.admin.clone(), &case.ns, &resource);
+    let raw: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(case.admin.clone(), &case.ns, &resource);
     for (i, (spec, expected)) in cases.into_iter().enumerate() {
         let object: kube::api::DynamicObject = serde_json::from_value(json!({
             "apiVersion": "idv-token-operator.dev/v1alpha1", "kind": "IdvClient",
             "metadata": {"name": format!("bad-{i}")}, "spec": spec,
         }))
         .unwrap();
-        let error = raw.create(&PostParams::default(), &object).await.expect_err(expected);
-        assert!(error.to_string().contains(expected), "{error} lacks {expected:?}");
+        let error = raw
+            .create(&PostParams::default(), &object)
+            .await
+            .expect_err(expected);
+        assert!(
+            error.to_string().contains(expected),
+            "{error} lacks {expected:?}"
+        );
     }
     let good: IdvClient = serde_json::from_value(json!({
         "apiVersion": "idv-token-operator.dev/v1alpha1", "kind": "IdvClient",
         "metadata": {"name": "good"}, "spec": with(&["authServer", "tokenEndpoint"], json!("http://127.0.0.1:9/token")),
     }))
     .unwrap();
-    case.clients().create(&PostParams::default(), &good).await.expect("http to loopback is allowed");
+    case.clients()
+        .create(&PostParams::default(), &good)
+        .await
+        .expect("http to loopback is allowed");
 }
 
 /// A client with a fresh EC key registered at the IdP (token lifetime `ttl`), its key Secret
 /// `<name>-jwk`, and `fault` set at the IdP before the IdvClient exists. Returns (client id, key).
-async fn keyed_client(env: &Env, case: &Case, name: &str, ttl: Option<u64>, fault: Option<Value>) -> (String, Map<String, Value>) {
+async fn keyed_client(
+    env: &Env,
+    case: &Case,
+    name: &str,
+    ttl: Option<u64>,
+    fault: Option<Value>,
+) -> (String, Map<String, Value>) {
     let private = private_key(KeygenAlgorithm::Es256);
     let client_id = env.idp.register(&[public_key(&private)], ttl).await;
     if let Some(mut fault) = fault {
         fault["client_id"] = json!(client_id);
         env.idp.fault(fault).await;
     }
-    case.put_secret(&format!("{name}-jwk"), &[("jwk.json", &serde_json::to_vec(&private).unwrap())]).await;
-    case.put_client(name, json!({
-        "clientId": client_id,
-        "authServer": {"tokenEndpoint": env.idp.token_endpoint},
-        "privateKey": {"secretRef": {"name": format!("{name}-jwk"), "key": "jwk.json"}},
-    }))
+    case.put_secret(
+        &format!("{name}-jwk"),
+        &[("jwk.json", &serde_json::to_vec(&private).unwrap())],
+    )
+    .await;
+    case.put_client(
+        name,
+        json!({
+            "clientId": client_id,
+            "authServer": {"tokenEndpoint": env.idp.token_endpoint},
+            "privateKey": {"secretRef": {"name": format!("{name}-jwk"), "key": "jwk.json"}},
+        }),
+    )
     .await;
     (client_id, private)
 }
 
 /// `keyed_client`, then wait until it is Ready.
-async fn ready_client(env: &Env, case: &Case, name: &str, ttl: Option<u64>) -> (String, Map<String, Value>) {
+async fn ready_client(
+    env: &Env,
+    case: &Case,
+    name: &str,
+    ttl: Option<u64>,
+) -> (String, Map<String, Value>) {
     let made = keyed_client(env, case, name, ttl, None).await;
     case.wait_ready(name).await;
     made
@@ -598,55 +972,103 @@ async fn metrics_probes_and_events(env: &Env) {
     let (_, private) = ready_client(env, &case, "good", None).await;
     // JSON logs: every line an object; one line per token issued, with who and until when.
     let output = case.operator.output();
-    let lines: Vec<Value> = output.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
-    let issued = lines.iter().find(|l| l["message"] == json!("token issued")).expect("a 'token issued' line");
+    let lines: Vec<Value> = output
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let issued = lines
+        .iter()
+        .find(|l| l["message"] == json!("token issued"))
+        .expect("a 'token issued' line");
     assert_eq!(issued["namespace"], json!(case.ns));
     assert_eq!(issued["name"], json!("good"));
     assert_eq!(issued["key_id"], private["kid"]);
     assert!(issued["expires_at"].as_str().is_some());
-    case.put_client("broken", json!({
-        "clientId": "c",
-        "authServer": {"tokenEndpoint": env.idp.token_endpoint},
-        "privateKey": {"secretRef": {"name": "absent", "key": "jwk.json"}},
-    }))
+    case.put_client(
+        "broken",
+        json!({
+            "clientId": "c",
+            "authServer": {"tokenEndpoint": env.idp.token_endpoint},
+            "privateKey": {"secretRef": {"name": "absent", "key": "jwk.json"}},
+        }),
+    )
     .await;
     case.wait_not_ready("broken", "KeySecretNotFound").await;
 
     let op = &case.operator;
-    let metrics = eventually(WAIT, "metrics with the issued token and the error", || async {
-        let (status, body) = op.get(op.metrics_port(), "/metrics").await?;
-        (status == 200
-            && body.contains("idv_token_operator_token_requests_total{result=\"success\"} 1")
-            && body.contains("idv_token_operator_reconcile_errors_total{category=\"KeySecretNotFound\"}"))
-        .then_some(body)
-    })
+    let metrics = eventually(
+        WAIT,
+        "metrics with the issued token and the error",
+        || async {
+            let (status, body) = op.get(op.metrics_port(), "/metrics").await?;
+            (status == 200
+                && body.contains("idv_token_operator_token_requests_total{result=\"success\"} 1")
+                && body.contains(
+                    "idv_token_operator_reconcile_errors_total{category=\"KeySecretNotFound\"}",
+                ))
+            .then_some(body)
+        },
+    )
     .await;
-    let gauge = format!("idv_token_operator_token_expiry_timestamp_seconds{{namespace=\"{}\",name=\"good\"}}", case.ns);
+    let gauge = format!(
+        "idv_token_operator_token_expiry_timestamp_seconds{{namespace=\"{}\",name=\"good\"}}",
+        case.ns
+    );
     assert!(metrics.contains(&gauge), "{metrics}");
     assert!(metrics.contains("idv_token_operator_token_request_duration_seconds_bucket"));
     assert!(metrics.contains("idv_token_operator_reconciles_total"));
-    assert_eq!(op.get(op.health_port(), "/healthz").await.map(|r| r.0), Some(200), "healthz on {} (metrics {}):\n{}", op.health_port(), op.metrics_port(), op.tail(5));
-    eventually(WAIT, "/readyz to answer 200 once the watches have synced", || async {
-        (op.get(op.health_port(), "/readyz").await?.0 == 200).then_some(())
-    })
+    assert_eq!(
+        op.get(op.health_port(), "/healthz").await.map(|r| r.0),
+        Some(200),
+        "healthz on {} (metrics {}):\n{}",
+        op.health_port(),
+        op.metrics_port(),
+        op.tail(5)
+    );
+    eventually(
+        WAIT,
+        "/readyz to answer 200 once the watches have synced",
+        || async { (op.get(op.health_port(), "/readyz").await?.0 == 200).then_some(()) },
+    )
     .await;
-    assert_eq!(op.get(op.health_port(), "/metrics").await.map(|r| r.0), Some(404));
+    assert_eq!(
+        op.get(op.health_port(), "/metrics").await.map(|r| r.0),
+        Some(404)
+    );
 
-    let events = eventually(WAIT, "a TokenIssued and a KeySecretNotFound event", || async {
-        let events = case.events().await;
-        let has = |name: &str, type_: &str, reason: &str| {
-            events.iter().any(|e| {
-                e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
-                    && e.type_.as_deref() == Some(type_)
-                    && e.reason.as_deref() == Some(reason)
-            })
-        };
-        (has("good", "Normal", "TokenIssued") && has("broken", "Warning", "KeySecretNotFound")).then_some(events)
-    })
+    let events = eventually(
+        WAIT,
+        "a TokenIssued and a KeySecretNotFound event",
+        || async {
+            let events = case.events().await;
+            let has = |name: &str, type_: &str, reason: &str| {
+                events.iter().any(|e| {
+                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+                        && e.type_.as_deref() == Some(type_)
+                        && e.reason.as_deref() == Some(reason)
+                })
+            };
+            (has("good", "Normal", "TokenIssued") && has("broken", "Warning", "KeySecretNotFound"))
+                .then_some(events)
+        },
+    )
     .await;
-    let warning = events.iter().find(|e| e.reason.as_deref() == Some("KeySecretNotFound")).unwrap();
-    assert!(warning.note.as_deref().unwrap_or_default().contains("next attempt at"), "{warning:?}");
-    let token = text(&case.secrets().get("good-token").await.unwrap(), "access_token");
+    let warning = events
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("KeySecretNotFound"))
+        .unwrap();
+    assert!(
+        warning
+            .note
+            .as_deref()
+            .unwrap_or_default()
+            .contains("next attempt at"),
+        "{warning:?}"
+    );
+    let token = text(
+        &case.secrets().get("good-token").await.unwrap(),
+        "access_token",
+    );
     let mut secrets = key_material(&private);
     secrets.push(token);
     case.assert_no_leaks(&secrets).await;
@@ -655,22 +1077,41 @@ async fn metrics_probes_and_events(env: &Env) {
 async fn force_refresh_issues_exactly_one_new_token(env: &Env) {
     let case = Case::new(env, "force", &[]).await;
     let (client_id, _) = ready_client(env, &case, "forced", None).await;
-    let first = text(&case.secrets().get("forced-token").await.unwrap(), "access_token");
+    let first = text(
+        &case.secrets().get("forced-token").await.unwrap(),
+        "access_token",
+    );
     let annotate = |value: &str| {
         let patch = json!({"metadata": {"annotations": {api::FORCE_REFRESH_ANNOTATION: value}}});
         let clients = case.clients();
-        async move { clients.patch("forced", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap() }
+        async move {
+            clients
+                .patch("forced", &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .unwrap()
+        }
     };
     annotate("2026-11-27T10:00").await;
-    let second = case.wait_secret("forced-token", "a new token", |s| text(s, "access_token") != first).await;
+    let second = case
+        .wait_secret("forced-token", "a new token", |s| {
+            text(s, "access_token") != first
+        })
+        .await;
     // Watch for a while: the same annotation value must not bring more tokens.
     let window = Instant::now();
     while window.elapsed() < Duration::from_secs(3) {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert_eq!(env.idp.stats(&client_id).await, (2, 2), "exactly one new token");
+    assert_eq!(
+        env.idp.stats(&client_id).await,
+        (2, 2),
+        "exactly one new token"
+    );
     annotate("2026-11-27T11:00").await;
-    case.wait_secret("forced-token", "a third token", |s| text(s, "access_token") != text(&second, "access_token")).await;
+    case.wait_secret("forced-token", "a third token", |s| {
+        text(s, "access_token") != text(&second, "access_token")
+    })
+    .await;
     assert_eq!(env.idp.stats(&client_id).await, (3, 3));
 }
 
@@ -680,18 +1121,50 @@ async fn drift_is_repaired(env: &Env) {
     let secrets = case.secrets();
     let original = secrets.get("drifty-token").await.unwrap();
 
-    secrets.delete("drifty-token", &DeleteParams::default()).await.unwrap();
-    let recreated = case.wait_secret("drifty-token", "recreated", |s| s.uid() != original.uid()).await;
-    assert_eq!(env.idp.introspect(&text(&recreated, "access_token")).await["active"], json!(true));
+    secrets
+        .delete("drifty-token", &DeleteParams::default())
+        .await
+        .unwrap();
+    let recreated = case
+        .wait_secret("drifty-token", "recreated", |s| s.uid() != original.uid())
+        .await;
+    assert_eq!(
+        env.idp.introspect(&text(&recreated, "access_token")).await["active"],
+        json!(true)
+    );
 
     let tamper = json!({"data": {"access_token": STANDARD_B64.encode("tampered")}});
-    secrets.patch("drifty-token", &PatchParams::default(), &Patch::Merge(&tamper)).await.unwrap();
-    let repaired = case.wait_secret("drifty-token", "repaired data", |s| text(s, "access_token") != "tampered").await;
-    assert_eq!(env.idp.introspect(&text(&repaired, "access_token")).await["active"], json!(true));
+    secrets
+        .patch(
+            "drifty-token",
+            &PatchParams::default(),
+            &Patch::Merge(&tamper),
+        )
+        .await
+        .unwrap();
+    let repaired = case
+        .wait_secret("drifty-token", "repaired data", |s| {
+            text(s, "access_token") != "tampered"
+        })
+        .await;
+    assert_eq!(
+        env.idp.introspect(&text(&repaired, "access_token")).await["active"],
+        json!(true)
+    );
 
     let unlabel = json!({"metadata": {"labels": {api::MANAGED_BY_LABEL: null}}});
-    secrets.patch("drifty-token", &PatchParams::default(), &Patch::Merge(&unlabel)).await.unwrap();
-    case.wait_secret("drifty-token", "the managed-by label back", |s| s.labels().get(api::MANAGED_BY_LABEL).is_some()).await;
+    secrets
+        .patch(
+            "drifty-token",
+            &PatchParams::default(),
+            &Patch::Merge(&unlabel),
+        )
+        .await
+        .unwrap();
+    case.wait_secret("drifty-token", "the managed-by label back", |s| {
+        s.labels().get(api::MANAGED_BY_LABEL).is_some()
+    })
+    .await;
     assert!(case.operator.process.is_running());
 }
 
@@ -699,43 +1172,73 @@ async fn a_rotated_key_is_used_at_once(env: &Env) {
     let case = Case::new(env, "rotate", &[]).await;
     let old = private_key(KeygenAlgorithm::Es256);
     let new = private_key(KeygenAlgorithm::Rs256);
-    let client_id = env.idp.register(&[public_key(&old), public_key(&new)], None).await;
-    case.put_secret("jwk", &[("jwk.json", &serde_json::to_vec(&old).unwrap())]).await;
-    case.put_client("rotating", json!({
-        "clientId": client_id,
-        "authServer": {"tokenEndpoint": env.idp.token_endpoint},
-        "privateKey": {"secretRef": {"name": "jwk", "key": "jwk.json"}},
-    }))
+    let client_id = env
+        .idp
+        .register(&[public_key(&old), public_key(&new)], None)
+        .await;
+    case.put_secret("jwk", &[("jwk.json", &serde_json::to_vec(&old).unwrap())])
+        .await;
+    case.put_client(
+        "rotating",
+        json!({
+            "clientId": client_id,
+            "authServer": {"tokenEndpoint": env.idp.token_endpoint},
+            "privateKey": {"secretRef": {"name": "jwk", "key": "jwk.json"}},
+        }),
+    )
     .await;
-    let first = case.wait_client("rotating", "ready with the old key", |c| {
-        c.status.as_ref().and_then(|s| s.key_id.as_deref()) == old["kid"].as_str()
-    })
-    .await;
-    let patch = json!({"data": {"jwk.json": STANDARD_B64.encode(serde_json::to_vec(&new).unwrap())}});
+    let first = case
+        .wait_client("rotating", "ready with the old key", |c| {
+            c.status.as_ref().and_then(|s| s.key_id.as_deref()) == old["kid"].as_str()
+        })
+        .await;
+    let patch =
+        json!({"data": {"jwk.json": STANDARD_B64.encode(serde_json::to_vec(&new).unwrap())}});
     let rotated_at = Instant::now();
-    case.secrets().patch("jwk", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    case.secrets()
+        .patch("jwk", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
     case.wait_client("rotating", "ready with the new key", |c| {
         c.status.as_ref().and_then(|s| s.key_id.as_deref()) == new["kid"].as_str()
     })
     .await;
-    assert!(rotated_at.elapsed() < Duration::from_secs(10), "rotation took {:?}", rotated_at.elapsed());
+    assert!(
+        rotated_at.elapsed() < Duration::from_secs(10),
+        "rotation took {:?}",
+        rotated_at.elapsed()
+    );
     let assertions = env.idp.assertions(&client_id).await;
     assert_eq!(assertions.last().unwrap()["header"]["kid"], new["kid"]);
     assert_ne!(first.status.unwrap().expires_at, None);
-    case.assert_no_leaks(&[key_material(&old), key_material(&new)].concat()).await;
+    case.assert_no_leaks(&[key_material(&old), key_material(&new)].concat())
+        .await;
 }
 
 async fn a_renamed_secret_moves(env: &Env) {
     let case = Case::new(env, "rename", &[]).await;
     ready_client(env, &case, "mover", None).await;
     let patch = json!({"spec": {"secret": {"name": "mover-bearer"}}});
-    case.clients().patch("mover", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
-    case.wait_secret("mover-bearer", "the Secret under its new name", |_| true).await;
-    eventually(WAIT, "the old Secret to go", || async { case.secrets().get_opt("mover-token").await.unwrap().is_none().then_some(()) }).await;
-    let client = case.wait_client("mover", "status names the new Secret", |c| {
-        c.status.as_ref().and_then(|s| s.secret_name.as_deref()) == Some("mover-bearer")
+    case.clients()
+        .patch("mover", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    case.wait_secret("mover-bearer", "the Secret under its new name", |_| true)
+        .await;
+    eventually(WAIT, "the old Secret to go", || async {
+        case.secrets()
+            .get_opt("mover-token")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
     })
     .await;
+    let client = case
+        .wait_client("mover", "status names the new Secret", |c| {
+            c.status.as_ref().and_then(|s| s.secret_name.as_deref()) == Some("mover-bearer")
+        })
+        .await;
     assert_eq!(ready(&client).unwrap().status, "True");
 }
 
@@ -744,16 +1247,66 @@ async fn bad_idp_answers_give_clear_messages(env: &Env) {
     let html = "<html><body>Bad gateway</body></html>";
     let json_body = |v: Value| v.to_string();
     let cases: Vec<(&str, Value, &str, &str)> = vec![
-        ("html-502", json!({"mode": "respond", "status": 502, "content_type": "text/html", "body": html}), "IdpUnavailable", "HTTP 502, text/html body"),
-        ("html-200", json!({"mode": "respond", "status": 200, "content_type": "text/html", "body": html}), "InvalidTokenResponse", "non-JSON body (HTML"),
-        ("no-token", json!({"mode": "respond", "status": 200, "content_type": "application/json", "body": json_body(json!({"token_type": "Bearer"}))}), "InvalidTokenResponse", "without an access_token"),
-        ("error-200", json!({"mode": "respond", "status": 200, "content_type": "application/json", "body": json_body(json!({"error": "invalid_scope"}))}), "TokenRequestRejected", "invalid_scope"),
-        ("negative", json!({"mode": "respond", "status": 200, "content_type": "application/json", "body": json_body(json!({"access_token": "abcdefgh", "token_type": "Bearer", "expires_in": -5}))}), "InvalidTokenResponse", "expires_in -5"),
-        ("huge", json!({"mode": "respond", "status": 200, "content_type": "application/json", "body": json_body(json!({"access_token": "abcdefgh", "token_type": "Bearer", "expires_in": 99_999_999_999u64}))}), "InvalidTokenResponse", "longer than a year"),
-        ("mac", json!({"mode": "respond", "status": 200, "content_type": "application/json", "body": json_body(json!({"access_token": "abcdefgh", "token_type": "mac", "expires_in": 60}))}), "InvalidTokenResponse", "only Bearer"),
-        ("hang", json!({"mode": "hang"}), "IdpUnreachable", "timed out"),
-        ("redirect", json!({"mode": "respond", "status": 302, "headers": {"location": "https://elsewhere.example/token"}, "body": ""}), "IdpUnreachable", "redirect"),
-        ("unavailable-json", json!({"mode": "respond", "status": 503, "content_type": "application/json", "body": json_body(json!({"error": "temporarily_unavailable"}))}), "IdpUnavailable", "temporarily_unavailable"),
+        (
+            "html-502",
+            json!({"mode": "respond", "status": 502, "content_type": "text/html", "body": html}),
+            "IdpUnavailable",
+            "HTTP 502, text/html body",
+        ),
+        (
+            "html-200",
+            json!({"mode": "respond", "status": 200, "content_type": "text/html", "body": html}),
+            "InvalidTokenResponse",
+            "non-JSON body (HTML",
+        ),
+        (
+            "no-token",
+            json!({"mode": "respond", "status": 200, "content_type": "application/json", "body": json_body(json!({"token_type": "Bearer"}))}),
+            "InvalidTokenResponse",
+            "without an access_token",
+        ),
+        (
+            "error-200",
+            json!({"mode": "respond", "status": 200, "content_type": "application/json", "body": json_body(json!({"error": "invalid_scope"}))}),
+            "TokenRequestRejected",
+            "invalid_scope",
+        ),
+        (
+            "negative",
+            json!({"mode": "respond", "status": 200, "content_type": "application/json", "body": json_body(json!({"access_token": "abcdefgh", "token_type": "Bearer", "expires_in": -5}))}),
+            "InvalidTokenResponse",
+            "expires_in -5",
+        ),
+        (
+            "huge",
+            json!({"mode": "respond", "status": 200, "content_type": "application/json", "body": json_body(json!({"access_token": "abcdefgh", "token_type": "Bearer", "expires_in": 99_999_999_999u64}))}),
+            "InvalidTokenResponse",
+            "longer than a year",
+        ),
+        (
+            "mac",
+            json!({"mode": "respond", "status": 200, "content_type": "application/json", "body": json_body(json!({"access_token": "abcdefgh", "token_type": "mac", "expires_in": 60}))}),
+            "InvalidTokenResponse",
+            "only Bearer",
+        ),
+        (
+            "hang",
+            json!({"mode": "hang"}),
+            "IdpUnreachable",
+            "timed out",
+        ),
+        (
+            "redirect",
+            json!({"mode": "respond", "status": 302, "headers": {"location": "https://elsewhere.example/token"}, "body": ""}),
+            "IdpUnreachable",
+            "redirect",
+        ),
+        (
+            "unavailable-json",
+            json!({"mode": "respond", "status": 503, "content_type": "application/json", "body": json_body(json!({"error": "temporarily_unavailable"}))}),
+            "IdpUnavailable",
+            "temporarily_unavailable",
+        ),
     ];
     let mut ids = Vec::new();
     for (name, fault, _, _) in cases.clone() {
@@ -761,11 +1314,30 @@ async fn bad_idp_answers_give_clear_messages(env: &Env) {
     }
     for (name, _, reason, message) in &cases {
         let condition = case.wait_not_ready(name, reason).await;
-        assert!(condition.message.contains(message), "{name}: {:?} lacks {message:?}", condition.message);
-        assert!(condition.message.contains("next attempt at"), "{name}: {}", condition.message);
-        assert!(case.secrets().get_opt(&format!("{name}-token")).await.unwrap().is_none(), "{name}: no Secret without a token");
+        assert!(
+            condition.message.contains(message),
+            "{name}: {:?} lacks {message:?}",
+            condition.message
+        );
+        assert!(
+            condition.message.contains("next attempt at"),
+            "{name}: {}",
+            condition.message
+        );
+        assert!(
+            case.secrets()
+                .get_opt(&format!("{name}-token"))
+                .await
+                .unwrap()
+                .is_none(),
+            "{name}: no Secret without a token"
+        );
     }
-    assert!(case.operator.process.is_running(), "the operator died:\n{}", case.operator.tail(30));
+    assert!(
+        case.operator.process.is_running(),
+        "the operator died:\n{}",
+        case.operator.tail(30)
+    );
     // Transient failures back off (1 s, 2 s, 4 s, ...): a handful of requests, no storm.
     for client_id in &ids {
         let (requests, _) = env.idp.stats(client_id).await;
@@ -786,13 +1358,27 @@ async fn stale_token_is_served_while_the_idp_is_down(env: &Env) {
     })
     .await;
     let during = case.secrets().get("steady-token").await.unwrap();
-    assert_eq!(during.data, first.data, "the token is kept while the IdP is down");
+    assert_eq!(
+        during.data, first.data,
+        "the token is kept while the IdP is down"
+    );
     let expires: jiff::Timestamp = text(&first, "expires_at").parse().unwrap();
     if jiff::Timestamp::now() < expires {
-        assert_eq!(ready(&case.clients().get("steady").await.unwrap()).unwrap().status, "True", "still ready while the token is valid");
+        assert_eq!(
+            ready(&case.clients().get("steady").await.unwrap())
+                .unwrap()
+                .status,
+            "True",
+            "still ready while the token is valid"
+        );
     }
-    env.idp.fault(json!({"client_id": client_id, "mode": "none"})).await;
-    case.wait_secret("steady-token", "a new token after recovery", |s| text(s, "access_token") != text(&first, "access_token")).await;
+    env.idp
+        .fault(json!({"client_id": client_id, "mode": "none"}))
+        .await;
+    case.wait_secret("steady-token", "a new token after recovery", |s| {
+        text(s, "access_token") != text(&first, "access_token")
+    })
+    .await;
     case.wait_ready("steady").await;
     let (requests, _) = env.idp.stats(&client_id).await;
     assert!(requests <= 12, "{requests} requests: retries are bounded");
@@ -805,67 +1391,159 @@ async fn retry_after_is_respected(env: &Env) {
     case.wait_ready("patient").await;
     let assertions = env.idp.assertions(&client_id).await;
     assert_eq!(assertions.len(), 2, "one refused request, one retry");
-    let gap = assertions[1]["received_at_ms"].as_i64().unwrap() - assertions[0]["received_at_ms"].as_i64().unwrap();
+    let gap = assertions[1]["received_at_ms"].as_i64().unwrap()
+        - assertions[0]["received_at_ms"].as_i64().unwrap();
     assert!(gap >= 4000, "retried after {gap} ms despite Retry-After: 4");
 }
 
 async fn a_standby_takes_over_from_a_dead_leader(env: &Env) {
     let mut case = Case::new(env, "ha", &[]).await;
     let lease = format!("lease-{}", case.ns);
-    let ha = ["--leader-elect", "--leader-election-id", &lease, "--leader-election-lease-duration", "4s", "--leader-election-retry-period", "500ms"];
+    let ha = [
+        "--leader-elect",
+        "--leader-election-id",
+        &lease,
+        "--leader-election-lease-duration",
+        "4s",
+        "--leader-election-retry-period",
+        "500ms",
+    ];
     // Replace the plain operator with two electing replicas.
     case.operator.process.kill();
     let first = Case::start_operator(env, &case.ns, &ha);
-    let waited = tokio::time::timeout(WAIT, eventually(WAIT, "the first replica to lead", || async { first.output().contains("leadership acquired").then_some(()) })).await;
-    assert!(waited.is_ok(), "first replica never led:\n{}", first.tail(30));
+    let waited = tokio::time::timeout(
+        WAIT,
+        eventually(WAIT, "the first replica to lead", || async {
+            first.output().contains("leadership acquired").then_some(())
+        }),
+    )
+    .await;
+    assert!(
+        waited.is_ok(),
+        "first replica never led:\n{}",
+        first.tail(30)
+    );
     let second = Case::start_operator(env, &case.ns, &ha);
-    eventually(WAIT, "the second replica to stand by", || async { second.output().contains("waiting for leadership").then_some(()) }).await;
+    eventually(WAIT, "the second replica to stand by", || async {
+        second
+            .output()
+            .contains("waiting for leadership")
+            .then_some(())
+    })
+    .await;
     case.operator = first;
     ready_client(env, &case, "before", None).await;
-    assert!(!second.output().contains("leadership acquired"), "only one leader");
-    assert_eq!(second.get(second.health_port(), "/readyz").await.map(|r| r.0), Some(200), "a standby is ready");
+    assert!(
+        !second.output().contains("leadership acquired"),
+        "only one leader"
+    );
+    assert_eq!(
+        second
+            .get(second.health_port(), "/readyz")
+            .await
+            .map(|r| r.0),
+        Some(200),
+        "a standby is ready"
+    );
 
     case.operator.process.kill(); // SIGKILL: no release, the lease must expire
     let killed_at = Instant::now();
     case.operator = second;
     ready_client(env, &case, "after", None).await;
     let takeover = killed_at.elapsed();
-    assert!(takeover < Duration::from_secs(15), "takeover took {takeover:?}");
+    assert!(
+        takeover < Duration::from_secs(15),
+        "takeover took {takeover:?}"
+    );
 
     // SIGTERM releases the lease: a new replica leads at once, well within the lease duration.
     let third = Case::start_operator(env, &case.ns, &ha);
-    eventually(WAIT, "the third replica to stand by", || async { third.output().contains("waiting for leadership").then_some(()) }).await;
+    eventually(WAIT, "the third replica to stand by", || async {
+        third
+            .output()
+            .contains("waiting for leadership")
+            .then_some(())
+    })
+    .await;
     let terminated_at = Instant::now();
-    assert!(case.operator.process.terminate(Duration::from_secs(10)), "SIGTERM stops the leader");
-    assert!(case.operator.output().contains("leadership released"), "{}", case.operator.tail(10));
-    eventually(WAIT, "the third replica to lead", || async { third.output().contains("leadership acquired").then_some(()) }).await;
-    assert!(terminated_at.elapsed() < Duration::from_secs(4), "handover after release took {:?}", terminated_at.elapsed());
+    assert!(
+        case.operator.process.terminate(Duration::from_secs(10)),
+        "SIGTERM stops the leader"
+    );
+    assert!(
+        case.operator.output().contains("leadership released"),
+        "{}",
+        case.operator.tail(10)
+    );
+    eventually(WAIT, "the third replica to lead", || async {
+        third.output().contains("leadership acquired").then_some(())
+    })
+    .await;
+    assert!(
+        terminated_at.elapsed() < Duration::from_secs(4),
+        "handover after release took {:?}",
+        terminated_at.elapsed()
+    );
     case.operator = third;
 }
 
 async fn one_operator_serves_several_namespaces_and_no_others(env: &Env) {
     let admin = env.plane.admin().await;
-    let (a, b, c) = (create_namespace(env, "multi-a").await, create_namespace(env, "multi-b").await, create_namespace(env, "multi-c").await);
-    let operator = Operator::start(&env.plane.operator_kubeconfig, &["--watch-namespaces", &format!("{a},{b}"), "--min-refresh-interval", "2s"]);
-    let in_a = Case { ns: a, admin: admin.clone(), operator };
+    let (a, b, c) = (
+        create_namespace(env, "multi-a").await,
+        create_namespace(env, "multi-b").await,
+        create_namespace(env, "multi-c").await,
+    );
+    let operator = Operator::start(
+        &env.plane.operator_kubeconfig,
+        &[
+            "--watch-namespaces",
+            &format!("{a},{b}"),
+            "--min-refresh-interval",
+            "2s",
+        ],
+    );
+    let in_a = Case {
+        ns: a,
+        admin: admin.clone(),
+        operator,
+    };
     ready_client(env, &in_a, "x", None).await;
-    let in_b = Case { ns: b, admin: admin.clone(), operator: in_a.operator };
+    let in_b = Case {
+        ns: b,
+        admin: admin.clone(),
+        operator: in_a.operator,
+    };
     ready_client(env, &in_b, "y", None).await;
-    let in_c = Case { ns: c.clone(), admin, operator: in_b.operator };
+    let in_c = Case {
+        ns: c.clone(),
+        admin,
+        operator: in_b.operator,
+    };
     let (client_id, _) = keyed_client(env, &in_c, "z", None, None).await;
     // Give the operator time it would need to act (it acted within this in a and b).
     let window = Instant::now();
     while window.elapsed() < Duration::from_secs(3) {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert!(in_c.clients().get("z").await.unwrap().status.is_none(), "a namespace outside --watch-namespaces was touched");
+    assert!(
+        in_c.clients().get("z").await.unwrap().status.is_none(),
+        "a namespace outside --watch-namespaces was touched"
+    );
     assert!(in_c.secrets().get_opt("z-token").await.unwrap().is_none());
     assert_eq!(env.idp.stats(&client_id).await.0, 0);
-    assert!(!in_c.operator.output().contains(&c), "the operator never mentions the unwatched namespace");
+    assert!(
+        !in_c.operator.output().contains(&c),
+        "the operator never mentions the unwatched namespace"
+    );
 }
 
 async fn namespaced_mode_touches_only_its_namespaces(env: &Env) {
-    let (a, b, c) = (create_namespace(env, "team-a").await, create_namespace(env, "team-b").await, create_namespace(env, "team-c").await);
+    let (a, b, c) = (
+        create_namespace(env, "team-a").await,
+        create_namespace(env, "team-b").await,
+        create_namespace(env, "team-c").await,
+    );
     // deploy/namespaced/roles.yaml for namespaces a and b, bound to a ServiceAccount that has no
     // cluster-wide rights at all.
     let account = "idv-token-operator-namespaced";
@@ -879,17 +1557,39 @@ async fn namespaced_mode_touches_only_its_namespaces(env: &Env) {
         .unwrap()
         .replace("namespace: team-a", &format!("namespace: {a}"))
         .replace("namespace: team-b", &format!("namespace: {b}"))
-        .replace("  - kind: ServiceAccount\n    name: idv-token-operator\n", &format!("  - kind: ServiceAccount\n    name: {account}\n"));
+        .replace(
+            "  - kind: ServiceAccount\n    name: idv-token-operator\n",
+            &format!("  - kind: ServiceAccount\n    name: {account}\n"),
+        );
     env.plane.apply_yaml(&roles).await;
-    let kubeconfig = env.plane.service_account_kubeconfig(support::OPERATOR_NAMESPACE, account, &format!("{account}.kubeconfig")).await;
+    let kubeconfig = env
+        .plane
+        .service_account_kubeconfig(
+            support::OPERATOR_NAMESPACE,
+            account,
+            &format!("{account}.kubeconfig"),
+        )
+        .await;
 
     let operator = Operator::start(&kubeconfig, &["--watch-namespaces", &format!("{a},{b}")]);
-    let in_a = Case { ns: a.clone(), admin: env.plane.admin().await, operator };
+    let in_a = Case {
+        ns: a.clone(),
+        admin: env.plane.admin().await,
+        operator,
+    };
     ready_client(env, &in_a, "x", None).await;
-    let in_b = Case { ns: b, admin: env.plane.admin().await, operator: in_a.operator };
+    let in_b = Case {
+        ns: b,
+        admin: env.plane.admin().await,
+        operator: in_a.operator,
+    };
     ready_client(env, &in_b, "y", None).await;
     let output = in_b.operator.output().to_lowercase();
-    assert!(!output.contains("forbidden") && !output.contains("403"), "permission errors in namespaced mode:\n{}", in_b.operator.tail(20));
+    assert!(
+        !output.contains("forbidden") && !output.contains("403"),
+        "permission errors in namespaced mode:\n{}",
+        in_b.operator.tail(20)
+    );
 
     // The identity itself cannot reach into another namespace...
     let restricted = support::client_from(&kubeconfig).await;
@@ -899,11 +1599,17 @@ async fn namespaced_mode_touches_only_its_namespaces(env: &Env) {
         other => panic!("listing Secrets in {c} should be forbidden: {other:?}"),
     }
     // ...and an operator told to watch it anyway gets refused there and touches nothing.
-    let in_c = Case { ns: c.clone(), admin: env.plane.admin().await, operator: Operator::start(&kubeconfig, &["--watch-namespaces", &format!("{a},{c}")]) };
+    let in_c = Case {
+        ns: c.clone(),
+        admin: env.plane.admin().await,
+        operator: Operator::start(&kubeconfig, &["--watch-namespaces", &format!("{a},{c}")]),
+    };
     let (client_id, _) = keyed_client(env, &in_c, "z", None, None).await;
-    eventually(WAIT, "the operator to report that it may not watch the other namespace", || async {
-        in_c.operator.output().contains("403").then_some(())
-    })
+    eventually(
+        WAIT,
+        "the operator to report that it may not watch the other namespace",
+        || async { in_c.operator.output().contains("403").then_some(()) },
+    )
     .await;
     assert!(in_c.clients().get("z").await.unwrap().status.is_none());
     assert!(in_c.secrets().get_opt("z-token").await.unwrap().is_none());
@@ -912,34 +1618,76 @@ async fn namespaced_mode_touches_only_its_namespaces(env: &Env) {
 }
 
 async fn allowed_token_hosts_keep_assertions_home(env: &Env) {
-    let case = Case::new(env, "allowlist", &["--allowed-token-hosts", "*.vlaanderen.be,idp.example"]).await;
+    let case = Case::new(
+        env,
+        "allowlist",
+        &["--allowed-token-hosts", "*.vlaanderen.be,idp.example"],
+    )
+    .await;
     let private = private_key(KeygenAlgorithm::Es256);
     let client_id = env.idp.register(&[public_key(&private)], None).await;
-    case.put_secret("jwk", &[("jwk.json", &serde_json::to_vec(&private).unwrap())]).await;
-    for (name, server) in [("endpoint", json!({"tokenEndpoint": env.idp.token_endpoint})), ("issuer", json!({"issuer": env.idp.issuer}))] {
-        case.put_client(name, json!({
-            "clientId": client_id,
-            "authServer": server,
-            "privateKey": {"secretRef": {"name": "jwk", "key": "jwk.json"}},
-        }))
+    case.put_secret(
+        "jwk",
+        &[("jwk.json", &serde_json::to_vec(&private).unwrap())],
+    )
+    .await;
+    for (name, server) in [
+        ("endpoint", json!({"tokenEndpoint": env.idp.token_endpoint})),
+        ("issuer", json!({"issuer": env.idp.issuer})),
+    ] {
+        case.put_client(
+            name,
+            json!({
+                "clientId": client_id,
+                "authServer": server,
+                "privateKey": {"secretRef": {"name": "jwk", "key": "jwk.json"}},
+            }),
+        )
         .await;
         let condition = case.wait_not_ready(name, "TokenHostNotAllowed").await;
-        assert!(condition.message.contains("\"127.0.0.1\"") && condition.message.contains("--allowed-token-hosts"), "{}", condition.message);
+        assert!(
+            condition.message.contains("\"127.0.0.1\"")
+                && condition.message.contains("--allowed-token-hosts"),
+            "{}",
+            condition.message
+        );
     }
-    assert_eq!(env.idp.stats(&client_id).await.0, 0, "no assertion left for a host outside the list");
+    assert_eq!(
+        env.idp.stats(&client_id).await.0,
+        0,
+        "no assertion left for a host outside the list"
+    );
 }
 
 async fn kubectl_apply_k_installs_everything(env: &Env) {
-    let built = std::process::Command::new("kubectl").args(["kustomize", &format!("{}/deploy/namespaced", support::REPO)]).output().unwrap();
-    assert!(built.status.success(), "kubectl kustomize deploy/namespaced: {}", String::from_utf8_lossy(&built.stderr));
+    let built = std::process::Command::new("kubectl")
+        .args(["kustomize", &format!("{}/deploy/namespaced", support::REPO)])
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "kubectl kustomize deploy/namespaced: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
     let applied = std::process::Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(&env.plane.admin_kubeconfig)
-        .args(["apply", "--server-side", "--force-conflicts", "-k", &format!("{}/deploy", support::REPO)])
+        .args([
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-k",
+            &format!("{}/deploy", support::REPO),
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&applied.stdout);
-    assert!(applied.status.success(), "kubectl apply -k deploy/: {}{}", stdout, String::from_utf8_lossy(&applied.stderr));
+    assert!(
+        applied.status.success(),
+        "kubectl apply -k deploy/: {}{}",
+        stdout,
+        String::from_utf8_lossy(&applied.stderr)
+    );
     for object in [
         "customresourcedefinition.apiextensions.k8s.io/idvclients.idv-token-operator.dev",
         "namespace/idv-token-operator-system",
@@ -959,7 +1707,10 @@ async fn kubectl_apply_k_installs_everything(env: &Env) {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&explain.stdout);
-    assert!(explain.status.success() && text.contains("Refresh this long before the token expires"), "{text}");
+    assert!(
+        explain.status.success() && text.contains("Refresh this long before the token expires"),
+        "{text}"
+    );
 }
 
 async fn the_operator_survives_an_apiserver_restart(env: &Env) {
@@ -967,16 +1718,24 @@ async fn the_operator_survives_an_apiserver_restart(env: &Env) {
     ready_client(env, &case, "before", None).await;
     env.plane.stop_apiserver();
     env.plane.start_apiserver().await;
-    let mut case = Case { admin: env.plane.admin().await, ..case };
+    let mut case = Case {
+        admin: env.plane.admin().await,
+        ..case
+    };
     let restarted = Instant::now();
     ready_client(env, &case, "after", None).await;
-    assert!(restarted.elapsed() < Duration::from_secs(30), "served {:?} after the restart", restarted.elapsed());
+    assert!(
+        restarted.elapsed() < Duration::from_secs(30),
+        "served {:?} after the restart",
+        restarted.elapsed()
+    );
     assert!(case.operator.process.is_running());
 }
 
 // ---------------------------------------------------------------------------------------------
 
-type Scenario = for<'a> fn(&'a Env) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>;
+type Scenario =
+    for<'a> fn(&'a Env) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>;
 
 macro_rules! scenarios {
     ($($name:ident),* $(,)?) => {
@@ -1029,31 +1788,64 @@ fn main() {
         kubectl_apply_k_installs_everything,
     ];
     // Disruptive scenarios run alone, after the others.
-    let disruptive: Vec<(&'static str, Scenario)> = scenarios![the_operator_survives_an_apiserver_restart];
+    let disruptive: Vec<(&'static str, Scenario)> =
+        scenarios![the_operator_survives_an_apiserver_restart];
     if args.list {
-        let trials = list.iter().chain(&disruptive).map(|(name, _)| Trial::test(*name, || Ok(()))).collect();
+        let trials = list
+            .iter()
+            .chain(&disruptive)
+            .map(|(name, _)| Trial::test(*name, || Ok(())))
+            .collect();
         libtest_mimic::run(&args, trials).exit();
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let dir = tempfile::Builder::new().prefix("idv-envtest-").tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("idv-envtest-")
+        .tempdir()
+        .unwrap();
     let started = Instant::now();
     let (plane, idp) = rt.block_on(async {
         let mut plane = ControlPlane::start(dir.path()).await;
         plane.install_crds().await;
         plane.install_operator_rbac().await;
         // The operator runs as its ServiceAccount, with a token from the TokenRequest API.
-        plane.operator_kubeconfig =
-            plane.service_account_kubeconfig(support::OPERATOR_NAMESPACE, support::OPERATOR_SERVICE_ACCOUNT, "operator-sa.kubeconfig").await;
+        plane.operator_kubeconfig = plane
+            .service_account_kubeconfig(
+                support::OPERATOR_NAMESPACE,
+                support::OPERATOR_SERVICE_ACCOUNT,
+                "operator-sa.kubeconfig",
+            )
+            .await;
         (plane, Idp::start())
     });
-    eprintln!("test environment up in {:.1}s", started.elapsed().as_secs_f64());
-    let env = Arc::new(Env { rt, plane, idp, _dir: dir });
+    eprintln!(
+        "test environment up in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let env = Arc::new(Env {
+        rt,
+        plane,
+        idp,
+        _dir: dir,
+    });
     let conclusion = libtest_mimic::run(&args, trials(&env, list));
-    let alone = Arguments { test_threads: Some(1), ..args.clone() };
+    let alone = Arguments {
+        test_threads: Some(1),
+        ..args.clone()
+    };
     let disruptive_conclusion = libtest_mimic::run(&alone, trials(&env, disruptive));
     match Arc::try_unwrap(env) {
         Ok(env) => {
-            let Env { rt, plane, idp, _dir } = env;
+            let Env {
+                rt,
+                plane,
+                idp,
+                _dir,
+            } = env;
             drop(idp);
             drop(plane);
             drop(rt);

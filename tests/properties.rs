@@ -23,46 +23,77 @@ use url::Url;
 /// Members of a private JWK that must never show in an error message.
 const PRIVATE_MEMBERS: [&str; 6] = ["d", "p", "q", "dp", "dq", "qi"];
 /// Every member name the parser looks at, to aim mutations and random objects at them.
-const MEMBERS: [&str; 19] =
-    ["kty", "crv", "x", "y", "d", "n", "e", "p", "q", "dp", "dq", "qi", "kid", "use", "alg", "keys", "x5c", "x5t", "oth"];
+const MEMBERS: [&str; 19] = [
+    "kty", "crv", "x", "y", "d", "n", "e", "p", "q", "dp", "dq", "qi", "kid", "use", "alg", "keys",
+    "x5c", "x5t", "oth",
+];
 /// Values with a meaning somewhere in the parser.
 const WORDS: [&str; 18] = [
-    "RSA", "EC", "oct", "OKP", "P-256", "P-384", "P-521", "sig", "enc", "RS256", "RS384", "PS256", "ES256", "ES384", "HS256", "AQAB", "",
-    "none",
+    "RSA", "EC", "oct", "OKP", "P-256", "P-384", "P-521", "sig", "enc", "RS256", "RS384", "PS256",
+    "ES256", "ES384", "HS256", "AQAB", "", "none",
 ];
 
 fn config(cases: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(cases);
-    ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(cases);
+    ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
 }
 
 /// One key per algorithm `keygen` makes, generated once (RSA generation is slow in debug).
 static KEYS: LazyLock<Vec<Map<String, Value>>> = LazyLock::new(|| {
-    [(KeygenAlgorithm::Rs256, 2048), (KeygenAlgorithm::Ps256, 2048), (KeygenAlgorithm::Es256, 0), (KeygenAlgorithm::Es384, 0)]
-        .into_iter()
-        .map(|(alg, bits)| jwk::generate(alg, bits).expect("keygen"))
-        .collect()
+    [
+        (KeygenAlgorithm::Rs256, 2048),
+        (KeygenAlgorithm::Ps256, 2048),
+        (KeygenAlgorithm::Es256, 0),
+        (KeygenAlgorithm::Es384, 0),
+    ]
+    .into_iter()
+    .map(|(alg, bits)| jwk::generate(alg, bits).expect("keygen"))
+    .collect()
 });
 
 /// Public-only keys of other key pairs, the filler of JWK Sets.
 static PUBLIC_KEYS: LazyLock<Vec<Map<String, Value>>> = LazyLock::new(|| {
-    [KeygenAlgorithm::Es256, KeygenAlgorithm::Es384, KeygenAlgorithm::Es256]
+    [
+        KeygenAlgorithm::Es256,
+        KeygenAlgorithm::Es384,
+        KeygenAlgorithm::Es256,
+    ]
+    .into_iter()
+    .map(|alg| jwk::public_jwk(&jwk::generate(alg, 0).expect("keygen")))
+    .chain([jwk::public_jwk(&KEYS[0])
         .into_iter()
-        .map(|alg| jwk::public_jwk(&jwk::generate(alg, 0).expect("keygen")))
-        .chain([jwk::public_jwk(&KEYS[0]).into_iter().filter(|(m, _)| m != "kid").collect()])
-        .collect()
+        .filter(|(m, _)| m != "kid")
+        .collect()])
+    .collect()
 });
 
 /// The private member values of every generated key.
 fn secrets_of(key: &Map<String, Value>) -> Vec<String> {
-    PRIVATE_MEMBERS.iter().filter_map(|m| key.get(*m).and_then(Value::as_str)).map(str::to_string).collect()
+    PRIVATE_MEMBERS
+        .iter()
+        .filter_map(|m| key.get(*m).and_then(Value::as_str))
+        .map(str::to_string)
+        .collect()
 }
 
 fn assert_no_secret(error: &KeyError, secrets: &[String]) -> Result<(), TestCaseError> {
     let (display, debug) = (error.to_string(), format!("{error:?}"));
     for secret in secrets {
-        prop_assert!(!display.contains(secret.as_str()), "Display {display:?} shows private key material");
-        prop_assert!(!debug.contains(secret.as_str()), "Debug {debug:?} shows private key material");
+        prop_assert!(
+            !display.contains(secret.as_str()),
+            "Display {display:?} shows private key material"
+        );
+        prop_assert!(
+            !debug.contains(secret.as_str()),
+            "Debug {debug:?} shows private key material"
+        );
     }
     Ok(())
 }
@@ -81,7 +112,8 @@ fn json_leaf() -> impl Strategy<Value = Value> {
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(Value::from),
         any::<u64>().prop_map(Value::from),
-        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
         select(&WORDS[..]).prop_map(|w| Value::String(w.into())),
         b64url(0..80).prop_map(Value::String),
         ".{0,24}".prop_map(Value::String),
@@ -92,7 +124,8 @@ fn json_value() -> impl Strategy<Value = Value> {
     json_leaf().prop_recursive(4, 48, 8, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            prop::collection::vec((member_name(), inner), 0..10).prop_map(|m| Value::Object(m.into_iter().collect())),
+            prop::collection::vec((member_name(), inner), 0..10)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
 }
@@ -119,12 +152,17 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         (member_name(), b64url(0..600)).prop_map(|(m, v)| Mutation::Replace(m, Value::String(v))),
         (member_name(), any::<usize>()).prop_map(|(m, i)| Mutation::FlipBit(m, i)),
         (member_name(), -1i8..=1).prop_map(|(m, d)| Mutation::Resize(m, d)),
-        (select(&PRIVATE_MEMBERS[..]), member_name()).prop_map(|(from, to)| Mutation::Copy(from.into(), to)),
+        (select(&PRIVATE_MEMBERS[..]), member_name())
+            .prop_map(|(from, to)| Mutation::Copy(from.into(), to)),
     ]
 }
 
 fn apply(jwk: &mut Map<String, Value>, mutation: &Mutation) {
-    let decoded = |jwk: &Map<String, Value>, m: &str| jwk.get(m).and_then(Value::as_str).and_then(|s| URL_SAFE_NO_PAD.decode(s).ok());
+    let decoded = |jwk: &Map<String, Value>, m: &str| {
+        jwk.get(m)
+            .and_then(Value::as_str)
+            .and_then(|s| URL_SAFE_NO_PAD.decode(s).ok())
+    };
     match mutation {
         Mutation::Remove(m) => {
             jwk.remove(m);
@@ -293,27 +331,57 @@ fn content_type() -> impl Strategy<Value = Option<String>> {
 
 fn token_body() -> impl Strategy<Value = Vec<u8>> {
     let member = prop_oneof![
-        select(&["access_token", "token_type", "expires_in", "scope", "error", "error_description", "refresh_token"][..])
-            .prop_map(String::from),
+        select(
+            &[
+                "access_token",
+                "token_type",
+                "expires_in",
+                "scope",
+                "error",
+                "error_description",
+                "refresh_token"
+            ][..]
+        )
+        .prop_map(String::from),
         "[a-z_]{0,8}",
     ];
     let value = prop_oneof![
         json_leaf(),
-        select(&["Bearer", "bearer", "mac", "3600", " 60 ", "-1", "1e3", "invalid_client", "server_error", "slow_down"][..])
-            .prop_map(|s| Value::String(s.into())),
+        select(
+            &[
+                "Bearer",
+                "bearer",
+                "mac",
+                "3600",
+                " 60 ",
+                "-1",
+                "1e3",
+                "invalid_client",
+                "server_error",
+                "slow_down"
+            ][..]
+        )
+        .prop_map(|s| Value::String(s.into())),
         (-10i64..100_000_000).prop_map(Value::from),
-        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
     ];
     prop_oneof![
         prop::collection::vec(any::<u8>(), 0..300),
-        prop::collection::vec((member, value), 0..7).prop_map(|m| serde_json::to_vec(&Value::Object(m.into_iter().collect())).unwrap()),
+        prop::collection::vec((member, value), 0..7)
+            .prop_map(|m| serde_json::to_vec(&Value::Object(m.into_iter().collect())).unwrap()),
         json_value().prop_map(|v| serde_json::to_vec(&v).unwrap()),
         ".{0,100}".prop_map(|s| format!("<html><body>{s}</body></html>").into_bytes()),
     ]
 }
 
 fn json_answer(status: u16, body: &Value) -> HttpAnswer {
-    HttpAnswer { status, content_type: Some("application/json".into()), retry_after: None, body: serde_json::to_vec(body).unwrap() }
+    HttpAnswer {
+        status,
+        content_type: Some("application/json".into()),
+        retry_after: None,
+        body: serde_json::to_vec(body).unwrap(),
+    }
 }
 
 proptest! {
@@ -654,8 +722,15 @@ proptest! {
 fn content_type_is_redacted_too() {
     let secret = "s3cr3t-client-secret";
     for status in [200, 502] {
-        let answer = HttpAnswer { status, content_type: Some(format!("text/{secret}")), retry_after: None, body: b"<html>".to_vec() };
-        let message = oauth::parse_token_answer(&answer, &[secret]).unwrap_err().to_string();
+        let answer = HttpAnswer {
+            status,
+            content_type: Some(format!("text/{secret}")),
+            retry_after: None,
+            body: b"<html>".to_vec(),
+        };
+        let message = oauth::parse_token_answer(&answer, &[secret])
+            .unwrap_err()
+            .to_string();
         assert!(!message.contains(secret), "{message}");
     }
 }
@@ -669,7 +744,10 @@ fn misplaced_private_values_are_not_echoed() {
         let d = key["d"].as_str().unwrap().to_string();
         key.insert(member.into(), d.clone().into());
         let error = jwk::parse_signing_key(&serde_json::to_vec(&key).unwrap(), None).unwrap_err();
-        assert!(!error.to_string().contains(&d), "{member} of key {index}: {error}");
+        assert!(
+            !error.to_string().contains(&d),
+            "{member} of key {index}: {error}"
+        );
     }
 }
 
@@ -678,9 +756,13 @@ fn misplaced_private_values_are_not_echoed() {
 #[test]
 fn kid_picks_the_private_key_over_its_public_copy() {
     for private in KEYS.iter() {
-        let set = serde_json::to_vec(&json!({ "keys": [jwk::public_jwk(private), private] })).unwrap();
+        let set =
+            serde_json::to_vec(&json!({ "keys": [jwk::public_jwk(private), private] })).unwrap();
         let kid = private["kid"].as_str().unwrap();
-        assert_eq!(jwk::parse_signing_key(&set, Some(kid)).map(|k| k.thumbprint), Ok(jwk::thumbprint(private).unwrap()));
+        assert_eq!(
+            jwk::parse_signing_key(&set, Some(kid)).map(|k| k.thumbprint),
+            Ok(jwk::thumbprint(private).unwrap())
+        );
     }
 }
 

@@ -18,7 +18,8 @@ use serde_json::Value;
 
 fuzz_target!(|data: &[u8]| {
     let mut parts = data.splitn(3, |b| *b == b'\n');
-    let (Some(issuer), Some(audience), Some(document)) = (parts.next(), parts.next(), parts.next()) else {
+    let (Some(issuer), Some(audience), Some(document)) = (parts.next(), parts.next(), parts.next())
+    else {
         return;
     };
     let issuer = String::from_utf8_lossy(issuer);
@@ -27,16 +28,27 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let discovery = authserver::discovery_url(&issuer);
-    assert!(discovery.as_str().ends_with("/.well-known/openid-configuration"), "{discovery}");
+    assert!(
+        discovery
+            .as_str()
+            .ends_with("/.well-known/openid-configuration"),
+        "{discovery}"
+    );
     if let Ok(resolved) = authserver::resolve_discovered(&issuer, audience.clone(), document) {
         let endpoint = &resolved.token_endpoint;
         assert!(
-            endpoint.scheme() == "https" || (endpoint.scheme() == "http" && authserver::is_loopback(endpoint)),
+            endpoint.scheme() == "https"
+                || (endpoint.scheme() == "http" && authserver::is_loopback(endpoint)),
             "unsafe token endpoint {endpoint}"
         );
         let expected = issuer.as_str().trim_end_matches('/').to_string();
-        let named = serde_json::from_slice::<Value>(document).ok().and_then(|d| d.get("issuer")?.as_str().map(str::to_string));
-        assert_eq!(named.as_deref().map(|n| n.trim_end_matches('/')), Some(expected.as_str()));
+        let named = serde_json::from_slice::<Value>(document)
+            .ok()
+            .and_then(|d| d.get("issuer")?.as_str().map(str::to_string));
+        assert_eq!(
+            named.as_deref().map(|n| n.trim_end_matches('/')),
+            Some(expected.as_str())
+        );
         assert_eq!(resolved.assertion_audience, audience.unwrap_or(expected));
         assert!(!resolved.always_send_kid);
     }

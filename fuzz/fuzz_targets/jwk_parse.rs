@@ -29,13 +29,26 @@ fn objects(value: &Value) -> Vec<&Map<String, Value>> {
 /// Private member values (17+ characters) that the input did not also put into a member
 /// that is shown by design.
 fn secrets(value: Option<&Value>, wanted: Option<&str>) -> Vec<String> {
-    let Some(value) = value else { return Vec::new() };
+    let Some(value) = value else {
+        return Vec::new();
+    };
     let objects = objects(value);
-    let quoted: Vec<&str> =
-        objects.iter().flat_map(|o| QUOTED_MEMBERS.iter().filter_map(|m| o.get(*m).and_then(Value::as_str))).chain(wanted).collect();
+    let quoted: Vec<&str> = objects
+        .iter()
+        .flat_map(|o| {
+            QUOTED_MEMBERS
+                .iter()
+                .filter_map(|m| o.get(*m).and_then(Value::as_str))
+        })
+        .chain(wanted)
+        .collect();
     objects
         .iter()
-        .flat_map(|o| PRIVATE_MEMBERS.iter().filter_map(|m| o.get(*m).and_then(Value::as_str)))
+        .flat_map(|o| {
+            PRIVATE_MEMBERS
+                .iter()
+                .filter_map(|m| o.get(*m).and_then(Value::as_str))
+        })
         .filter(|s| s.len() > 16 && !quoted.iter().any(|q| q.contains(*s)))
         .map(str::to_string)
         .collect()
@@ -53,23 +66,42 @@ fuzz_target!(|data: &[u8]| {
     let value: Option<Value> = serde_json::from_slice(data).ok();
     match jwk::parse_signing_key(data, None) {
         Ok(key) => check_shown(&[format!("{key:?}")], value.as_ref(), None),
-        Err(error) => check_shown(&[error.to_string(), format!("{error:?}")], value.as_ref(), None),
+        Err(error) => check_shown(
+            &[error.to_string(), format!("{error:?}")],
+            value.as_ref(),
+            None,
+        ),
     }
 
     let from_json = value.as_ref().and_then(|v| {
         let candidates = objects(v);
-        let kids: Vec<&str> = candidates.iter().filter_map(|o| o.get("kid").and_then(Value::as_str)).collect();
+        let kids: Vec<&str> = candidates
+            .iter()
+            .filter_map(|o| o.get("kid").and_then(Value::as_str))
+            .collect();
         (!kids.is_empty()).then(|| kids[data.len() % kids.len()].to_string())
     });
-    let wanted = from_json.unwrap_or_else(|| String::from_utf8_lossy(&data[..data.len().min(8)]).into_owned());
+    let wanted = from_json
+        .unwrap_or_else(|| String::from_utf8_lossy(&data[..data.len().min(8)]).into_owned());
     match jwk::parse_signing_key(data, Some(&wanted)) {
-        Ok(key) => assert_eq!(key.kid.as_deref(), Some(wanted.as_str()), "picked a key with another kid"),
-        Err(error) => check_shown(&[error.to_string(), format!("{error:?}")], value.as_ref(), Some(&wanted)),
+        Ok(key) => assert_eq!(
+            key.kid.as_deref(),
+            Some(wanted.as_str()),
+            "picked a key with another kid"
+        ),
+        Err(error) => check_shown(
+            &[error.to_string(), format!("{error:?}")],
+            value.as_ref(),
+            Some(&wanted),
+        ),
     }
 
     if let Some(object) = value.as_ref().and_then(Value::as_object) {
         let _ = jwk::thumbprint(object);
         let public = jwk::public_jwk(object);
-        assert!(PRIVATE_MEMBERS.iter().all(|m| !public.contains_key(*m)), "public_jwk kept a private member");
+        assert!(
+            PRIVATE_MEMBERS.iter().all(|m| !public.contains_key(*m)),
+            "public_jwk kept a private member"
+        );
     }
 });

@@ -19,7 +19,8 @@ use idv_token_operator::oauth::{self, HttpAnswer};
 use libfuzzer_sys::fuzz_target;
 
 /// What the operator would pass as `sent`: a signed assertion, or a client secret.
-const ASSERTION: &str = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJmdXp6In0.c2lnbmF0dXJlLW9mLXRoZS1hc3NlcnRpb24";
+const ASSERTION: &str =
+    "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJmdXp6In0.c2lnbmF0dXJlLW9mLXRoZS1hc3NlcnRpb24";
 const CLIENT_SECRET: &str = "s3cr3t-client-secret";
 
 fuzz_target!(|data: &[u8]| {
@@ -32,17 +33,32 @@ fuzz_target!(|data: &[u8]| {
         255 => (None, &data[4..]),
         len => {
             let end = (4 + usize::from(len)).min(data.len());
-            (Some(String::from_utf8_lossy(&data[4..end]).into_owned()), &data[end..])
+            (
+                Some(String::from_utf8_lossy(&data[4..end]).into_owned()),
+                &data[end..],
+            )
         }
     };
-    let answer = HttpAnswer { status, content_type, retry_after, body: body.to_vec() };
+    let answer = HttpAnswer {
+        status,
+        content_type,
+        retry_after,
+        body: body.to_vec(),
+    };
     match oauth::parse_token_answer(&answer, &[ASSERTION, CLIENT_SECRET]) {
         Ok(token) => {
             assert!((200..300).contains(&status), "a token from HTTP {status}");
             assert!(!token.access_token.expose().is_empty());
-            assert!((1..=366 * 24 * 3600).contains(&token.expires_in), "expires_in {}", token.expires_in);
+            assert!(
+                (1..=366 * 24 * 3600).contains(&token.expires_in),
+                "expires_in {}",
+                token.expires_in
+            );
             assert!(token.token_type.eq_ignore_ascii_case("bearer"));
-            assert_eq!(format!("{:?}", token.access_token), "AccessToken([redacted])");
+            assert_eq!(
+                format!("{:?}", token.access_token),
+                "AccessToken([redacted])"
+            );
         }
         Err(error) => {
             let (display, debug) = (error.to_string(), format!("{error:?}"));
@@ -51,7 +67,10 @@ fuzz_target!(|data: &[u8]| {
                 assert!(!debug.contains(sent), "a sent value in {debug:?}");
             }
             if status == 429 || status >= 500 {
-                assert!(!error.is_configuration_error(), "HTTP {status} taken for a configuration error: {error:?}");
+                assert!(
+                    !error.is_configuration_error(),
+                    "HTTP {status} taken for a configuration error: {error:?}"
+                );
             }
             if let Some(seconds) = error.retry_after() {
                 assert_eq!(Some(seconds), retry_after);

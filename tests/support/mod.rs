@@ -23,7 +23,10 @@ use kube::{
     core::GroupVersionKind,
     runtime::wait::{await_condition, conditions},
 };
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
 use serde_json::{Value, json};
 
 pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -76,12 +79,21 @@ pub fn spawn(name: &str, command: &mut Command) -> ChildGuard {
             Ok(())
         });
     }
-    let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-    ChildGuard { name: name.to_string(), child }
+    let child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+    ChildGuard {
+        name: name.to_string(),
+        child,
+    }
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind a free port").local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Poll `check` until it returns `Some`, or panic after `timeout` with `what`.
@@ -110,15 +122,26 @@ fn assets() -> PathBuf {
     {
         return PathBuf::from(dir);
     }
-    eprintln!("KUBEBUILDER_ASSETS not set: building kube-apiserver and etcd (cached after the first time)");
+    eprintln!(
+        "KUBEBUILDER_ASSETS not set: building kube-apiserver and etcd (cached after the first time)"
+    );
     let output = Command::new("bash")
         .arg(format!("{REPO}/tests/envtest/build-assets.sh"))
         .stderr(Stdio::inherit())
         .output()
         .expect("run tests/envtest/build-assets.sh");
-    assert!(output.status.success(), "tests/envtest/build-assets.sh failed");
+    assert!(
+        output.status.success(),
+        "tests/envtest/build-assets.sh failed"
+    );
     let stdout = String::from_utf8(output.stdout).unwrap();
-    PathBuf::from(stdout.lines().last().expect("the script prints the folder").trim())
+    PathBuf::from(
+        stdout
+            .lines()
+            .last()
+            .expect("the script prints the folder")
+            .trim(),
+    )
 }
 
 struct Pki {
@@ -136,8 +159,14 @@ struct Pki {
 fn pki() -> Pki {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "idv-token-operator-test-ca");
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::CrlSign];
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "idv-token-operator-test-ca");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::CrlSign,
+    ];
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
 
     let leaf = |sans: Vec<String>, cn: &str, orgs: &[&str], usage: ExtendedKeyUsagePurpose| {
@@ -145,21 +174,35 @@ fn pki() -> Pki {
         let mut params = CertificateParams::new(sans).unwrap();
         params.distinguished_name.push(DnType::CommonName, cn);
         for org in orgs {
-            params.distinguished_name.push(DnType::OrganizationName, *org);
+            params
+                .distinguished_name
+                .push(DnType::OrganizationName, *org);
         }
         params.extended_key_usages = vec![usage];
         let cert = params.signed_by(&key, &ca).unwrap();
         (cert.pem(), key.serialize_pem())
     };
-    let (serving_cert, serving_key) =
-        leaf(vec!["127.0.0.1".into(), "localhost".into()], "kube-apiserver", &[], ExtendedKeyUsagePurpose::ServerAuth);
-    let (admin_cert, admin_key) = leaf(vec![], "test-admin", &["system:masters"], ExtendedKeyUsagePurpose::ClientAuth);
+    let (serving_cert, serving_key) = leaf(
+        vec!["127.0.0.1".into(), "localhost".into()],
+        "kube-apiserver",
+        &[],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let (admin_cert, admin_key) = leaf(
+        vec![],
+        "test-admin",
+        &["system:masters"],
+        ExtendedKeyUsagePurpose::ClientAuth,
+    );
     // The operator authenticates as its ServiceAccount's user name, so deploy/'s
     // ClusterRoleBinding (subject: that ServiceAccount) applies to it unchanged.
     let (operator_cert, operator_key) = leaf(
         vec![],
         &format!("system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_ACCOUNT}"),
-        &["system:serviceaccounts", &format!("system:serviceaccounts:{OPERATOR_NAMESPACE}")],
+        &[
+            "system:serviceaccounts",
+            &format!("system:serviceaccounts:{OPERATOR_NAMESPACE}"),
+        ],
         ExtendedKeyUsagePurpose::ClientAuth,
     );
     let sa = KeyPair::generate().unwrap();
@@ -188,7 +231,9 @@ fn kubeconfig(server: &str, ca: &str, cert: &str, key: &str) -> String {
 
 pub async fn client_from(kubeconfig_path: &Path) -> Client {
     let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig_path).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
     Client::try_from(config).unwrap()
 }
 
@@ -230,8 +275,18 @@ impl ControlPlane {
             Command::new(assets.join("etcd"))
                 .args(["--name", "default", "--data-dir"])
                 .arg(dir.join("etcd-data"))
-                .args(["--listen-client-urls", &etcd_url, "--advertise-client-urls", &etcd_url])
-                .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+                .args([
+                    "--listen-client-urls",
+                    &etcd_url,
+                    "--advertise-client-urls",
+                    &etcd_url,
+                ])
+                .args([
+                    "--listen-peer-urls",
+                    &peer_url,
+                    "--initial-advertise-peer-urls",
+                    &peer_url,
+                ])
                 .args(["--initial-cluster", &format!("default={peer_url}")])
                 .args(["--unsafe-no-fsync", "--log-level", "warn"])
                 .stdout(etcd_log.try_clone().unwrap())
@@ -241,7 +296,14 @@ impl ControlPlane {
         eventually(Duration::from_secs(30), "etcd to be healthy", || {
             let http = http.clone();
             let url = format!("{etcd_url}/health");
-            async move { http.get(url).send().await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
+            async move {
+                http.get(url)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+                    .map(|_| ())
+            }
         })
         .await;
 
@@ -265,9 +327,17 @@ impl ControlPlane {
         ];
         let server = format!("https://127.0.0.1:{secure_port}");
         let admin_kubeconfig = dir.join("admin.kubeconfig");
-        std::fs::write(&admin_kubeconfig, kubeconfig(&server, &pki.ca_pem, &pki.admin_cert, &pki.admin_key)).unwrap();
+        std::fs::write(
+            &admin_kubeconfig,
+            kubeconfig(&server, &pki.ca_pem, &pki.admin_cert, &pki.admin_key),
+        )
+        .unwrap();
         let operator_kubeconfig = dir.join("operator.kubeconfig");
-        std::fs::write(&operator_kubeconfig, kubeconfig(&server, &pki.ca_pem, &pki.operator_cert, &pki.operator_key)).unwrap();
+        std::fs::write(
+            &operator_kubeconfig,
+            kubeconfig(&server, &pki.ca_pem, &pki.operator_cert, &pki.operator_key),
+        )
+        .unwrap();
 
         let plane = ControlPlane {
             dir: dir.to_path_buf(),
@@ -285,7 +355,11 @@ impl ControlPlane {
 
     /// (Re)start kube-apiserver and wait until it is ready.
     pub async fn start_apiserver(&self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("apiserver.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("apiserver.log"))
+            .unwrap();
         *self.apiserver.lock().unwrap() = Some(spawn(
             "kube-apiserver",
             Command::new(self.assets.join("kube-apiserver"))
@@ -298,7 +372,12 @@ impl ControlPlane {
             let admin = admin.clone();
             async move {
                 let request = http::Request::get("/readyz").body(Vec::new()).unwrap();
-                admin.request_text(request).await.ok().filter(|body| body.trim() == "ok").map(|_| ())
+                admin
+                    .request_text(request)
+                    .await
+                    .ok()
+                    .filter(|body| body.trim() == "ok")
+                    .map(|_| ())
             }
         };
         let started = std::time::Instant::now();
@@ -313,10 +392,21 @@ impl ControlPlane {
         .await;
         if ready.is_err() {
             let log = std::fs::read_to_string(self.dir.join("apiserver.log")).unwrap_or_default();
-            let tail: String = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+            let tail: String = log
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
             panic!("kube-apiserver not ready after 120 s; log tail:\n{tail}");
         }
-        eprintln!("kube-apiserver ready in {:.1}s", started.elapsed().as_secs_f64());
+        eprintln!(
+            "kube-apiserver ready in {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
     }
 
     pub fn stop_apiserver(&self) {
@@ -339,25 +429,45 @@ impl ControlPlane {
             }
             let crd: CustomResourceDefinition = serde_yaml::from_value(value).unwrap();
             let name = crd.metadata.name.clone().unwrap();
-            crds.patch(&name, &PatchParams::apply("envtest").force(), &Patch::Apply(&crd)).await.unwrap();
-            tokio::time::timeout(Duration::from_secs(30), await_condition(crds.clone(), &name, conditions::is_crd_established()))
-                .await
-                .expect("CRD established in time")
-                .unwrap();
+            crds.patch(
+                &name,
+                &PatchParams::apply("envtest").force(),
+                &Patch::Apply(&crd),
+            )
+            .await
+            .unwrap();
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                await_condition(crds.clone(), &name, conditions::is_crd_established()),
+            )
+            .await
+            .expect("CRD established in time")
+            .unwrap();
         }
     }
 
     /// The operator's namespace, ServiceAccount and RBAC, exactly as deploy/ has them.
     pub async fn install_operator_rbac(&self) {
-        self.apply_files(&["deploy/base/namespace.yaml", "deploy/base/serviceaccount.yaml", "deploy/base/leader-election.yaml", "deploy/rbac.yaml"])
-            .await;
+        self.apply_files(&[
+            "deploy/base/namespace.yaml",
+            "deploy/base/serviceaccount.yaml",
+            "deploy/base/leader-election.yaml",
+            "deploy/rbac.yaml",
+        ])
+        .await;
     }
 
     /// A kubeconfig that authenticates as a ServiceAccount with a token from the TokenRequest
     /// API, as a pod would. Written to `file` in the control plane's folder.
-    pub async fn service_account_kubeconfig(&self, namespace: &str, service_account: &str, file: &str) -> PathBuf {
+    pub async fn service_account_kubeconfig(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        file: &str,
+    ) -> PathBuf {
         let admin = self.admin().await;
-        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(admin, namespace);
+        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(admin, namespace);
         let request = json!({
             "apiVersion": "authentication.k8s.io/v1",
             "kind": "TokenRequest",
@@ -367,7 +477,10 @@ impl ControlPlane {
             .create_subresource("token", service_account, &Default::default(), &request)
             .await
             .unwrap_or_else(|e| panic!("TokenRequest for {namespace}/{service_account}: {e}"));
-        let token = answer.status.and_then(|s| s.token).expect("a TokenRequest answer has a token");
+        let token = answer
+            .status
+            .and_then(|s| s.token)
+            .expect("a TokenRequest answer has a token");
         let ca = std::fs::read_to_string(self.dir.join("ca.crt")).unwrap();
         let config = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: envtest\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: sa\n  user:\n    token: {token}\ncontexts:\n- name: envtest\n  context:\n    cluster: envtest\n    user: sa\ncurrent-context: envtest\n",
@@ -411,11 +524,21 @@ pub async fn apply_dynamic(client: &Client, object: DynamicObject) {
     let (resource, capabilities) = kube::discovery::pinned_kind(client, &gvk).await.unwrap();
     let name = object.metadata.name.clone().unwrap();
     let api: Api<DynamicObject> = match (&capabilities.scope, &object.metadata.namespace) {
-        (kube::discovery::Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, &resource),
-        (kube::discovery::Scope::Namespaced, None) => Api::default_namespaced_with(client.clone(), &resource),
+        (kube::discovery::Scope::Namespaced, Some(ns)) => {
+            Api::namespaced_with(client.clone(), ns, &resource)
+        }
+        (kube::discovery::Scope::Namespaced, None) => {
+            Api::default_namespaced_with(client.clone(), &resource)
+        }
         (kube::discovery::Scope::Cluster, _) => Api::all_with(client.clone(), &resource),
     };
-    api.patch(&name, &PatchParams::apply("envtest").force(), &Patch::Apply(&object)).await.unwrap();
+    api.patch(
+        &name,
+        &PatchParams::apply("envtest").force(),
+        &Patch::Apply(&object),
+    )
+    .await
+    .unwrap();
 }
 
 /// The test IdP: oidc-provider with test routes (tests/idp).
@@ -431,7 +554,10 @@ pub struct Idp {
 impl Idp {
     pub fn start() -> Idp {
         let idp_dir = format!("{REPO}/tests/idp");
-        if !Path::new(&idp_dir).join("node_modules/oidc-provider").exists() {
+        if !Path::new(&idp_dir)
+            .join("node_modules/oidc-provider")
+            .exists()
+        {
             let status = Command::new("npm")
                 .args(["ci", "--no-audit", "--no-fund", "--prefix", &idp_dir])
                 .stdout(Stdio::null())
@@ -455,15 +581,21 @@ impl Idp {
             let _ = BufReader::new(stdout).read_line(&mut line);
             let _ = tx.send(line);
         });
-        let line = rx.recv_timeout(Duration::from_secs(30)).expect("the IdP prints its ready line within 30 s");
-        let ready: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("IdP ready line {line:?}: {e}"));
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the IdP prints its ready line within 30 s");
+        let ready: Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("IdP ready line {line:?}: {e}"));
         let text = |k: &str| ready[k].as_str().unwrap().to_string();
         Idp {
             issuer: text("issuer"),
             token_endpoint: text("token_endpoint"),
             introspection_endpoint: text("introspection_endpoint"),
             registration_endpoint: text("registration_endpoint"),
-            http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
             _child: child,
         }
     }
@@ -481,10 +613,19 @@ impl Idp {
         if let Some(ttl) = token_ttl {
             body["token_ttl"] = json!(ttl);
         }
-        let response = self.http.post(&self.registration_endpoint).json(&body).send().await.unwrap();
+        let response = self
+            .http
+            .post(&self.registration_endpoint)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         let status = response.status();
         let answer: Value = response.json().await.unwrap();
-        assert!(status.is_success(), "registration failed: {status} {answer}");
+        assert!(
+            status.is_success(),
+            "registration failed: {status} {answer}"
+        );
         answer["client_id"].as_str().unwrap().to_string()
     }
 
@@ -497,9 +638,21 @@ impl Idp {
             "redirect_uris": [],
             "scope": "gipod_read api_read",
         });
-        let response = self.http.post(&self.registration_endpoint).json(&body).send().await.unwrap();
+        let response = self
+            .http
+            .post(&self.registration_endpoint)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         let answer: Value = response.json().await.unwrap();
-        (answer["client_id"].as_str().unwrap().to_string(), answer["client_secret"].as_str().expect("a client secret").to_string())
+        (
+            answer["client_id"].as_str().unwrap().to_string(),
+            answer["client_secret"]
+                .as_str()
+                .expect("a client secret")
+                .to_string(),
+        )
     }
 
     pub async fn introspect(&self, token: &str) -> Value {
@@ -516,23 +669,45 @@ impl Idp {
     }
 
     async fn get_json(&self, path: &str) -> Value {
-        self.http.get(format!("{}{path}", self.issuer)).send().await.unwrap().json().await.unwrap()
+        self.http
+            .get(format!("{}{path}", self.issuer))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     /// (token requests, successes) for a client.
     pub async fn stats(&self, client_id: &str) -> (u64, u64) {
-        let v = self.get_json(&format!("/__test/stats?client_id={client_id}")).await;
-        (v["token_requests"].as_u64().unwrap(), v["token_successes"].as_u64().unwrap())
+        let v = self
+            .get_json(&format!("/__test/stats?client_id={client_id}"))
+            .await;
+        (
+            v["token_requests"].as_u64().unwrap(),
+            v["token_successes"].as_u64().unwrap(),
+        )
     }
 
     pub async fn fault(&self, body: Value) {
-        let response = self.http.post(format!("{}/__test/fault", self.issuer)).json(&body).send().await.unwrap();
+        let response = self
+            .http
+            .post(format!("{}/__test/fault", self.issuer))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert!(response.status().is_success(), "setting a fault failed");
     }
 
     /// Decoded header and payload of each assertion the client sent.
     pub async fn assertions(&self, client_id: &str) -> Vec<Value> {
-        serde_json::from_value(self.get_json(&format!("/__test/assertions?client_id={client_id}")).await).unwrap()
+        serde_json::from_value(
+            self.get_json(&format!("/__test/assertions?client_id={client_id}"))
+                .await,
+        )
+        .unwrap()
     }
 }
 
@@ -540,7 +715,9 @@ impl Idp {
 pub fn operator_binary() -> PathBuf {
     match option_env!("CARGO_BIN_EXE_idv-token-operator") {
         Some(path) => PathBuf::from(path),
-        None => PathBuf::from(std::env::var("IDV_OPERATOR_BIN").expect("IDV_OPERATOR_BIN names the operator binary")),
+        None => PathBuf::from(
+            std::env::var("IDV_OPERATOR_BIN").expect("IDV_OPERATOR_BIN names the operator binary"),
+        ),
     }
 }
 
@@ -563,7 +740,12 @@ impl Operator {
                 .arg("--health-probe-bind-address=127.0.0.1:0")
                 .args(args)
                 // Most verbose logging: the secret scan covers every line the code can print.
-                .env("RUST_LOG", std::env::var("IDV_TEST_OPERATOR_LOG").unwrap_or_else(|_| "debug,hyper=info,h2=info,tower=info,rustls=info".into()))
+                .env(
+                    "RUST_LOG",
+                    std::env::var("IDV_TEST_OPERATOR_LOG").unwrap_or_else(|_| {
+                        "debug,hyper=info,h2=info,tower=info,rustls=info".into()
+                    }),
+                )
                 .env("RUST_BACKTRACE", "1")
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped()),
@@ -596,9 +778,16 @@ impl Operator {
     /// The port the operator logged for a listener ("serving /metrics" or "serving /healthz").
     fn logged_port(&self, what: &str) -> Option<u16> {
         let output = self.output();
-        let line = output.lines().find(|l| l.contains(what) && l.contains("address"))?;
+        let line = output
+            .lines()
+            .find(|l| l.contains(what) && l.contains("address"))?;
         let after = &line[line.find("127.0.0.1:")? + "127.0.0.1:".len()..];
-        after.chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok()
+        after
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .ok()
     }
 
     /// Port of /metrics; waits up to 10 s for the operator to log it.
@@ -617,14 +806,22 @@ impl Operator {
             if let Some(port) = self.logged_port(what) {
                 return port;
             }
-            assert!(std::time::Instant::now() < deadline, "the operator did not log {what:?}:\n{}", self.tail(20));
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the operator did not log {what:?}:\n{}",
+                self.tail(20)
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     /// GET a path on the metrics or probe port: (status, body).
     pub async fn get(&self, port: u16, path: &str) -> Option<(u16, String)> {
-        let response = reqwest::Client::new().get(format!("http://127.0.0.1:{port}{path}")).send().await.ok()?;
+        let response = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}{path}"))
+            .send()
+            .await
+            .ok()?;
         let status = response.status().as_u16();
         Some((status, response.text().await.ok()?))
     }
