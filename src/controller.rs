@@ -2,7 +2,14 @@
 //! concurrency and shutdown. One controller per watched namespace (or one for all), sharing
 //! one context: HTTP client, key cache, backoff state, metrics.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
@@ -21,7 +28,8 @@ use tracing::{debug, info};
 use crate::{
     api::{self, IdvClient},
     error::Error,
-    reconcile::{self, Caches, Context},
+    reconcile::{self, Caches, Context, OwnWrites},
+    resources,
 };
 
 /// Where and how hard to work.
@@ -62,15 +70,6 @@ fn clients_using(
     secret: &PartialObjectMeta<Secret>,
     clients: &Store<IdvClient>,
 ) -> Vec<ObjectRef<IdvClient>> {
-    // The operator's own token Secrets are never credentials; skip the scan for them.
-    if secret
-        .labels()
-        .get(api::MANAGED_BY_LABEL)
-        .map(String::as_str)
-        == Some(api::MANAGED_BY_VALUE)
-    {
-        return Vec::new();
-    }
     let (name, namespace) = (secret.name_any(), secret.namespace());
     clients
         .state()
@@ -109,6 +108,7 @@ struct Scope {
     credential_store: Store<PartialObjectMeta<Secret>>,
     credential_secrets:
         futures::stream::BoxStream<'static, Result<PartialObjectMeta<Secret>, watcher::Error>>,
+    listed: Arc<AtomicBool>,
 }
 
 /// Cached objects carry no managedFields: nothing here reads them, and at 10,000 objects they
@@ -117,13 +117,29 @@ fn drop_managed_fields<K: Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
 }
 
-/// Credential Secrets' metadata: only what is used (name, namespace, uid, resourceVersion,
-/// labels). Annotations go: `kubectl apply` leaves the whole Secret, private key included, in
+/// IdvClients as cached: no managedFields, and no copy of the spec in kubectl's
+/// `last-applied-configuration`.
+fn slim_client(client: &mut IdvClient) {
+    drop_managed_fields(client);
+    if let Some(annotations) = client.metadata.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+/// Token Secrets as cached: no managedFields, and the hash of the data instead of the data.
+fn slim_token_secret(secret: &mut Secret) {
+    drop_managed_fields(secret);
+    resources::strip_token_data(secret);
+}
+
+/// Credential Secrets' metadata: only what is used (name, namespace, uid, resourceVersion).
+/// Annotations go: `kubectl apply` leaves the whole Secret, private key included, in
 /// `last-applied-configuration`.
 fn keep_identity_only(secret: &mut PartialObjectMeta<Secret>) {
     let meta = secret.meta_mut();
     meta.managed_fields = None;
     meta.annotations = None;
+    meta.labels = None;
     meta.owner_references = None;
 }
 
@@ -173,35 +189,47 @@ pub async fn run(
     };
     // Per scope: the IdvClient watch and the token Secret watch must have listed.
     let readiness = Readiness::new(2 * scopes.len(), ready);
+    let own_writes = Arc::new(OwnWrites::default());
+    let ours = format!("{}={}", api::MANAGED_BY_LABEL, api::MANAGED_BY_VALUE);
+    let not_ours = format!("{}!={}", api::MANAGED_BY_LABEL, api::MANAGED_BY_VALUE);
     let scopes: Vec<Scope> = scopes
         .into_iter()
         .map(|namespace| {
             // Only the operator's own Secrets are cached, found by label: never every Secret.
             let (secret_store, writer) = reflector::store();
+            let echoes = own_writes.clone();
             let owned_secrets = watcher::watcher(
                 api::<Secret>(&kube, namespace.as_deref()),
-                WatcherConfig::default().labels(&format!(
-                    "{}={}",
-                    api::MANAGED_BY_LABEL,
-                    api::MANAGED_BY_VALUE
-                )),
+                WatcherConfig::default().labels(&ours),
             )
             .backoff(watch_backoff())
-            .modify(drop_managed_fields)
+            .modify(slim_token_secret)
             .reflect(writer)
             .inspect(readiness.watch())
+            // The cache takes every event; the controller only what it did not write itself.
+            .filter(move |event| {
+                let echo = matches!(event, Ok(watcher::Event::Apply(s)) if echoes.is_echo(s));
+                futures::future::ready(!echo)
+            })
             .touched_objects()
             .boxed();
-            // Credential Secrets: metadata only (never data), to notice a changed key at once and
-            // to know its resourceVersion without asking the API.
+            // Every other Secret: metadata only (never data), to notice a changed key at once,
+            // to know its resourceVersion without asking the API, and to know a name is free.
             let (credential_store, writer) = reflector::store();
+            let listed = Arc::new(AtomicBool::new(false));
+            let mark_listed = listed.clone();
             let credential_secrets = watcher::watcher(
                 api::<PartialObjectMeta<Secret>>(&kube, namespace.as_deref()),
-                WatcherConfig::default(),
+                WatcherConfig::default().labels(&not_ours),
             )
             .backoff(watch_backoff())
             .modify(keep_identity_only)
             .reflect(writer)
+            .inspect(move |event| {
+                if matches!(event, Ok(watcher::Event::InitDone)) {
+                    mark_listed.store(true, Ordering::Release);
+                }
+            })
             .touched_objects()
             .boxed();
             Scope {
@@ -210,6 +238,7 @@ pub async fn run(
                 owned_secrets,
                 credential_store,
                 credential_secrets,
+                listed,
             }
         })
         .collect();
@@ -222,6 +251,11 @@ pub async fn run(
             .iter()
             .map(|s| (s.namespace.clone(), s.credential_store.clone()))
             .collect(),
+        credential_secrets_listed: scopes
+            .iter()
+            .map(|s| (s.namespace.clone(), s.listed.clone()))
+            .collect(),
+        own_writes,
     }));
 
     // One shutdown signal, shared by every controller.
@@ -234,7 +268,7 @@ pub async fn run(
         let clients =
             watcher::watcher(api::<IdvClient>(&kube, namespace), WatcherConfig::default())
                 .backoff(watch_backoff())
-                .modify(drop_managed_fields)
+                .modify(slim_client)
                 .reflect(client_writer)
                 .inspect(readiness.watch())
                 .inspect(move |event| {

@@ -10,6 +10,7 @@ pub mod assertion;
 pub mod authserver;
 pub mod controller;
 pub mod error;
+pub mod events;
 pub mod http;
 pub mod jwk;
 pub mod leader;

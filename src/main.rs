@@ -14,6 +14,7 @@ use idv_token_operator::{
     api::{self, Environment},
     authserver::{self, ServerPlan},
     controller::{self, RunOptions},
+    events::EventPublisher,
     http::{self, Health},
     jwk::{self, KeygenAlgorithm},
     leader::{self, LeaseSettings},
@@ -25,7 +26,6 @@ use idv_token_operator::{
     token_client::{ClientSecretValue, Credential, TokenClient, TokenClientOptions},
 };
 use jiff::{SignedDuration, Timestamp};
-use kube::runtime::events::{Recorder, Reporter};
 
 #[derive(Parser)]
 #[command(
@@ -280,7 +280,7 @@ fn run(args: RunArgs) -> Result<(), String> {
         let settings = Settings { min_refresh_interval: args.min_refresh_interval };
         let options = RunOptions { namespaces: args.watch_namespaces.clone(), concurrency: args.concurrency.max(1) };
         let max_requests = args.max_concurrent_token_requests;
-        let recorder = Recorder::new(kube.clone(), Reporter { controller: "idv-token-operator".into(), instance: Some(identity) });
+        let events = EventPublisher::new(kube.clone(), "idv-token-operator", &identity);
         let lost = leadership.as_ref().map(|l| l.lost().boxed()).unwrap_or_else(|| futures::future::pending().boxed());
         let stop = async move {
             tokio::select! {
@@ -295,7 +295,7 @@ fn run(args: RunArgs) -> Result<(), String> {
         controller::run(
             kube,
             options,
-            move |caches| Context::new(kube_for_context, tokens, caches, max_requests, settings, metrics, recorder),
+            move |caches| Context::new(kube_for_context, tokens, caches, max_requests, settings, metrics, events),
             stop,
             move || {
                 ready.ready.store(true, Ordering::Relaxed);

@@ -3,7 +3,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -15,7 +18,6 @@ use kube::{
     core::PartialObjectMeta,
     runtime::{
         controller::Action,
-        events::{Event, EventType, Recorder},
         reflector::{ObjectRef, Store},
     },
 };
@@ -26,10 +28,11 @@ use crate::{
     api::{self, IdvClient, IdvClientStatus},
     authserver,
     error::Error,
+    events::{EventPublisher, EventType},
     jwk,
     metrics::Metrics,
     oauth::TokenParams,
-    policy::{self, Decision, ObservedToken},
+    policy::{self, Decision, ObservedToken, RefreshReason},
     resources::{self, TokenTimes},
     schedule::{self, BeforeExpiry},
     token_client::{ClientSecretValue, Credential, TokenClient},
@@ -37,10 +40,42 @@ use crate::{
 
 /// The watch caches, one per watched namespace (`None`: all namespaces).
 pub struct Caches {
-    /// Token Secrets the operator manages (label-filtered).
+    /// Token Secrets the operator manages (label-filtered; data replaced by its hash).
     pub token_secrets: Vec<(Option<String>, Store<Secret>)>,
-    /// Metadata (no data) of Secrets that may hold credentials.
+    /// Metadata (no data) of every other Secret: those that may hold credentials.
     pub credential_secrets: Vec<(Option<String>, Store<PartialObjectMeta<Secret>>)>,
+    /// Per scope, whether `credential_secrets` has listed once: only then does a name missing
+    /// from it mean the Secret does not exist.
+    pub credential_secrets_listed: Vec<(Option<String>, Arc<AtomicBool>)>,
+    /// Token Secret writes whose watch events are still to come.
+    pub own_writes: Arc<OwnWrites>,
+}
+
+/// The operator's own token Secret writes, by content fingerprint, until the watch delivers
+/// them. Their echo needs no reconcile: without this filter every new token would reconcile
+/// its IdvClient a second time (from a cache that has not yet seen the status just written).
+#[derive(Default)]
+pub struct OwnWrites(Mutex<HashMap<ObjectRef<Secret>, u64>>);
+
+impl OwnWrites {
+    /// Call before writing `secret`.
+    fn expect(&self, secret: &Secret) {
+        self.0.lock().expect("lock").insert(
+            ObjectRef::from_obj(secret),
+            resources::content_fingerprint(secret),
+        );
+    }
+
+    /// Whether a watched Secret is exactly what this process last wrote (and forget it).
+    pub fn is_echo(&self, secret: &Secret) -> bool {
+        let key = ObjectRef::from_obj(secret);
+        let mut writes = self.0.lock().expect("lock");
+        let echo = writes.get(&key) == Some(&resources::content_fingerprint(secret));
+        if echo {
+            writes.remove(&key);
+        }
+        echo
+    }
 }
 
 fn in_scope<'a, K: kube::Resource + Clone>(
@@ -68,7 +103,7 @@ pub struct Context {
     pub tokens: TokenClient,
     caches: Caches,
     pub metrics: Arc<Metrics>,
-    recorder: Recorder,
+    events: EventPublisher,
     /// Limits concurrent token requests across all clients, to protect the IdP.
     pub token_request_slots: Semaphore,
     pub settings: Settings,
@@ -103,14 +138,14 @@ impl Context {
         max_concurrent_token_requests: usize,
         settings: Settings,
         metrics: Arc<Metrics>,
-        recorder: Recorder,
+        events: EventPublisher,
     ) -> Self {
         Self {
             kube,
             tokens,
             caches,
             metrics,
-            recorder,
+            events,
             token_request_slots: Semaphore::new(max_concurrent_token_requests.max(1)),
             settings,
             keys: Mutex::new(HashMap::new()),
@@ -121,6 +156,19 @@ impl Context {
     fn cached_token_secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
         in_scope(&self.caches.token_secrets, namespace)?
             .get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// Whether no Secret of this name exists (as far as the watches know), without asking.
+    fn known_absent(&self, namespace: &str, name: &str) -> bool {
+        let listed = self
+            .caches
+            .credential_secrets_listed
+            .iter()
+            .find(|(scope, _)| scope.as_deref().is_none_or(|s| s == namespace))
+            .is_some_and(|(_, listed)| listed.load(Ordering::Acquire));
+        listed
+            && in_scope(&self.caches.credential_secrets, namespace)
+                .is_some_and(|store| store.get(&ObjectRef::new(name).within(namespace)).is_none())
     }
 
     /// The resourceVersion of a Secret as the metadata watch last saw it.
@@ -143,16 +191,9 @@ impl Context {
 
     /// Publish an event on the IdvClient; failing to publish never fails a reconcile.
     async fn event(&self, client: &IdvClient, type_: EventType, reason: &str, note: String) {
-        let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&event, &client.object_ref(&())).await {
-            tracing::debug!("cannot publish event: {e}");
-        }
+        self.events
+            .publish(client.object_ref(&()), type_, reason, note)
+            .await;
     }
 }
 
@@ -320,8 +361,10 @@ async fn attempt(
     let secret_name = client.token_secret_name();
     let existing = match ctx.cached_token_secret(&namespace, &secret_name) {
         Some(cached) => Some((*cached).clone()),
-        // Not in the label-filtered cache: absent, someone else's, or ours with its label
-        // removed. Ask, so that no token is fetched that could not be stored.
+        // In neither cache: absent (a rare race is caught when creating it).
+        None if ctx.known_absent(&namespace, &secret_name) => None,
+        // Someone else's, or ours with its label removed. Ask, so that no token is fetched
+        // that could not be stored.
         None => secrets.get_opt(&secret_name).await?,
     };
     if let Some(secret) = &existing
@@ -341,14 +384,21 @@ async fn attempt(
             let observed = seen.observed.clone().expect("observed with the Secret");
             if !resources::metadata_matches(&secret, client) {
                 // Labels or annotations in the spec changed: re-apply, same token, no IdP call.
-                let desired = resources::desired_secret(
-                    client,
-                    secret.data.clone().unwrap_or_default(),
-                    &resources::data_hash(&secret.data.clone().unwrap_or_default()),
-                    &inputs_hash,
-                    &times_of(&observed),
-                );
-                apply_secret(&secrets, &desired).await?;
+                // The cache holds no token data: read it.
+                let current = secrets
+                    .get_opt(&secret_name)
+                    .await?
+                    .filter(|s| resources::is_owned_by(s, client));
+                if let Some(data) = current.and_then(|s| s.data) {
+                    let desired = resources::desired_secret(
+                        client,
+                        data.clone(),
+                        &resources::data_hash(&data),
+                        &inputs_hash,
+                        &times_of(&observed),
+                    );
+                    apply_secret(&secrets, &desired, &ctx.caches.own_writes).await?;
+                }
             }
             let note = clamp_note(client, &observed, before_expiry, ctx);
             Ok(Outcome::Ready {
@@ -415,10 +465,11 @@ async fn attempt(
             let data = resources::token_data(&answer, expires_at, &params.scopes);
             let desired =
                 resources::desired_secret(client, data.data, &data.hash, &inputs_hash, &times);
+            let own_writes = &ctx.caches.own_writes;
             if existing.is_some() {
-                apply_secret(&secrets, &desired).await?;
+                apply_secret(&secrets, &desired, own_writes).await?;
             } else {
-                create_or_reclaim_secret(&secrets, &desired, client).await?;
+                create_or_reclaim_secret(&secrets, &desired, client, own_writes).await?;
             }
             info!(
                 namespace,
@@ -430,17 +481,27 @@ async fn attempt(
                 why = reason.describe(),
                 "token issued"
             );
-            ctx.event(
-                client,
-                EventType::Normal,
-                "TokenIssued",
-                format!(
-                    "token issued with key {}; expires at {expires_at}, refresh at {}",
-                    key.key_id().unwrap_or("(client secret)"),
-                    refresh.refresh_at
-                ),
-            )
-            .await;
+            // A routine refresh is not news (at 10,000 clients it would be ~4 Events a second,
+            // forever); a first token, a replaced one, or a recovery is.
+            let recovered = ctx
+                .failures
+                .lock()
+                .expect("lock")
+                .contains_key(&ObjectRef::from_obj(client));
+            if reason != RefreshReason::Due || recovered {
+                ctx.event(
+                    client,
+                    EventType::Normal,
+                    "TokenIssued",
+                    format!(
+                        "token issued ({}) with key {}; expires at {expires_at}, refresh at {}",
+                        reason.describe(),
+                        key.key_id().unwrap_or("(client secret)"),
+                        refresh.refresh_at
+                    ),
+                )
+                .await;
+            }
             let observed = resources::observe(&desired);
             let note = resources::plan_note(&refresh, client.spec.refresh.before_expiry.as_deref());
             Ok(Outcome::Ready {
@@ -596,12 +657,14 @@ async fn create_or_reclaim_secret(
     secrets: &Api<Secret>,
     desired: &Secret,
     client: &IdvClient,
+    own_writes: &OwnWrites,
 ) -> Result<(), Error> {
     let name = desired
         .metadata
         .name
         .clone()
         .expect("desired Secret has a name");
+    own_writes.expect(desired);
     match secrets
         .create(
             &PostParams {
@@ -616,7 +679,7 @@ async fn create_or_reclaim_secret(
         Err(kube::Error::Api(status)) if status.code == 409 => {
             match secrets.get_opt(&name).await? {
                 Some(found) if resources::is_owned_by(&found, client) => {
-                    apply_secret(secrets, desired).await
+                    apply_secret(secrets, desired, own_writes).await
                 }
                 _ => Err(Error::SecretConflict { name }),
             }
@@ -625,7 +688,12 @@ async fn create_or_reclaim_secret(
     }
 }
 
-async fn apply_secret(secrets: &Api<Secret>, desired: &Secret) -> Result<(), Error> {
+async fn apply_secret(
+    secrets: &Api<Secret>,
+    desired: &Secret,
+    own_writes: &OwnWrites,
+) -> Result<(), Error> {
+    own_writes.expect(desired);
     let mut body = desired.clone();
     body.metadata.managed_fields = None;
     let value = serde_json::json!({
@@ -723,4 +791,58 @@ pub fn error_policy(client: Arc<IdvClient>, error: &Error, _ctx: Arc<Context>) -
         "reconcile failed: {error}"
     );
     Action::requeue(Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::{ByteString, apimachinery::pkg::apis::meta::v1::ObjectMeta};
+
+    fn token_secret(token: &str) -> Secret {
+        let data = [(
+            api::secret_keys::ACCESS_TOKEN.to_string(),
+            ByteString(token.as_bytes().to_vec()),
+        )]
+        .into();
+        let hash = resources::data_hash(&data);
+        Secret {
+            metadata: ObjectMeta {
+                name: Some("gipod-token".into()),
+                namespace: Some("ns".into()),
+                labels: Some([(api::MANAGED_BY_LABEL.into(), api::MANAGED_BY_VALUE.into())].into()),
+                annotations: Some([(api::DATA_HASH_ANNOTATION.into(), hash)].into()),
+                ..ObjectMeta::default()
+            },
+            data: Some(data),
+            ..Secret::default()
+        }
+    }
+
+    /// What the watch delivers: the stored Secret, as the cache slims it.
+    fn watched(mut secret: Secret, resource_version: &str) -> Secret {
+        secret.metadata.resource_version = Some(resource_version.into());
+        secret.metadata.uid = Some("u".into());
+        resources::strip_token_data(&mut secret);
+        secret
+    }
+
+    #[test]
+    fn only_the_echo_of_our_own_write_is_swallowed_and_only_once() {
+        let writes = OwnWrites::default();
+        let ours = token_secret("t1");
+        assert!(
+            !writes.is_echo(&watched(ours.clone(), "1")),
+            "nothing written yet"
+        );
+        writes.expect(&ours);
+        assert!(
+            !writes.is_echo(&watched(token_secret("edited"), "2")),
+            "someone else's data"
+        );
+        assert!(writes.is_echo(&watched(ours.clone(), "3")));
+        assert!(
+            !writes.is_echo(&watched(ours, "4")),
+            "a later event is not an echo"
+        );
+    }
 }

@@ -154,6 +154,64 @@ pub fn is_owned_by(secret: &Secret, client: &IdvClient) -> bool {
         })
 }
 
+/// In memory only, never written: the token Secret cache keeps this hash of a Secret's data
+/// instead of the data (no access tokens in the operator's heap, ~2 KiB less per client).
+pub const CACHED_DATA_HASH_ANNOTATION: &str = "idv-token-operator.dev/cached-data-hash";
+
+/// Replace a watched token Secret's data by its hash, as the cache keeps it.
+pub fn strip_token_data(secret: &mut Secret) {
+    let Some(data) = secret.data.take() else {
+        return;
+    };
+    if let Some(hash) = hash_of_token_data(&data) {
+        secret
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(CACHED_DATA_HASH_ANNOTATION.into(), hash);
+    }
+}
+
+/// `data_hash`, when the data holds a non-empty access token.
+fn hash_of_token_data(data: &BTreeMap<String, ByteString>) -> Option<String> {
+    data.get(secret_keys::ACCESS_TOKEN)
+        .is_some_and(|t| !t.0.is_empty())
+        .then(|| data_hash(data))
+}
+
+/// The hash of the token data a Secret holds, whether it carries the data or is a stripped
+/// cache copy.
+fn observed_data_hash(secret: &Secret) -> Option<String> {
+    match &secret.data {
+        Some(data) => hash_of_token_data(data),
+        None => secret
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(CACHED_DATA_HASH_ANNOTATION)
+            .cloned(),
+    }
+}
+
+/// A fingerprint of what the operator writes to a token Secret (type, labels, annotations,
+/// data), equal for the desired Secret and for its stripped cache copy. Lets the watch tell the
+/// operator's own writes from anyone else's.
+pub fn content_fingerprint(secret: &Secret) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    secret.type_.hash(&mut hasher);
+    secret.metadata.labels.hash(&mut hasher);
+    secret
+        .metadata
+        .annotations
+        .iter()
+        .flatten()
+        .filter(|(k, _)| k.as_str() != CACHED_DATA_HASH_ANNOTATION)
+        .for_each(|entry| entry.hash(&mut hasher));
+    observed_data_hash(secret).hash(&mut hasher);
+    hasher.finish()
+}
+
 /// Read the operator's bookkeeping back from a Secret it owns.
 pub fn observe(secret: &Secret) -> ObservedToken {
     let annotations = secret.metadata.annotations.clone().unwrap_or_default();
@@ -162,7 +220,6 @@ pub fn observe(secret: &Secret) -> ObservedToken {
             .get(key)
             .and_then(|v| v.parse::<Timestamp>().ok())
     };
-    let data = secret.data.clone().unwrap_or_default();
     let labelled = secret
         .metadata
         .labels
@@ -171,10 +228,8 @@ pub fn observe(secret: &Secret) -> ObservedToken {
         .map(String::as_str)
         == Some(api::MANAGED_BY_VALUE);
     let data_intact = labelled
-        && data
-            .get(secret_keys::ACCESS_TOKEN)
-            .is_some_and(|t| !t.0.is_empty())
-        && annotations.get(api::DATA_HASH_ANNOTATION) == Some(&data_hash(&data));
+        && observed_data_hash(secret)
+            .is_some_and(|hash| annotations.get(api::DATA_HASH_ANNOTATION) == Some(&hash));
     ObservedToken {
         inputs_hash: annotations.get(api::INPUTS_HASH_ANNOTATION).cloned(),
         data_intact,
@@ -410,6 +465,55 @@ mod tests {
             .unwrap()
             .remove(api::MANAGED_BY_LABEL);
         assert!(!observe(&unlabelled).data_intact);
+    }
+
+    #[test]
+    fn stripped_cache_copy_observes_and_fingerprints_like_the_secret() {
+        let s = secret();
+        let mut cached = s.clone();
+        strip_token_data(&mut cached);
+        assert!(cached.data.is_none(), "no token data in the cache");
+        assert!(!serde_json::to_string(&cached).unwrap().contains("tok\""));
+        assert_eq!(observe(&cached), observe(&s));
+        assert_eq!(content_fingerprint(&cached), content_fingerprint(&s));
+
+        // Someone else's edit of data, labels or annotations is not our write.
+        let mut edited = s.clone();
+        edited
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("access_token".into(), ByteString(b"other".to_vec()));
+        strip_token_data(&mut edited);
+        assert!(!observe(&edited).data_intact);
+        assert_ne!(content_fingerprint(&edited), content_fingerprint(&s));
+        let mut relabelled = s.clone();
+        relabelled
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("team".into(), "bikes".into());
+        assert_ne!(content_fingerprint(&relabelled), content_fingerprint(&s));
+        let mut annotated = s.clone();
+        annotated
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(api::REFRESH_AT_ANNOTATION.into(), at(1).to_string());
+        assert_ne!(content_fingerprint(&annotated), content_fingerprint(&s));
+
+        // An emptied token is not intact, stripped or not.
+        let mut emptied = s.clone();
+        emptied
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("access_token".into(), ByteString(Vec::new()));
+        assert!(!observe(&emptied).data_intact);
+        strip_token_data(&mut emptied);
+        assert!(!observe(&emptied).data_intact);
     }
 
     #[test]

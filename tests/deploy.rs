@@ -49,9 +49,11 @@ fn rbac_has_no_wildcards_and_no_deletecollection() {
                     .iter()
                     .any(|r| r.as_str() == Some("events"))
                 {
-                    assert!(
-                        verbs.contains(&"create") && verbs.contains(&"patch"),
-                        "{file}: events need create and patch"
+                    assert_eq!(verbs, ["create"], "{file}: events are only created");
+                    assert_eq!(
+                        rule["apiGroups"].as_sequence().unwrap(),
+                        &[Value::from("events.k8s.io")],
+                        "{file}: events.k8s.io/v1 only"
                     );
                 }
             }
