@@ -6,7 +6,7 @@ use std::{
     future::Future,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -108,7 +108,7 @@ struct Scope {
     credential_store: Store<PartialObjectMeta<Secret>>,
     credential_secrets:
         futures::stream::BoxStream<'static, Result<PartialObjectMeta<Secret>, watcher::Error>>,
-    listed: Arc<AtomicBool>,
+    secrets_listed: Arc<AtomicUsize>,
 }
 
 /// Cached objects carry no managedFields: nothing here reads them, and at 10,000 objects they
@@ -141,6 +141,19 @@ fn keep_identity_only(secret: &mut PartialObjectMeta<Secret>) {
     meta.annotations = None;
     meta.labels = None;
     meta.owner_references = None;
+}
+
+/// Counts a watch in `listed` at its first complete list.
+fn count_first_list<K>(
+    listed: Arc<AtomicUsize>,
+) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) + Send + 'static {
+    let mut counted = false;
+    move |event| {
+        if !counted && matches!(event, Ok(watcher::Event::InitDone)) {
+            counted = true;
+            listed.fetch_add(1, Ordering::Release);
+        }
+    }
 }
 
 /// Calls `ready` once every registered watch has listed its objects once. kube's
@@ -198,6 +211,7 @@ pub async fn run(
             // Only the operator's own Secrets are cached, found by label: never every Secret.
             let (secret_store, writer) = reflector::store();
             let echoes = own_writes.clone();
+            let secrets_listed = Arc::new(AtomicUsize::new(0));
             let owned_secrets = watcher::watcher(
                 api::<Secret>(&kube, namespace.as_deref()),
                 WatcherConfig::default().labels(&ours),
@@ -206,6 +220,7 @@ pub async fn run(
             .modify(slim_token_secret)
             .reflect(writer)
             .inspect(readiness.watch())
+            .inspect(count_first_list(secrets_listed.clone()))
             // The cache takes every event; the controller only what it did not write itself.
             .filter(move |event| {
                 let echo = matches!(event, Ok(watcher::Event::Apply(s)) if echoes.is_echo(s));
@@ -216,8 +231,6 @@ pub async fn run(
             // Every other Secret: metadata only (never data), to notice a changed key at once,
             // to know its resourceVersion without asking the API, and to know a name is free.
             let (credential_store, writer) = reflector::store();
-            let listed = Arc::new(AtomicBool::new(false));
-            let mark_listed = listed.clone();
             let credential_secrets = watcher::watcher(
                 api::<PartialObjectMeta<Secret>>(&kube, namespace.as_deref()),
                 WatcherConfig::default().labels(&not_ours),
@@ -225,11 +238,7 @@ pub async fn run(
             .backoff(watch_backoff())
             .modify(keep_identity_only)
             .reflect(writer)
-            .inspect(move |event| {
-                if matches!(event, Ok(watcher::Event::InitDone)) {
-                    mark_listed.store(true, Ordering::Release);
-                }
-            })
+            .inspect(count_first_list(secrets_listed.clone()))
             .touched_objects()
             .boxed();
             Scope {
@@ -238,7 +247,7 @@ pub async fn run(
                 owned_secrets,
                 credential_store,
                 credential_secrets,
-                listed,
+                secrets_listed,
             }
         })
         .collect();
@@ -251,9 +260,9 @@ pub async fn run(
             .iter()
             .map(|s| (s.namespace.clone(), s.credential_store.clone()))
             .collect(),
-        credential_secrets_listed: scopes
+        secrets_listed: scopes
             .iter()
-            .map(|s| (s.namespace.clone(), s.listed.clone()))
+            .map(|s| (s.namespace.clone(), s.secrets_listed.clone()))
             .collect(),
         own_writes,
     }));
@@ -264,17 +273,19 @@ pub async fn run(
     for scope in scopes {
         let namespace = scope.namespace.as_deref();
         let (client_store, client_writer) = reflector::store();
-        let forget = ctx.clone();
+        let seen = ctx.clone();
         let clients =
             watcher::watcher(api::<IdvClient>(&kube, namespace), WatcherConfig::default())
                 .backoff(watch_backoff())
                 .modify(slim_client)
                 .reflect(client_writer)
                 .inspect(readiness.watch())
-                .inspect(move |event| {
-                    if let Ok(watcher::Event::Delete(client)) = event {
-                        forget.forget(&client.namespace().unwrap_or_default(), &client.name_any());
+                .inspect(move |event| match event {
+                    Ok(watcher::Event::Apply(client)) => seen.writeback.observed(client),
+                    Ok(watcher::Event::Delete(client)) => {
+                        seen.forget(&client.namespace().unwrap_or_default(), &client.name_any())
                     }
+                    _ => {}
                 })
                 .applied_objects()
                 .predicate_filter(spec_or_force_refresh, PredicateConfig::default());
@@ -307,6 +318,11 @@ pub async fn run(
             );
         controllers.push(run);
     }
+    let writeback = ctx.clone();
+    let writer = tokio::spawn(async move { writeback.writeback.run().await });
     futures::future::join_all(controllers).await;
+    writer.abort();
+    // Statuses of the last reconciles, so that a restart finds them written.
+    ctx.writeback.flush(Duration::from_secs(5)).await;
     info!("controller stopped");
 }

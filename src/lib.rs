@@ -22,3 +22,4 @@ pub mod resources;
 pub mod schedule;
 pub mod telemetry;
 pub mod token_client;
+pub mod writeback;

@@ -5,7 +5,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -13,7 +13,7 @@ use std::{
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
-    Api, Resource, ResourceExt,
+    Api, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PostParams},
     core::PartialObjectMeta,
     runtime::{
@@ -36,6 +36,7 @@ use crate::{
     resources::{self, TokenTimes},
     schedule::{self, BeforeExpiry},
     token_client::{ClientSecretValue, Credential, TokenClient},
+    writeback::Writeback,
 };
 
 /// The watch caches, one per watched namespace (`None`: all namespaces).
@@ -44,9 +45,10 @@ pub struct Caches {
     pub token_secrets: Vec<(Option<String>, Store<Secret>)>,
     /// Metadata (no data) of every other Secret: those that may hold credentials.
     pub credential_secrets: Vec<(Option<String>, Store<PartialObjectMeta<Secret>>)>,
-    /// Per scope, whether `credential_secrets` has listed once: only then does a name missing
-    /// from it mean the Secret does not exist.
-    pub credential_secrets_listed: Vec<(Option<String>, Arc<AtomicBool>)>,
+    /// Per scope, how many of the two Secret watches (`token_secrets`, `credential_secrets`)
+    /// have listed once: only when both have does a name missing from both caches mean that
+    /// no such Secret exists.
+    pub secrets_listed: Vec<(Option<String>, Arc<AtomicUsize>)>,
     /// Token Secret writes whose watch events are still to come.
     pub own_writes: Arc<OwnWrites>,
 }
@@ -64,6 +66,14 @@ impl OwnWrites {
             ObjectRef::from_obj(secret),
             resources::content_fingerprint(secret),
         );
+    }
+
+    /// Whether this process wrote the Secret and its watch has not shown that yet.
+    fn in_flight(&self, namespace: &str, name: &str) -> bool {
+        self.0
+            .lock()
+            .expect("lock")
+            .contains_key(&ObjectRef::new(name).within(namespace))
     }
 
     /// Whether a watched Secret is exactly what this process last wrote (and forget it).
@@ -96,6 +106,8 @@ where
 pub struct Settings {
     /// Never refresh sooner than this after a token was issued.
     pub min_refresh_interval: Duration,
+    /// Status and Event writes at the same time while no token work is going on.
+    pub writeback_parallelism: usize,
 }
 
 pub struct Context {
@@ -103,7 +115,7 @@ pub struct Context {
     pub tokens: TokenClient,
     caches: Caches,
     pub metrics: Arc<Metrics>,
-    events: EventPublisher,
+    pub writeback: Arc<Writeback>,
     /// Limits concurrent token requests across all clients, to protect the IdP.
     pub token_request_slots: Semaphore,
     pub settings: Settings,
@@ -141,11 +153,15 @@ impl Context {
         events: EventPublisher,
     ) -> Self {
         Self {
-            kube,
+            kube: kube.clone(),
             tokens,
             caches,
             metrics,
-            events,
+            writeback: Arc::new(Writeback::new(
+                kube.clone(),
+                events,
+                settings.writeback_parallelism,
+            )),
             token_request_slots: Semaphore::new(max_concurrent_token_requests.max(1)),
             settings,
             keys: Mutex::new(HashMap::new()),
@@ -162,13 +178,15 @@ impl Context {
     fn known_absent(&self, namespace: &str, name: &str) -> bool {
         let listed = self
             .caches
-            .credential_secrets_listed
+            .secrets_listed
             .iter()
             .find(|(scope, _)| scope.as_deref().is_none_or(|s| s == namespace))
-            .is_some_and(|(_, listed)| listed.load(Ordering::Acquire));
+            .is_some_and(|(_, listed)| listed.load(Ordering::Acquire) == 2);
         listed
             && in_scope(&self.caches.credential_secrets, namespace)
                 .is_some_and(|store| store.get(&ObjectRef::new(name).within(namespace)).is_none())
+            // Just created by us, the watch not caught up yet: not absent.
+            && !self.caches.own_writes.in_flight(namespace, name)
     }
 
     /// The resourceVersion of a Secret as the metadata watch last saw it.
@@ -186,14 +204,13 @@ impl Context {
             .lock()
             .expect("lock")
             .remove(&ObjectRef::new(name).within(namespace));
+        self.writeback.forget(namespace, name);
         self.metrics.forget_client(namespace, name);
     }
 
-    /// Publish an event on the IdvClient; failing to publish never fails a reconcile.
-    async fn event(&self, client: &IdvClient, type_: EventType, reason: &str, note: String) {
-        self.events
-            .publish(client.object_ref(&()), type_, reason, note)
-            .await;
+    /// Queue an Event on the IdvClient; failing to publish never fails a reconcile.
+    fn event(&self, client: &IdvClient, type_: EventType, reason: &str, note: String) {
+        self.writeback.event(client, type_, reason, note);
     }
 }
 
@@ -218,6 +235,15 @@ enum Outcome {
 pub async fn reconcile(client: Arc<IdvClient>, ctx: Arc<Context>) -> Result<Action, Error> {
     let now = Timestamp::now();
     ctx.metrics.reconciled();
+    // Decide on the newest status known: the watch may not show the last one written yet.
+    let latest = ctx.writeback.latest_status(&client);
+    let client = if latest != client.status {
+        let mut newer = (*client).clone();
+        newer.status = latest;
+        Arc::new(newer)
+    } else {
+        client
+    };
     if client.spec.suspend {
         let status = resources::failed_status(
             &client,
@@ -226,7 +252,7 @@ pub async fn reconcile(client: Arc<IdvClient>, ctx: Arc<Context>) -> Result<Acti
             "spec.suspend is true: no tokens are fetched; the token Secret is left as it is".into(),
             now,
         );
-        write_status(&client, &ctx, status).await?;
+        ctx.writeback.set_status(&client, status);
         return Ok(Action::await_change());
     }
     let mut seen = Seen::default();
@@ -248,7 +274,7 @@ pub async fn reconcile(client: Arc<IdvClient>, ctx: Arc<Context>) -> Result<Acti
                 );
             }
             remove_renamed_secret(&client, &ctx, &status).await?;
-            write_status(&client, &ctx, status).await?;
+            ctx.writeback.set_status(&client, status);
             Ok(Action::requeue(until(now, next)))
         }
         Ok(Outcome::HeldBack { until: at }) => Ok(Action::requeue(until(now, at))),
@@ -312,13 +338,12 @@ async fn handle_failure(
             "; the current token stays in the Secret until it expires at {expires}"
         ));
     }
-    ctx.event(client, EventType::Warning, error.reason(), message.clone())
-        .await;
+    ctx.event(client, EventType::Warning, error.reason(), message.clone());
     // A transient failure while a good token is in place does not make the client unready:
     // workloads are fine, and the next attempt comes before the token expires.
     if !(error.is_transient() && holds_valid_token) {
         let status = resources::failed_status(client, false, error.reason(), message, now);
-        write_status(client, ctx, status).await?;
+        ctx.writeback.set_status(client, status);
     }
     Ok(Action::requeue(delay))
 }
@@ -410,6 +435,8 @@ async fn attempt(
             if let Some(not_before) = held_back(ctx, client, &seen.inputs, now) {
                 return Ok(Outcome::HeldBack { until: not_before });
             }
+            // Status and Event writes wait while this runs.
+            let _token_work = ctx.writeback.token_work();
             let params = TokenParams {
                 scopes: client.spec.scopes.clone(),
                 audience: client.spec.audience.clone(),
@@ -499,8 +526,7 @@ async fn attempt(
                         key.key_id().unwrap_or("(client secret)"),
                         refresh.refresh_at
                     ),
-                )
-                .await;
+                );
             }
             let observed = resources::observe(&desired);
             let note = resources::plan_note(&refresh, client.spec.refresh.before_expiry.as_deref());
@@ -757,32 +783,7 @@ async fn remove_renamed_secret(
     Ok(())
 }
 
-/// Write the status only when it differs: an unchanged status is never rewritten.
-async fn write_status(
-    client: &IdvClient,
-    ctx: &Context,
-    status: IdvClientStatus,
-) -> Result<(), Error> {
-    if client.status.as_ref() == Some(&status) {
-        return Ok(());
-    }
-    let api: Api<IdvClient> =
-        Api::namespaced(ctx.kube.clone(), &client.namespace().unwrap_or_default());
-    let body = serde_json::json!({
-        "apiVersion": IdvClient::api_version(&()),
-        "kind": IdvClient::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &client.name_any(),
-        &PatchParams::apply(api::FIELD_MANAGER).force(),
-        &Patch::Apply(body),
-    )
-    .await?;
-    Ok(())
-}
-
-/// Called when `reconcile` itself returns an error (only API failures writing status).
+/// Called when `reconcile` itself returns an error (only API failures removing a renamed Secret).
 pub fn error_policy(client: Arc<IdvClient>, error: &Error, _ctx: Arc<Context>) -> Action {
     warn!(
         namespace = client.namespace().unwrap_or_default(),

@@ -1586,7 +1586,8 @@ async fn namespaced_mode_touches_only_its_namespaces(env: &Env) {
     ready_client(env, &in_b, "y", None).await;
     let output = in_b.operator.output().to_lowercase();
     assert!(
-        !output.contains("forbidden") && !output.contains("403"),
+        // Not a bare "403": resourceVersions in logged URLs contain it by chance.
+        !output.contains("forbidden") && !output.contains("code: 403"),
         "permission errors in namespaced mode:\n{}",
         in_b.operator.tail(20)
     );

@@ -1,0 +1,377 @@
+//! Status and Events, written behind the token work.
+//!
+//! A token Secret is what workloads wait for; an IdvClient's status and Events report on it.
+//! When many tokens are due at once (a first start, an IdP back after an outage), every status
+//! and Event written in between slows the next token down: on a busy apiserver a status write
+//! costs about twice a Secret write. So reconciles hand their status and Events to this queue
+//! and move on. One background task writes them: one at a time while any token is being
+//! fetched or stored, up to `parallel` at a time otherwise. A status queued for an IdvClient
+//! replaces an older one that is still waiting, so a busy client costs one write.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::{
+    Api, Resource,
+    api::{Patch, PatchParams},
+    runtime::reflector::ObjectRef,
+};
+use tokio::sync::Notify;
+use tracing::warn;
+
+use crate::{
+    api::{self, IdvClient, IdvClientStatus},
+    events::{EventPublisher, EventType},
+};
+
+enum Job {
+    /// Write the status pending for this IdvClient (if it still is).
+    Status(ObjectRef<IdvClient>),
+    Event {
+        regarding: ObjectReference,
+        type_: EventType,
+        reason: String,
+        note: String,
+    },
+}
+
+#[derive(Default)]
+struct State {
+    jobs: VecDeque<Job>,
+    /// Statuses to write, by IdvClient.
+    pending: HashMap<ObjectRef<IdvClient>, IdvClientStatus>,
+    /// Statuses written that the IdvClient watch has not shown yet: a reconcile in between
+    /// must not take the cached (older) status for the current one. Trusted for a minute at
+    /// most, in case the watch shows someone else's write instead.
+    written: HashMap<ObjectRef<IdvClient>, (IdvClientStatus, Instant)>,
+}
+
+const TRUST_WRITTEN: Duration = Duration::from_secs(60);
+
+impl State {
+    fn latest<'a>(
+        &'a self,
+        key: &ObjectRef<IdvClient>,
+        cached: Option<&'a IdvClientStatus>,
+    ) -> Option<&'a IdvClientStatus> {
+        let written = self
+            .written
+            .get(key)
+            .filter(|(_, at)| at.elapsed() < TRUST_WRITTEN)
+            .map(|(status, _)| status);
+        self.pending.get(key).or(written).or(cached)
+    }
+}
+
+pub struct Writeback {
+    kube: kube::Client,
+    events: EventPublisher,
+    parallel: usize,
+    state: Mutex<State>,
+    wake: Notify,
+    /// Reconciles fetching or storing a token right now.
+    token_work: AtomicUsize,
+}
+
+/// Held while a reconcile fetches and stores a token.
+pub struct TokenWork<'a>(&'a Writeback);
+
+impl Drop for TokenWork<'_> {
+    fn drop(&mut self) {
+        self.0.token_work.fetch_sub(1, Ordering::SeqCst);
+        // Maybe the writer may widen now.
+        self.0.wake.notify_one();
+    }
+}
+
+impl Writeback {
+    pub fn new(kube: kube::Client, events: EventPublisher, parallel: usize) -> Self {
+        Self {
+            kube,
+            events,
+            parallel: parallel.max(1),
+            state: Mutex::default(),
+            wake: Notify::new(),
+            token_work: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn token_work(&self) -> TokenWork<'_> {
+        self.token_work.fetch_add(1, Ordering::SeqCst);
+        TokenWork(self)
+    }
+
+    /// The newest status this process knows for the IdvClient: queued, written but not yet
+    /// seen by the watch, or the cached one.
+    pub fn latest_status(&self, client: &IdvClient) -> Option<IdvClientStatus> {
+        let state = self.state.lock().expect("lock");
+        state
+            .latest(&ObjectRef::from_obj(client), client.status.as_ref())
+            .cloned()
+    }
+
+    /// Queue `status` unless it is already the latest.
+    pub fn set_status(&self, client: &IdvClient, status: IdvClientStatus) {
+        let key = ObjectRef::from_obj(client);
+        let mut state = self.state.lock().expect("lock");
+        if state.latest(&key, client.status.as_ref()) == Some(&status) {
+            return;
+        }
+        if state.pending.insert(key.clone(), status).is_none() {
+            state.jobs.push_back(Job::Status(key));
+        }
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    pub fn event(&self, client: &IdvClient, type_: EventType, reason: &str, note: String) {
+        self.state.lock().expect("lock").jobs.push_back(Job::Event {
+            regarding: client.object_ref(&()),
+            type_,
+            reason: reason.into(),
+            note,
+        });
+        self.wake.notify_one();
+    }
+
+    /// The IdvClient watch delivered this object: what was written is now in the cache.
+    pub fn observed(&self, client: &IdvClient) {
+        let key = ObjectRef::from_obj(client);
+        let mut state = self.state.lock().expect("lock");
+        if state.written.get(&key).is_some_and(|(w, at)| {
+            client.status.as_ref() == Some(w) || at.elapsed() >= TRUST_WRITTEN
+        }) {
+            state.written.remove(&key);
+        }
+    }
+
+    /// A deleted IdvClient: nothing more to write.
+    pub fn forget(&self, namespace: &str, name: &str) {
+        let key = ObjectRef::new(name).within(namespace);
+        let mut state = self.state.lock().expect("lock");
+        state.pending.remove(&key);
+        state.written.remove(&key);
+    }
+
+    /// Writes queued by reconciles, oldest first.
+    pub fn queued(&self) -> usize {
+        self.state.lock().expect("lock").jobs.len()
+    }
+
+    /// Write what is queued, for ever.
+    pub async fn run(&self) {
+        loop {
+            let batch = self.take(self.width());
+            if batch.is_empty() {
+                self.wake.notified().await;
+                continue;
+            }
+            let failed = futures::future::join_all(batch.into_iter().map(|job| self.write(job)))
+                .await
+                .into_iter()
+                .any(|ok| !ok);
+            if failed {
+                // The apiserver is in trouble: do not hammer it.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+
+    /// Write what is queued now, for at most `limit` (on shutdown).
+    pub async fn flush(&self, limit: Duration) {
+        let drain = async {
+            loop {
+                let batch = self.take(self.parallel);
+                if batch.is_empty() {
+                    return;
+                }
+                futures::future::join_all(batch.into_iter().map(|job| self.write(job))).await;
+            }
+        };
+        if tokio::time::timeout(limit, drain).await.is_err() {
+            warn!(
+                queued = self.queued(),
+                "shutting down with status writes still queued; the next start writes them"
+            );
+        }
+    }
+
+    fn width(&self) -> usize {
+        if self.token_work.load(Ordering::SeqCst) > 0 {
+            1
+        } else {
+            self.parallel
+        }
+    }
+
+    fn take(&self, n: usize) -> Vec<Job> {
+        let mut state = self.state.lock().expect("lock");
+        let n = n.min(state.jobs.len());
+        state.jobs.drain(..n).collect()
+    }
+
+    /// One write; false when the apiserver failed it.
+    async fn write(&self, job: Job) -> bool {
+        match job {
+            Job::Event {
+                regarding,
+                type_,
+                reason,
+                note,
+            } => {
+                self.events.publish(regarding, type_, &reason, note).await;
+                true
+            }
+            Job::Status(key) => {
+                let Some(status) = self.state.lock().expect("lock").pending.remove(&key) else {
+                    return true;
+                };
+                match self.patch_status(&key, &status).await {
+                    Ok(()) => {
+                        self.state
+                            .lock()
+                            .expect("lock")
+                            .written
+                            .insert(key, (status, Instant::now()));
+                        true
+                    }
+                    // Deleted meanwhile: nothing to report on.
+                    Err(kube::Error::Api(e)) if e.code == 404 => true,
+                    Err(error) => {
+                        warn!(
+                            namespace = key.namespace.as_deref().unwrap_or_default(),
+                            name = key.name,
+                            "cannot write status, will retry: {error}"
+                        );
+                        // Retry later, unless a newer status was queued meanwhile.
+                        let mut state = self.state.lock().expect("lock");
+                        if !state.pending.contains_key(&key) {
+                            state.pending.insert(key.clone(), status);
+                            state.jobs.push_back(Job::Status(key));
+                        }
+                        false
+                    }
+                }
+            }
+        }
+    }
+
+    async fn patch_status(
+        &self,
+        key: &ObjectRef<IdvClient>,
+        status: &IdvClientStatus,
+    ) -> Result<(), kube::Error> {
+        let api: Api<IdvClient> = Api::namespaced(
+            self.kube.clone(),
+            key.namespace.as_deref().unwrap_or_default(),
+        );
+        let body = serde_json::json!({
+            "apiVersion": IdvClient::api_version(&()),
+            "kind": IdvClient::kind(&()),
+            "status": status,
+        });
+        api.patch_status(
+            &key.name,
+            &PatchParams::apply(api::FIELD_MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{AuthServer, IdvClientSpec};
+
+    fn client() -> IdvClient {
+        let mut c = IdvClient::new(
+            "gipod",
+            IdvClientSpec {
+                client_id: "c".into(),
+                auth_server: AuthServer::default(),
+                private_key: None,
+                client_secret: None,
+                scopes: Vec::new(),
+                audience: None,
+                resource: None,
+                secret: Default::default(),
+                refresh: Default::default(),
+                suspend: false,
+            },
+        );
+        c.metadata.namespace = Some("ns".into());
+        c
+    }
+
+    fn status(reason: &str) -> IdvClientStatus {
+        IdvClientStatus {
+            secret_name: Some(reason.into()),
+            ..IdvClientStatus::default()
+        }
+    }
+
+    async fn writeback() -> Writeback {
+        // Never contacted: these tests only queue.
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let kube = kube::Client::try_from(config).unwrap();
+        let events = EventPublisher::new(kube.clone(), "test", "test");
+        Writeback::new(kube, events, 4)
+    }
+
+    #[tokio::test]
+    async fn a_newer_status_replaces_a_queued_one_and_an_unchanged_one_is_not_queued() {
+        let w = writeback().await;
+        let mut c = client();
+        c.status = Some(status("a"));
+        w.set_status(&c, status("a"));
+        assert_eq!(w.queued(), 0, "the cached status is already that");
+        w.set_status(&c, status("b"));
+        w.set_status(&c, status("c"));
+        assert_eq!(w.queued(), 1, "one write for the client, the newest status");
+        assert_eq!(w.latest_status(&c), Some(status("c")));
+        w.set_status(&c, status("c"));
+        assert_eq!(w.queued(), 1);
+        w.forget("ns", "gipod");
+        assert_eq!(w.latest_status(&c), Some(status("a")), "back to the cache");
+    }
+
+    #[tokio::test]
+    async fn a_written_status_counts_until_the_watch_shows_it() {
+        let w = writeback().await;
+        let c = client();
+        let key = ObjectRef::from_obj(&c);
+        w.state
+            .lock()
+            .unwrap()
+            .written
+            .insert(key, (status("w"), Instant::now()));
+        assert_eq!(w.latest_status(&c), Some(status("w")), "the cache lags");
+        w.set_status(&c, status("w"));
+        assert_eq!(w.queued(), 0, "not written twice");
+        w.observed(&c);
+        assert_eq!(w.latest_status(&c), Some(status("w")), "an older event");
+        let mut seen = c.clone();
+        seen.status = Some(status("w"));
+        w.observed(&seen);
+        assert!(w.state.lock().unwrap().written.is_empty());
+    }
+
+    #[tokio::test]
+    async fn only_one_write_at_a_time_while_tokens_are_fetched() {
+        let w = writeback().await;
+        assert_eq!(w.width(), 4);
+        let work = w.token_work();
+        assert_eq!(w.width(), 1);
+        drop(work);
+        assert_eq!(w.width(), 4);
+    }
+}
