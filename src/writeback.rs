@@ -34,12 +34,15 @@ use crate::{
 enum Job {
     /// Write the status pending for this IdvClient (if it still is).
     Status(ObjectRef<IdvClient>),
-    Event {
-        regarding: ObjectReference,
-        type_: EventType,
-        reason: String,
-        note: String,
-    },
+    /// Boxed: thousands of jobs can wait during a burst, most of them statuses.
+    Event(Box<EventJob>),
+}
+
+struct EventJob {
+    regarding: ObjectReference,
+    type_: EventType,
+    reason: String,
+    note: String,
 }
 
 #[derive(Default)]
@@ -47,26 +50,46 @@ struct State {
     jobs: VecDeque<Job>,
     /// Statuses to write, by IdvClient.
     pending: HashMap<ObjectRef<IdvClient>, IdvClientStatus>,
-    /// Statuses written that the IdvClient watch has not shown yet: a reconcile in between
-    /// must not take the cached (older) status for the current one. Trusted for a minute at
-    /// most, in case the watch shows someone else's write instead.
-    written: HashMap<ObjectRef<IdvClient>, (IdvClientStatus, Instant)>,
+    /// Statuses written that the IdvClient watch has not shown yet, as `fingerprint`s: a
+    /// reconcile in between compares with these, not with the cached (older) status. Trusted
+    /// for a minute at most, in case the watch shows someone else's write instead.
+    written: HashMap<ObjectRef<IdvClient>, (u64, Instant)>,
 }
 
 const TRUST_WRITTEN: Duration = Duration::from_secs(60);
 
+/// A status without its conditions' transition times: a reconcile that decides on a stale
+/// cached status computes a new `lastTransitionTime` for the same outcome.
+fn fingerprint(status: &IdvClientStatus) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut status = status.clone();
+    for condition in &mut status.conditions {
+        condition.last_transition_time.clear();
+    }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(&status)
+        .unwrap_or_default()
+        .hash(&mut hasher);
+    hasher.finish()
+}
+
 impl State {
-    fn latest<'a>(
-        &'a self,
+    /// Whether `status` is already queued or written (or, failing both, cached).
+    fn is_latest(
+        &self,
         key: &ObjectRef<IdvClient>,
-        cached: Option<&'a IdvClientStatus>,
-    ) -> Option<&'a IdvClientStatus> {
-        let written = self
-            .written
-            .get(key)
-            .filter(|(_, at)| at.elapsed() < TRUST_WRITTEN)
-            .map(|(status, _)| status);
-        self.pending.get(key).or(written).or(cached)
+        cached: Option<&IdvClientStatus>,
+        status: &IdvClientStatus,
+    ) -> bool {
+        if let Some(pending) = self.pending.get(key) {
+            return pending == status;
+        }
+        if let Some((written, at)) = self.written.get(key)
+            && at.elapsed() < TRUST_WRITTEN
+        {
+            return *written == fingerprint(status);
+        }
+        cached == Some(status)
     }
 }
 
@@ -108,12 +131,13 @@ impl Writeback {
         TokenWork(self)
     }
 
-    /// The newest status this process knows for the IdvClient: queued, written but not yet
-    /// seen by the watch, or the cached one.
+    /// The newest status this process knows for the IdvClient: queued, or the cached one.
     pub fn latest_status(&self, client: &IdvClient) -> Option<IdvClientStatus> {
         let state = self.state.lock().expect("lock");
         state
-            .latest(&ObjectRef::from_obj(client), client.status.as_ref())
+            .pending
+            .get(&ObjectRef::from_obj(client))
+            .or(client.status.as_ref())
             .cloned()
     }
 
@@ -121,7 +145,7 @@ impl Writeback {
     pub fn set_status(&self, client: &IdvClient, status: IdvClientStatus) {
         let key = ObjectRef::from_obj(client);
         let mut state = self.state.lock().expect("lock");
-        if state.latest(&key, client.status.as_ref()) == Some(&status) {
+        if state.is_latest(&key, client.status.as_ref(), &status) {
             return;
         }
         if state.pending.insert(key.clone(), status).is_none() {
@@ -132,12 +156,15 @@ impl Writeback {
     }
 
     pub fn event(&self, client: &IdvClient, type_: EventType, reason: &str, note: String) {
-        self.state.lock().expect("lock").jobs.push_back(Job::Event {
+        let event = EventJob {
             regarding: client.object_ref(&()),
             type_,
             reason: reason.into(),
             note,
-        });
+        };
+        let mut state = self.state.lock().expect("lock");
+        state.jobs.push_back(Job::Event(Box::new(event)));
+        drop(state);
         self.wake.notify_one();
     }
 
@@ -145,8 +172,9 @@ impl Writeback {
     pub fn observed(&self, client: &IdvClient) {
         let key = ObjectRef::from_obj(client);
         let mut state = self.state.lock().expect("lock");
-        if state.written.get(&key).is_some_and(|(w, at)| {
-            client.status.as_ref() == Some(w) || at.elapsed() >= TRUST_WRITTEN
+        if state.written.get(&key).is_some_and(|(written, at)| {
+            client.status.as_ref().map(fingerprint) == Some(*written)
+                || at.elapsed() >= TRUST_WRITTEN
         }) {
             state.written.remove(&key);
         }
@@ -220,12 +248,13 @@ impl Writeback {
     /// One write; false when the apiserver failed it.
     async fn write(&self, job: Job) -> bool {
         match job {
-            Job::Event {
-                regarding,
-                type_,
-                reason,
-                note,
-            } => {
+            Job::Event(event) => {
+                let EventJob {
+                    regarding,
+                    type_,
+                    reason,
+                    note,
+                } = *event;
                 self.events.publish(regarding, type_, &reason, note).await;
                 true
             }
@@ -239,7 +268,7 @@ impl Writeback {
                             .lock()
                             .expect("lock")
                             .written
-                            .insert(key, (status, Instant::now()));
+                            .insert(key, (fingerprint(&status), Instant::now()));
                         true
                     }
                     // Deleted meanwhile: nothing to report on.
@@ -353,12 +382,11 @@ mod tests {
             .lock()
             .unwrap()
             .written
-            .insert(key, (status("w"), Instant::now()));
-        assert_eq!(w.latest_status(&c), Some(status("w")), "the cache lags");
+            .insert(key, (fingerprint(&status("w")), Instant::now()));
         w.set_status(&c, status("w"));
-        assert_eq!(w.queued(), 0, "not written twice");
+        assert_eq!(w.queued(), 0, "not written twice while the cache lags");
         w.observed(&c);
-        assert_eq!(w.latest_status(&c), Some(status("w")), "an older event");
+        assert_eq!(w.state.lock().unwrap().written.len(), 1, "an older event");
         let mut seen = c.clone();
         seen.status = Some(status("w"));
         w.observed(&seen);
