@@ -12,7 +12,7 @@ use std::{
 };
 
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta};
 use kube::{
     Api, Resource, ResourceExt,
     core::PartialObjectMeta,
@@ -132,15 +132,17 @@ fn slim_token_secret(secret: &mut Secret) {
     resources::strip_token_data(secret);
 }
 
-/// Credential Secrets' metadata: only what is used (name, namespace, uid, resourceVersion).
-/// Annotations go: `kubectl apply` leaves the whole Secret, private key included, in
-/// `last-applied-configuration`.
+/// Credential Secrets' metadata: only what is used (name, namespace, resourceVersion).
+/// Annotations in particular go: `kubectl apply` leaves the whole Secret, private key
+/// included, in `last-applied-configuration`.
 fn keep_identity_only(secret: &mut PartialObjectMeta<Secret>) {
     let meta = secret.meta_mut();
-    meta.managed_fields = None;
-    meta.annotations = None;
-    meta.labels = None;
-    meta.owner_references = None;
+    *meta = ObjectMeta {
+        name: meta.name.take(),
+        namespace: meta.namespace.take(),
+        resource_version: meta.resource_version.take(),
+        ..ObjectMeta::default()
+    };
 }
 
 /// Counts a watch in `listed` at its first complete list.

@@ -135,18 +135,10 @@ pub struct Context {
     /// Limits concurrent token requests across all clients, to protect the IdP.
     pub token_request_slots: Semaphore,
     pub settings: Settings,
-    keys: Mutex<HashMap<KeyCacheKey, Credential>>,
+    /// Parsed credentials by (namespace, Secret, key, keyId), each with the Secret's
+    /// resourceVersion it was parsed from: a new version replaces the old one in place.
+    keys: Mutex<HashMap<u64, (String, Credential)>>,
     failures: Mutex<HashMap<ObjectRef<IdvClient>, Failure>>,
-}
-
-/// A parsed key is reused while its Secret's resourceVersion stays the same.
-#[derive(Clone, PartialEq, Eq, Hash)]
-struct KeyCacheKey {
-    namespace: String,
-    secret: String,
-    key: String,
-    key_id: Option<String>,
-    resource_version: String,
 }
 
 /// Backoff bookkeeping for one IdvClient. `inputs` fingerprints what the failed attempt saw:
@@ -225,7 +217,7 @@ impl Context {
     }
 
     /// Queue an Event on the IdvClient; failing to publish never fails a reconcile.
-    fn event(&self, client: &IdvClient, type_: EventType, reason: &str, note: String) {
+    fn event(&self, client: &IdvClient, type_: EventType, reason: &'static str, note: String) {
         self.writeback.event(client, type_, reason, note);
     }
 }
@@ -608,19 +600,20 @@ async fn load_credential(
             ));
         }
     };
-    let cache_key = |version: &str| KeyCacheKey {
-        namespace: namespace.to_string(),
-        secret: reference.name.clone(),
-        key: reference.key.clone(),
-        key_id: key_id.clone(),
-        resource_version: version.to_string(),
+    let cache_key = {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (namespace, &reference.name, &reference.key, &key_id).hash(&mut hasher);
+        hasher.finish()
     };
+    // A parsed key is reused while its Secret's resourceVersion stays the same.
     let cached = |version: &str| {
         ctx.keys
             .lock()
             .expect("lock")
-            .get(&cache_key(version))
-            .cloned()
+            .get(&cache_key)
+            .filter(|(parsed_from, _)| parsed_from == version)
+            .map(|(_, key)| key.clone())
     };
     // The metadata watch knows the Secret's version: a key parsed from that version is reused
     // without reading the Secret again.
@@ -680,16 +673,11 @@ async fn load_credential(
         })?;
         Credential::PrivateKey(Arc::new(parsed))
     };
-    let new_key = cache_key(&version);
-    let mut keys = ctx.keys.lock().expect("lock");
-    // Older versions of this Secret's key are dead weight now.
-    keys.retain(|k, _| {
-        !(k.namespace == new_key.namespace
-            && k.secret == new_key.secret
-            && k.key == new_key.key
-            && k.key_id == new_key.key_id)
-    });
-    keys.insert(new_key, key.clone());
+    // Replaces the key parsed from an older version of the Secret.
+    ctx.keys
+        .lock()
+        .expect("lock")
+        .insert(cache_key, (version.clone(), key.clone()));
     Ok((key, version))
 }
 

@@ -39,10 +39,20 @@ enum Job {
 }
 
 struct EventJob {
-    regarding: ObjectReference,
+    name: String,
+    namespace: String,
+    uid: String,
     type_: EventType,
-    reason: String,
+    reason: &'static str,
     note: String,
+}
+
+/// The queue's key for an IdvClient: name and namespace only (`ObjectRef::from_obj` would also
+/// copy resourceVersion and uid, which equality ignores anyway).
+fn key_of(client: &IdvClient) -> ObjectRef<IdvClient> {
+    let meta = client.meta();
+    ObjectRef::new(meta.name.as_deref().unwrap_or_default())
+        .within(meta.namespace.as_deref().unwrap_or_default())
 }
 
 #[derive(Default)]
@@ -136,14 +146,14 @@ impl Writeback {
         let state = self.state.lock().expect("lock");
         state
             .pending
-            .get(&ObjectRef::from_obj(client))
+            .get(&key_of(client))
             .or(client.status.as_ref())
             .cloned()
     }
 
     /// Queue `status` unless it is already the latest.
     pub fn set_status(&self, client: &IdvClient, status: IdvClientStatus) {
-        let key = ObjectRef::from_obj(client);
+        let key = key_of(client);
         let mut state = self.state.lock().expect("lock");
         if state.is_latest(&key, client.status.as_ref(), &status) {
             return;
@@ -155,11 +165,14 @@ impl Writeback {
         self.wake.notify_one();
     }
 
-    pub fn event(&self, client: &IdvClient, type_: EventType, reason: &str, note: String) {
+    pub fn event(&self, client: &IdvClient, type_: EventType, reason: &'static str, note: String) {
+        let meta = client.meta();
         let event = EventJob {
-            regarding: client.object_ref(&()),
+            name: meta.name.clone().unwrap_or_default(),
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            uid: meta.uid.clone().unwrap_or_default(),
             type_,
-            reason: reason.into(),
+            reason,
             note,
         };
         let mut state = self.state.lock().expect("lock");
@@ -170,7 +183,7 @@ impl Writeback {
 
     /// The IdvClient watch delivered this object: what was written is now in the cache.
     pub fn observed(&self, client: &IdvClient) {
-        let key = ObjectRef::from_obj(client);
+        let key = key_of(client);
         let mut state = self.state.lock().expect("lock");
         if state.written.get(&key).is_some_and(|(written, at)| {
             client.status.as_ref().map(fingerprint) == Some(*written)
@@ -250,12 +263,22 @@ impl Writeback {
         match job {
             Job::Event(event) => {
                 let EventJob {
-                    regarding,
+                    name,
+                    namespace,
+                    uid,
                     type_,
                     reason,
                     note,
                 } = *event;
-                self.events.publish(regarding, type_, &reason, note).await;
+                let regarding = ObjectReference {
+                    api_version: Some(IdvClient::api_version(&()).into()),
+                    kind: Some(IdvClient::kind(&()).into()),
+                    name: Some(name),
+                    namespace: Some(namespace),
+                    uid: Some(uid),
+                    ..ObjectReference::default()
+                };
+                self.events.publish(regarding, type_, reason, note).await;
                 true
             }
             Job::Status(key) => {
@@ -377,7 +400,7 @@ mod tests {
     async fn a_written_status_counts_until_the_watch_shows_it() {
         let w = writeback().await;
         let c = client();
-        let key = ObjectRef::from_obj(&c);
+        let key = key_of(&c);
         w.state
             .lock()
             .unwrap()
