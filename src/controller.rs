@@ -6,7 +6,7 @@ use std::{
     future::Future,
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
@@ -27,8 +27,9 @@ use tracing::{debug, info};
 
 use crate::{
     api::{self, IdvClient},
+    caches::{Caches, OwnWrites, ScopeCaches, SecretVersions},
     error::Error,
-    reconcile::{self, Caches, Context, OwnWrites},
+    reconcile::{self, Context},
     resources,
 };
 
@@ -100,15 +101,12 @@ fn backoff(min: Duration, max: Duration) -> ResetTimerBackoff<watcher::Exponenti
     ResetTimerBackoff::new(builder.into(), Duration::from_secs(60))
 }
 
-/// Everything one watch scope (a namespace, or all) needs, built before the shared context.
-struct Scope {
+/// The Secret watches of one scope (a namespace, or all), built before the shared context.
+struct SecretWatches {
     namespace: Option<String>,
-    secret_store: Store<Secret>,
     owned_secrets: futures::stream::BoxStream<'static, Result<Secret, watcher::Error>>,
-    credential_store: Store<PartialObjectMeta<Secret>>,
-    credential_secrets:
+    other_secrets:
         futures::stream::BoxStream<'static, Result<PartialObjectMeta<Secret>, watcher::Error>>,
-    secrets_listed: Arc<AtomicUsize>,
 }
 
 /// Cached objects carry no managedFields: nothing here reads them, and at 10,000 objects they
@@ -143,19 +141,6 @@ fn keep_identity_only(secret: &mut PartialObjectMeta<Secret>) {
         resource_version: meta.resource_version.take(),
         ..ObjectMeta::default()
     };
-}
-
-/// Counts a watch in `listed` at its first complete list.
-fn count_first_list<K>(
-    listed: Arc<AtomicUsize>,
-) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) + Send + 'static {
-    let mut counted = false;
-    move |event| {
-        if !counted && matches!(event, Ok(watcher::Event::InitDone)) {
-            counted = true;
-            listed.fetch_add(1, Ordering::Release);
-        }
-    }
 }
 
 /// Calls `ready` once every registered watch has listed its objects once. kube's
@@ -207,13 +192,14 @@ pub async fn run(
     let own_writes = Arc::new(OwnWrites::default());
     let ours = format!("{}={}", api::MANAGED_BY_LABEL, api::MANAGED_BY_VALUE);
     let not_ours = format!("{}!={}", api::MANAGED_BY_LABEL, api::MANAGED_BY_VALUE);
-    let scopes: Vec<Scope> = scopes
+    let (scope_caches, watches): (Vec<ScopeCaches>, Vec<SecretWatches>) = scopes
         .into_iter()
         .map(|namespace| {
             // Only the operator's own Secrets are cached, found by label: never every Secret.
-            let (secret_store, writer) = reflector::store();
+            let (token_secrets, writer) = reflector::store();
             let echoes = own_writes.clone();
-            let secrets_listed = Arc::new(AtomicUsize::new(0));
+            let token_secrets_listed = Arc::new(AtomicBool::new(false));
+            let listed = token_secrets_listed.clone();
             let owned_secrets = watcher::watcher(
                 api::<Secret>(&kube, namespace.as_deref()),
                 WatcherConfig::default().labels(&ours),
@@ -222,7 +208,11 @@ pub async fn run(
             .modify(slim_token_secret)
             .reflect(writer)
             .inspect(readiness.watch())
-            .inspect(count_first_list(secrets_listed.clone()))
+            .inspect(move |event| {
+                if matches!(event, Ok(watcher::Event::InitDone)) {
+                    listed.store(true, Ordering::Release);
+                }
+            })
             // The cache takes every event; the controller only what it did not write itself.
             .filter(move |event| {
                 let echo = matches!(event, Ok(watcher::Event::Apply(s)) if echoes.is_echo(s));
@@ -232,47 +222,45 @@ pub async fn run(
             .boxed();
             // Every other Secret: metadata only (never data), to notice a changed key at once,
             // to know its resourceVersion without asking the API, and to know a name is free.
-            let (credential_store, writer) = reflector::store();
-            let credential_secrets = watcher::watcher(
+            let other_secrets = Arc::new(SecretVersions::default());
+            let versions = other_secrets.clone();
+            let other_secrets_stream = watcher::watcher(
                 api::<PartialObjectMeta<Secret>>(&kube, namespace.as_deref()),
                 WatcherConfig::default().labels(&not_ours),
             )
             .backoff(watch_backoff())
             .modify(keep_identity_only)
-            .reflect(writer)
-            .inspect(count_first_list(secrets_listed.clone()))
+            .inspect(move |event| {
+                if let Ok(event) = event {
+                    versions.apply(event);
+                }
+            })
             .touched_objects()
             .boxed();
-            Scope {
-                namespace,
-                secret_store,
-                owned_secrets,
-                credential_store,
-                credential_secrets,
-                secrets_listed,
-            }
+            (
+                ScopeCaches {
+                    namespace: namespace.clone(),
+                    token_secrets,
+                    token_secrets_listed,
+                    other_secrets,
+                },
+                SecretWatches {
+                    namespace,
+                    owned_secrets,
+                    other_secrets: other_secrets_stream,
+                },
+            )
         })
-        .collect();
+        .unzip();
     let ctx = Arc::new(make_context(Caches {
-        token_secrets: scopes
-            .iter()
-            .map(|s| (s.namespace.clone(), s.secret_store.clone()))
-            .collect(),
-        credential_secrets: scopes
-            .iter()
-            .map(|s| (s.namespace.clone(), s.credential_store.clone()))
-            .collect(),
-        secrets_listed: scopes
-            .iter()
-            .map(|s| (s.namespace.clone(), s.secrets_listed.clone()))
-            .collect(),
+        scopes: scope_caches,
         own_writes,
     }));
 
     // One shutdown signal, shared by every controller.
     let shutdown = shutdown.shared();
     let mut controllers = Vec::new();
-    for scope in scopes {
+    for scope in watches {
         let namespace = scope.namespace.as_deref();
         let (client_store, client_writer) = reflector::store();
         let seen = ctx.clone();
@@ -300,7 +288,7 @@ pub async fn run(
         );
         let run = controller
             .owns_stream(scope.owned_secrets)
-            .watches_stream(scope.credential_secrets, move |secret| {
+            .watches_stream(scope.other_secrets, move |secret| {
                 clients_using(&secret, &lookup)
             })
             .with_config(controller::Config::default().concurrency(options.concurrency))

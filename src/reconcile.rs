@@ -3,10 +3,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -15,11 +12,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PostParams},
-    core::PartialObjectMeta,
-    runtime::{
-        controller::Action,
-        reflector::{ObjectRef, Store},
-    },
+    runtime::{controller::Action, reflector::ObjectRef},
 };
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
@@ -27,6 +20,7 @@ use tracing::{info, warn};
 use crate::{
     api::{self, IdvClient, IdvClientStatus},
     authserver,
+    caches::{Caches, OwnWrites},
     error::Error,
     events::{EventPublisher, EventType},
     jwk,
@@ -38,84 +32,6 @@ use crate::{
     token_client::{ClientSecretValue, Credential, TokenClient},
     writeback::Writeback,
 };
-
-/// The watch caches, one per watched namespace (`None`: all namespaces).
-pub struct Caches {
-    /// Token Secrets the operator manages (label-filtered; data replaced by its hash).
-    pub token_secrets: Vec<(Option<String>, Store<Secret>)>,
-    /// Metadata (no data) of every other Secret: those that may hold credentials.
-    pub credential_secrets: Vec<(Option<String>, Store<PartialObjectMeta<Secret>>)>,
-    /// Per scope, how many of the two Secret watches (`token_secrets`, `credential_secrets`)
-    /// have listed once: only when both have does a name missing from both caches mean that
-    /// no such Secret exists.
-    pub secrets_listed: Vec<(Option<String>, Arc<AtomicUsize>)>,
-    /// Token Secret writes whose watch events are still to come.
-    pub own_writes: Arc<OwnWrites>,
-}
-
-/// The operator's own token Secret writes, by content fingerprint, until the watch delivers
-/// them. Their echo needs no reconcile: without this filter every new token would reconcile
-/// its IdvClient a second time (from a cache that has not yet seen the status just written).
-/// Keyed by a hash of namespace and name (16 bytes an entry: at 10,000 new tokens the watch
-/// lags thousands of writes behind); a collision only costs a reconcile.
-#[derive(Default)]
-pub struct OwnWrites(Mutex<HashMap<u64, u64>>);
-
-fn name_key(namespace: &str, name: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (namespace, name).hash(&mut hasher);
-    hasher.finish()
-}
-
-fn secret_key(secret: &Secret) -> u64 {
-    name_key(
-        secret.metadata.namespace.as_deref().unwrap_or_default(),
-        secret.metadata.name.as_deref().unwrap_or_default(),
-    )
-}
-
-impl OwnWrites {
-    /// Call before writing `secret`.
-    fn expect(&self, secret: &Secret) {
-        self.0
-            .lock()
-            .expect("lock")
-            .insert(secret_key(secret), resources::content_fingerprint(secret));
-    }
-
-    /// Whether this process wrote the Secret and its watch has not shown that yet.
-    fn in_flight(&self, namespace: &str, name: &str) -> bool {
-        self.0
-            .lock()
-            .expect("lock")
-            .contains_key(&name_key(namespace, name))
-    }
-
-    /// Whether a watched Secret is exactly what this process last wrote (and forget it).
-    pub fn is_echo(&self, secret: &Secret) -> bool {
-        let key = secret_key(secret);
-        let mut writes = self.0.lock().expect("lock");
-        let echo = writes.get(&key) == Some(&resources::content_fingerprint(secret));
-        if echo {
-            writes.remove(&key);
-        }
-        echo
-    }
-}
-
-fn in_scope<'a, K: kube::Resource + Clone>(
-    stores: &'a [(Option<String>, Store<K>)],
-    namespace: &str,
-) -> Option<&'a Store<K>>
-where
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    stores
-        .iter()
-        .find(|(scope, _)| scope.as_deref().is_none_or(|s| s == namespace))
-        .map(|(_, store)| store)
-}
 
 /// Tunables of the controller.
 #[derive(Debug, Clone)]
@@ -175,35 +91,6 @@ impl Context {
             keys: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
         }
-    }
-
-    fn cached_token_secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
-        in_scope(&self.caches.token_secrets, namespace)?
-            .get(&ObjectRef::new(name).within(namespace))
-    }
-
-    /// Whether no Secret of this name exists (as far as the watches know), without asking.
-    fn known_absent(&self, namespace: &str, name: &str) -> bool {
-        let listed = self
-            .caches
-            .secrets_listed
-            .iter()
-            .find(|(scope, _)| scope.as_deref().is_none_or(|s| s == namespace))
-            .is_some_and(|(_, listed)| listed.load(Ordering::Acquire) == 2);
-        listed
-            && in_scope(&self.caches.credential_secrets, namespace)
-                .is_some_and(|store| store.get(&ObjectRef::new(name).within(namespace)).is_none())
-            // Just created by us, the watch not caught up yet: not absent.
-            && !self.caches.own_writes.in_flight(namespace, name)
-    }
-
-    /// The resourceVersion of a Secret as the metadata watch last saw it.
-    fn cached_secret_version(&self, namespace: &str, name: &str) -> Option<String> {
-        in_scope(&self.caches.credential_secrets, namespace)?
-            .get(&ObjectRef::new(name).within(namespace))?
-            .metadata
-            .resource_version
-            .clone()
     }
 
     /// Forget a deleted IdvClient: its backoff state and its metric series.
@@ -392,10 +279,10 @@ async fn attempt(
     // The token Secret, if any, must be ours.
     let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), &namespace);
     let secret_name = client.token_secret_name();
-    let existing = match ctx.cached_token_secret(&namespace, &secret_name) {
+    let existing = match ctx.caches.token_secret(&namespace, &secret_name) {
         Some(cached) => Some((*cached).clone()),
         // In neither cache: absent (a rare race is caught when creating it).
-        None if ctx.known_absent(&namespace, &secret_name) => None,
+        None if ctx.caches.known_absent(&namespace, &secret_name) => None,
         // Someone else's, or ours with its label removed. Ask, so that no token is fetched
         // that could not be stored.
         None => secrets.get_opt(&secret_name).await?,
@@ -617,7 +504,7 @@ async fn load_credential(
     };
     // The metadata watch knows the Secret's version: a key parsed from that version is reused
     // without reading the Secret again.
-    if let Some(version) = ctx.cached_secret_version(namespace, &reference.name)
+    if let Some(version) = ctx.caches.secret_version(namespace, &reference.name)
         && let Some(key) = cached(&version)
     {
         return Ok((key, version));
@@ -796,58 +683,4 @@ pub fn error_policy(client: Arc<IdvClient>, error: &Error, _ctx: Arc<Context>) -
         "reconcile failed: {error}"
     );
     Action::requeue(Duration::from_secs(5))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_openapi::{ByteString, apimachinery::pkg::apis::meta::v1::ObjectMeta};
-
-    fn token_secret(token: &str) -> Secret {
-        let data = [(
-            api::secret_keys::ACCESS_TOKEN.to_string(),
-            ByteString(token.as_bytes().to_vec()),
-        )]
-        .into();
-        let hash = resources::data_hash(&data);
-        Secret {
-            metadata: ObjectMeta {
-                name: Some("gipod-token".into()),
-                namespace: Some("ns".into()),
-                labels: Some([(api::MANAGED_BY_LABEL.into(), api::MANAGED_BY_VALUE.into())].into()),
-                annotations: Some([(api::DATA_HASH_ANNOTATION.into(), hash)].into()),
-                ..ObjectMeta::default()
-            },
-            data: Some(data),
-            ..Secret::default()
-        }
-    }
-
-    /// What the watch delivers: the stored Secret, as the cache slims it.
-    fn watched(mut secret: Secret, resource_version: &str) -> Secret {
-        secret.metadata.resource_version = Some(resource_version.into());
-        secret.metadata.uid = Some("u".into());
-        resources::strip_token_data(&mut secret);
-        secret
-    }
-
-    #[test]
-    fn only_the_echo_of_our_own_write_is_swallowed_and_only_once() {
-        let writes = OwnWrites::default();
-        let ours = token_secret("t1");
-        assert!(
-            !writes.is_echo(&watched(ours.clone(), "1")),
-            "nothing written yet"
-        );
-        writes.expect(&ours);
-        assert!(
-            !writes.is_echo(&watched(token_secret("edited"), "2")),
-            "someone else's data"
-        );
-        assert!(writes.is_echo(&watched(ours.clone(), "3")));
-        assert!(
-            !writes.is_echo(&watched(ours, "4")),
-            "a later event is not an echo"
-        );
-    }
 }

@@ -1,0 +1,280 @@
+//! What the watches keep for the reconciles: the operator's token Secrets, the
+//! resourceVersions of all other Secrets, and the operator's own writes not yet seen.
+
+use std::{
+    collections::HashMap,
+    hash::{Hash, Hasher},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    core::PartialObjectMeta,
+    runtime::{
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
+};
+
+use crate::resources;
+
+/// One watched namespace (`namespace: None`: all namespaces).
+pub struct ScopeCaches {
+    pub namespace: Option<String>,
+    /// Token Secrets the operator manages (label-filtered; data replaced by its hash).
+    pub token_secrets: Store<Secret>,
+    /// Whether `token_secrets` has listed once.
+    pub token_secrets_listed: Arc<AtomicBool>,
+    /// Every other Secret, by resourceVersion: the credentials are among them.
+    pub other_secrets: Arc<SecretVersions>,
+}
+
+pub struct Caches {
+    pub scopes: Vec<ScopeCaches>,
+    /// Token Secret writes whose watch events are still to come.
+    pub own_writes: Arc<OwnWrites>,
+}
+
+impl Caches {
+    fn scope(&self, namespace: &str) -> Option<&ScopeCaches> {
+        self.scopes
+            .iter()
+            .find(|s| s.namespace.as_deref().is_none_or(|n| n == namespace))
+    }
+
+    pub fn token_secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
+        self.scope(namespace)?
+            .token_secrets
+            .get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// The resourceVersion of a Secret (not the operator's) as its watch last saw it.
+    pub fn secret_version(&self, namespace: &str, name: &str) -> Option<String> {
+        self.scope(namespace)?
+            .other_secrets
+            .version(namespace, name)
+    }
+
+    /// Whether no Secret of this name exists, as far as the watches know: both have listed,
+    /// neither has it, and the operator has not just written it.
+    pub fn known_absent(&self, namespace: &str, name: &str) -> bool {
+        self.scope(namespace).is_some_and(|scope| {
+            scope.token_secrets_listed.load(Ordering::Acquire)
+                && scope.other_secrets.listed()
+                && scope
+                    .token_secrets
+                    .get(&ObjectRef::new(name).within(namespace))
+                    .is_none()
+                && scope.other_secrets.version(namespace, name).is_none()
+        }) && !self.own_writes.in_flight(namespace, name)
+    }
+}
+
+/// A Secret's namespace and name, hashed. Used where an entry is only a hint: a collision
+/// costs one extra API read or reconcile, never a wrong answer.
+fn name_key(namespace: &str, name: &str) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (namespace, name).hash(&mut hasher);
+    hasher.finish()
+}
+
+fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> u64 {
+    name_key(
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default(),
+    )
+}
+
+/// The resourceVersions of the Secrets a metadata watch sees: all the operator needs of
+/// Secrets that are not its own (to reuse a parsed key, and to know a name is free). A kube
+/// reflector store would keep every Secret's whole metadata, ~650 bytes each; in cluster-wide
+/// mode that is every Secret of the cluster. A version read through a hash collision does
+/// not match the key cache's, so it only costs a GET.
+#[derive(Default)]
+pub struct SecretVersions(Mutex<Versions>);
+
+#[derive(Default)]
+struct Versions {
+    current: HashMap<u64, String>,
+    /// While the watch (re)lists: the new state, swapped in when the list is complete.
+    relisting: Option<HashMap<u64, String>>,
+    listed: bool,
+}
+
+impl SecretVersions {
+    /// Follow the watch, as kube's reflector does.
+    pub fn apply(&self, event: &watcher::Event<PartialObjectMeta<Secret>>) {
+        let version =
+            |s: &PartialObjectMeta<Secret>| s.metadata.resource_version.clone().unwrap_or_default();
+        let mut state = self.0.lock().expect("lock");
+        match event {
+            watcher::Event::Init => state.relisting = Some(HashMap::new()),
+            watcher::Event::InitApply(secret) => {
+                if let Some(next) = state.relisting.as_mut() {
+                    next.insert(key_of(&secret.metadata), version(secret));
+                }
+            }
+            watcher::Event::InitDone => {
+                if let Some(next) = state.relisting.take() {
+                    state.current = next;
+                }
+                state.listed = true;
+            }
+            watcher::Event::Apply(secret) => {
+                state
+                    .current
+                    .insert(key_of(&secret.metadata), version(secret));
+            }
+            watcher::Event::Delete(secret) => {
+                state.current.remove(&key_of(&secret.metadata));
+            }
+        }
+    }
+
+    pub fn version(&self, namespace: &str, name: &str) -> Option<String> {
+        let state = self.0.lock().expect("lock");
+        state.current.get(&name_key(namespace, name)).cloned()
+    }
+
+    pub fn listed(&self) -> bool {
+        self.0.lock().expect("lock").listed
+    }
+}
+
+/// The operator's own token Secret writes, by content fingerprint, until the watch delivers
+/// them. Their echo needs no reconcile: without this filter every new token would reconcile
+/// its IdvClient a second time (from a cache that has not yet seen the status just written).
+/// Keyed by `name_key` (16 bytes an entry: at 10,000 new tokens the watch lags thousands of
+/// writes behind); a collision only costs a reconcile.
+#[derive(Default)]
+pub struct OwnWrites(Mutex<HashMap<u64, u64>>);
+
+impl OwnWrites {
+    /// Call before writing `secret`.
+    pub fn expect(&self, secret: &Secret) {
+        self.0.lock().expect("lock").insert(
+            key_of(&secret.metadata),
+            resources::content_fingerprint(secret),
+        );
+    }
+
+    /// Whether this process wrote the Secret and its watch has not shown that yet.
+    pub fn in_flight(&self, namespace: &str, name: &str) -> bool {
+        self.0
+            .lock()
+            .expect("lock")
+            .contains_key(&name_key(namespace, name))
+    }
+
+    /// Whether a watched Secret is exactly what this process last wrote (and forget it).
+    pub fn is_echo(&self, secret: &Secret) -> bool {
+        let key = key_of(&secret.metadata);
+        let mut writes = self.0.lock().expect("lock");
+        let echo = writes.get(&key) == Some(&resources::content_fingerprint(secret));
+        if echo {
+            writes.remove(&key);
+        }
+        echo
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api;
+    use k8s_openapi::{ByteString, apimachinery::pkg::apis::meta::v1::ObjectMeta};
+
+    fn token_secret(token: &str) -> Secret {
+        let data = [(
+            api::secret_keys::ACCESS_TOKEN.to_string(),
+            ByteString(token.as_bytes().to_vec()),
+        )]
+        .into();
+        let hash = resources::data_hash(&data);
+        Secret {
+            metadata: ObjectMeta {
+                name: Some("gipod-token".into()),
+                namespace: Some("ns".into()),
+                labels: Some([(api::MANAGED_BY_LABEL.into(), api::MANAGED_BY_VALUE.into())].into()),
+                annotations: Some([(api::DATA_HASH_ANNOTATION.into(), hash)].into()),
+                ..ObjectMeta::default()
+            },
+            data: Some(data),
+            ..Secret::default()
+        }
+    }
+
+    /// What the watch delivers: the stored Secret, as the cache slims it.
+    fn watched(mut secret: Secret, resource_version: &str) -> Secret {
+        secret.metadata.resource_version = Some(resource_version.into());
+        secret.metadata.uid = Some("u".into());
+        resources::strip_token_data(&mut secret);
+        secret
+    }
+
+    #[test]
+    fn only_the_echo_of_our_own_write_is_swallowed_and_only_once() {
+        let writes = OwnWrites::default();
+        let ours = token_secret("t1");
+        assert!(
+            !writes.is_echo(&watched(ours.clone(), "1")),
+            "nothing written yet"
+        );
+        writes.expect(&ours);
+        assert!(writes.in_flight("ns", "gipod-token"));
+        assert!(
+            !writes.is_echo(&watched(token_secret("edited"), "2")),
+            "someone else's data"
+        );
+        assert!(writes.is_echo(&watched(ours.clone(), "3")));
+        assert!(!writes.in_flight("ns", "gipod-token"));
+        assert!(
+            !writes.is_echo(&watched(ours, "4")),
+            "a later event is not an echo"
+        );
+    }
+
+    fn meta(name: &str, version: &str) -> PartialObjectMeta<Secret> {
+        let mut secret = PartialObjectMeta::<Secret>::default();
+        secret.metadata = ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("ns".into()),
+            resource_version: Some(version.into()),
+            ..ObjectMeta::default()
+        };
+        secret
+    }
+
+    #[test]
+    fn secret_versions_follow_the_watch_and_swap_a_relist_in_whole() {
+        use watcher::Event::*;
+        let versions = SecretVersions::default();
+        assert!(!versions.listed());
+        for event in [Init, InitApply(meta("a", "1")), InitApply(meta("b", "2"))] {
+            versions.apply(&event);
+        }
+        assert_eq!(
+            versions.version("ns", "a"),
+            None,
+            "not before the list is complete"
+        );
+        versions.apply(&InitDone);
+        assert!(versions.listed());
+        assert_eq!(versions.version("ns", "a").as_deref(), Some("1"));
+        versions.apply(&Apply(meta("a", "3")));
+        versions.apply(&Delete(meta("b", "2")));
+        assert_eq!(versions.version("ns", "a").as_deref(), Some("3"));
+        assert_eq!(versions.version("ns", "b"), None);
+        // A relist after a watch error: the old state serves until the new one is complete.
+        versions.apply(&Init);
+        versions.apply(&InitApply(meta("c", "4")));
+        assert_eq!(versions.version("ns", "a").as_deref(), Some("3"));
+        versions.apply(&InitDone);
+        assert_eq!(versions.version("ns", "a"), None);
+        assert_eq!(versions.version("ns", "c").as_deref(), Some("4"));
+        assert_eq!(versions.version("other", "c"), None);
+    }
+}
