@@ -4,30 +4,19 @@
 use std::{
     collections::HashMap,
     hash::{Hash, Hasher},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex},
 };
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::{
-    core::PartialObjectMeta,
-    runtime::{
-        reflector::{ObjectRef, Store},
-        watcher,
-    },
-};
+use kube::{core::PartialObjectMeta, runtime::watcher};
 
-use crate::resources;
+use crate::resources::{self, TokenSecretRecord};
 
 /// One watched namespace (`namespace: None`: all namespaces).
 pub struct ScopeCaches {
     pub namespace: Option<String>,
-    /// Token Secrets the operator manages (label-filtered; data replaced by its hash).
-    pub token_secrets: Store<Secret>,
-    /// Whether `token_secrets` has listed once.
-    pub token_secrets_listed: Arc<AtomicBool>,
+    /// The token Secrets the operator manages (label-filtered), as records.
+    pub token_secrets: Arc<TokenSecrets>,
     /// Every other Secret, by resourceVersion: the credentials are among them.
     pub other_secrets: Arc<SecretVersions>,
 }
@@ -45,10 +34,8 @@ impl Caches {
             .find(|s| s.namespace.as_deref().is_none_or(|n| n == namespace))
     }
 
-    pub fn token_secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
-        self.scope(namespace)?
-            .token_secrets
-            .get(&ObjectRef::new(name).within(namespace))
+    pub fn token_secret(&self, namespace: &str, name: &str) -> Option<TokenSecretRecord> {
+        self.scope(namespace)?.token_secrets.get(namespace, name)
     }
 
     /// The resourceVersion of a Secret (not the operator's) as its watch last saw it.
@@ -62,12 +49,9 @@ impl Caches {
     /// neither has it, and the operator has not just written it.
     pub fn known_absent(&self, namespace: &str, name: &str) -> bool {
         self.scope(namespace).is_some_and(|scope| {
-            scope.token_secrets_listed.load(Ordering::Acquire)
+            scope.token_secrets.listed()
                 && scope.other_secrets.listed()
-                && scope
-                    .token_secrets
-                    .get(&ObjectRef::new(name).within(namespace))
-                    .is_none()
+                && scope.token_secrets.get(namespace, name).is_none()
                 && scope.other_secrets.version(namespace, name).is_none()
         }) && !self.own_writes.in_flight(namespace, name)
     }
@@ -88,55 +72,106 @@ fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> 
     )
 }
 
-/// The resourceVersions of the Secrets a metadata watch sees: all the operator needs of
-/// Secrets that are not its own (to reuse a parsed key, and to know a name is free). A kube
-/// reflector store would keep every Secret's whole metadata, ~650 bytes each; in cluster-wide
-/// mode that is every Secret of the cluster. A version read through a hash collision does
-/// not match the key cache's, so it only costs a GET.
-#[derive(Default)]
-pub struct SecretVersions(Mutex<Versions>);
-
-#[derive(Default)]
-struct Versions {
-    current: HashMap<u64, String>,
-    /// While the watch (re)lists: the new state, swapped in when the list is complete.
-    relisting: Option<HashMap<u64, String>>,
+/// A map that follows a watch, as kube's reflector store does: a (re)list is swapped in
+/// whole when complete, so readers never see half a list.
+struct Mirror<K, V> {
+    current: HashMap<K, V>,
+    relisting: Option<HashMap<K, V>>,
     listed: bool,
 }
 
-impl SecretVersions {
-    /// Follow the watch, as kube's reflector does.
-    pub fn apply(&self, event: &watcher::Event<PartialObjectMeta<Secret>>) {
-        let version =
-            |s: &PartialObjectMeta<Secret>| s.metadata.resource_version.clone().unwrap_or_default();
-        let mut state = self.0.lock().expect("lock");
+impl<K: Hash + Eq, V> Default for Mirror<K, V> {
+    fn default() -> Self {
+        Self {
+            current: HashMap::new(),
+            relisting: None,
+            listed: false,
+        }
+    }
+}
+
+impl<K: Hash + Eq, V> Mirror<K, V> {
+    fn apply<T>(
+        &mut self,
+        event: &watcher::Event<T>,
+        key: impl Fn(&T) -> K,
+        value: impl Fn(&T) -> V,
+    ) {
         match event {
-            watcher::Event::Init => state.relisting = Some(HashMap::new()),
-            watcher::Event::InitApply(secret) => {
-                if let Some(next) = state.relisting.as_mut() {
-                    next.insert(key_of(&secret.metadata), version(secret));
+            watcher::Event::Init => self.relisting = Some(HashMap::new()),
+            watcher::Event::InitApply(object) => {
+                if let Some(next) = self.relisting.as_mut() {
+                    next.insert(key(object), value(object));
                 }
             }
             watcher::Event::InitDone => {
-                if let Some(next) = state.relisting.take() {
-                    state.current = next;
+                if let Some(next) = self.relisting.take() {
+                    self.current = next;
                 }
-                state.listed = true;
+                self.listed = true;
             }
-            watcher::Event::Apply(secret) => {
-                state
-                    .current
-                    .insert(key_of(&secret.metadata), version(secret));
+            watcher::Event::Apply(object) => {
+                self.current.insert(key(object), value(object));
             }
-            watcher::Event::Delete(secret) => {
-                state.current.remove(&key_of(&secret.metadata));
+            watcher::Event::Delete(object) => {
+                self.current.remove(&key(object));
             }
         }
     }
+}
+
+/// The resourceVersions of the Secrets a metadata watch sees: all the operator needs of
+/// Secrets that are not its own (to reuse a parsed key, and to know a name is free). A kube
+/// reflector store would keep every Secret's whole metadata, ~650 bytes each; in cluster-wide
+/// mode that is every Secret of the cluster. Keyed by `name_key`: a version read through a
+/// hash collision does not match the key cache's, so it only costs a GET.
+#[derive(Default)]
+pub struct SecretVersions(Mutex<Mirror<u64, String>>);
+
+impl SecretVersions {
+    pub fn apply(&self, event: &watcher::Event<PartialObjectMeta<Secret>>) {
+        self.0.lock().expect("lock").apply(
+            event,
+            |s| key_of(&s.metadata),
+            |s| s.metadata.resource_version.clone().unwrap_or_default(),
+        );
+    }
 
     pub fn version(&self, namespace: &str, name: &str) -> Option<String> {
-        let state = self.0.lock().expect("lock");
-        state.current.get(&name_key(namespace, name)).cloned()
+        let mirror = self.0.lock().expect("lock");
+        mirror.current.get(&name_key(namespace, name)).cloned()
+    }
+
+    pub fn listed(&self) -> bool {
+        self.0.lock().expect("lock").listed
+    }
+}
+
+/// The operator's token Secrets, as records (`TokenSecretRecord`), by "namespace/name".
+#[derive(Default)]
+pub struct TokenSecrets(Mutex<Mirror<String, TokenSecretRecord>>);
+
+fn path(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+impl TokenSecrets {
+    pub fn apply(&self, event: &watcher::Event<Secret>) {
+        self.0.lock().expect("lock").apply(
+            event,
+            |s| {
+                path(
+                    s.metadata.namespace.as_deref().unwrap_or_default(),
+                    s.metadata.name.as_deref().unwrap_or_default(),
+                )
+            },
+            TokenSecretRecord::of,
+        );
+    }
+
+    pub fn get(&self, namespace: &str, name: &str) -> Option<TokenSecretRecord> {
+        let mirror = self.0.lock().expect("lock");
+        mirror.current.get(&path(namespace, name)).cloned()
     }
 
     pub fn listed(&self) -> bool {
@@ -235,6 +270,22 @@ mod tests {
             !writes.is_echo(&watched(ours, "4")),
             "a later event is not an echo"
         );
+    }
+
+    #[test]
+    fn token_secrets_are_kept_as_records() {
+        use watcher::Event::*;
+        let secrets = TokenSecrets::default();
+        let stored = watched(token_secret("t1"), "1");
+        for event in [Init, InitApply(stored.clone()), InitDone] {
+            secrets.apply(&event);
+        }
+        assert!(secrets.listed());
+        let record = secrets.get("ns", "gipod-token").expect("cached");
+        assert_eq!(record, TokenSecretRecord::of(&stored));
+        assert!(record.observed.data_intact);
+        secrets.apply(&Delete(stored));
+        assert_eq!(secrets.get("ns", "gipod-token"), None);
     }
 
     fn meta(name: &str, version: &str) -> PartialObjectMeta<Secret> {

@@ -2,14 +2,7 @@
 //! concurrency and shutdown. One controller per watched namespace (or one for all), sharing
 //! one context: HTTP client, key cache, backoff state, metrics.
 
-use std::{
-    future::Future,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta};
@@ -27,7 +20,7 @@ use tracing::{debug, info};
 
 use crate::{
     api::{self, IdvClient},
-    caches::{Caches, OwnWrites, ScopeCaches, SecretVersions},
+    caches::{Caches, OwnWrites, ScopeCaches, SecretVersions, TokenSecrets},
     error::Error,
     reconcile::{self, Context},
     resources,
@@ -196,23 +189,21 @@ pub async fn run(
         .into_iter()
         .map(|namespace| {
             // Only the operator's own Secrets are cached, found by label: never every Secret.
-            let (token_secrets, writer) = reflector::store();
+            let token_secrets = Arc::new(TokenSecrets::default());
+            let records = token_secrets.clone();
             let echoes = own_writes.clone();
-            let token_secrets_listed = Arc::new(AtomicBool::new(false));
-            let listed = token_secrets_listed.clone();
             let owned_secrets = watcher::watcher(
                 api::<Secret>(&kube, namespace.as_deref()),
                 WatcherConfig::default().labels(&ours),
             )
             .backoff(watch_backoff())
             .modify(slim_token_secret)
-            .reflect(writer)
-            .inspect(readiness.watch())
             .inspect(move |event| {
-                if matches!(event, Ok(watcher::Event::InitDone)) {
-                    listed.store(true, Ordering::Release);
+                if let Ok(event) = event {
+                    records.apply(event);
                 }
             })
+            .inspect(readiness.watch())
             // The cache takes every event; the controller only what it did not write itself.
             .filter(move |event| {
                 let echo = matches!(event, Ok(watcher::Event::Apply(s)) if echoes.is_echo(s));
@@ -241,7 +232,6 @@ pub async fn run(
                 ScopeCaches {
                     namespace: namespace.clone(),
                     token_secrets,
-                    token_secrets_listed,
                     other_secrets,
                 },
                 SecretWatches {

@@ -27,7 +27,7 @@ use crate::{
     metrics::Metrics,
     oauth::TokenParams,
     policy::{self, Decision, ObservedToken, RefreshReason},
-    resources::{self, TokenTimes},
+    resources::{self, TokenSecretRecord, TokenTimes},
     schedule::{self, BeforeExpiry},
     token_client::{ClientSecretValue, Credential, TokenClient},
     writeback::Writeback,
@@ -280,19 +280,22 @@ async fn attempt(
     let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), &namespace);
     let secret_name = client.token_secret_name();
     let existing = match ctx.caches.token_secret(&namespace, &secret_name) {
-        Some(cached) => Some((*cached).clone()),
+        Some(cached) => Some(cached),
         // In neither cache: absent (a rare race is caught when creating it).
         None if ctx.caches.known_absent(&namespace, &secret_name) => None,
         // Someone else's, or ours with its label removed. Ask, so that no token is fetched
         // that could not be stored.
-        None => secrets.get_opt(&secret_name).await?,
+        None => secrets
+            .get_opt(&secret_name)
+            .await?
+            .map(|secret| TokenSecretRecord::of(&secret)),
     };
-    if let Some(secret) = &existing
-        && !resources::is_owned_by(secret, client)
+    if let Some(record) = &existing
+        && !record.is_owned_by(client)
     {
         return Err(Error::SecretConflict { name: secret_name });
     }
-    seen.observed = existing.as_ref().map(resources::observe);
+    seen.observed = existing.as_ref().map(|record| record.observed.clone());
 
     let (key, key_version) = load_credential(client, ctx, &namespace).await?;
     seen.inputs.push_str(&key_version);
@@ -302,7 +305,7 @@ async fn attempt(
         Decision::Wait { until } => {
             let secret = existing.expect("a Wait decision implies an observed Secret");
             let observed = seen.observed.clone().expect("observed with the Secret");
-            if !resources::metadata_matches(&secret, client) {
+            if !secret.metadata_matches(client) {
                 // Labels or annotations in the spec changed: re-apply, same token, no IdP call.
                 // The cache holds no token data: read it.
                 let current = secrets

@@ -145,13 +145,76 @@ pub fn desired_secret(
     }
 }
 
+/// The uid of the IdvClient that controls this Secret, if one does.
+fn controlling_client(secret: &Secret) -> Option<&str> {
+    secret
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true) && o.kind == "IdvClient")
+        .map(|o| o.uid.as_str())
+}
+
 /// Whether the operator may write to this Secret: it is controlled by this IdvClient.
 pub fn is_owned_by(secret: &Secret, client: &IdvClient) -> bool {
-    let uid = client.metadata.uid.as_deref();
-    uid.is_some()
-        && secret.metadata.owner_references.iter().flatten().any(|o| {
-            o.controller == Some(true) && Some(o.uid.as_str()) == uid && o.kind == "IdvClient"
-        })
+    client.metadata.uid.is_some() && controlling_client(secret) == client.metadata.uid.as_deref()
+}
+
+/// What the operator keeps of one of its token Secrets: whose it is, what it records, and the
+/// labels and annotations a spec may ask for. About 0.3 KB, where the Secret's metadata is
+/// ~1.3 KB (10,000 clients: ~10 MiB less).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSecretRecord {
+    /// uid of the controlling IdvClient.
+    pub owner_uid: Option<String>,
+    pub observed: ObservedToken,
+    pub labels: BTreeMap<String, String>,
+    /// Without the operator's bookkeeping annotations (`observed` has what they say).
+    pub annotations: BTreeMap<String, String>,
+}
+
+const BOOKKEEPING_ANNOTATIONS: [&str; 6] = [
+    api::ISSUED_AT_ANNOTATION,
+    api::EXPIRES_AT_ANNOTATION,
+    api::REFRESH_AT_ANNOTATION,
+    api::INPUTS_HASH_ANNOTATION,
+    api::DATA_HASH_ANNOTATION,
+    CACHED_DATA_HASH_ANNOTATION,
+];
+
+impl TokenSecretRecord {
+    pub fn of(secret: &Secret) -> Self {
+        let mut annotations = secret.metadata.annotations.clone().unwrap_or_default();
+        annotations.retain(|k, _| !BOOKKEEPING_ANNOTATIONS.contains(&k.as_str()));
+        Self {
+            owner_uid: controlling_client(secret).map(str::to_string),
+            observed: observe(secret),
+            labels: secret.metadata.labels.clone().unwrap_or_default(),
+            annotations,
+        }
+    }
+
+    pub fn is_owned_by(&self, client: &IdvClient) -> bool {
+        client.metadata.uid.is_some() && self.owner_uid == client.metadata.uid
+    }
+
+    /// Whether the Secret carries every label and annotation the spec asks for.
+    pub fn metadata_matches(&self, client: &IdvClient) -> bool {
+        carries(&self.labels, &self.annotations, client)
+    }
+}
+
+fn carries(
+    labels: &BTreeMap<String, String>,
+    annotations: &BTreeMap<String, String>,
+    client: &IdvClient,
+) -> bool {
+    let has_all = |have: &BTreeMap<String, String>, want: &BTreeMap<String, String>| {
+        want.iter().all(|(k, v)| have.get(k) == Some(v))
+    };
+    has_all(labels, &client.spec.secret.labels)
+        && has_all(annotations, &client.spec.secret.annotations)
 }
 
 /// In memory only, never written: the token Secret cache keeps this hash of a Secret's data
@@ -241,15 +304,15 @@ pub fn observe(secret: &Secret) -> ObservedToken {
 
 /// Whether the Secret carries every label and annotation the spec asks for.
 pub fn metadata_matches(secret: &Secret, client: &IdvClient) -> bool {
-    let has_all = |have: &Option<BTreeMap<String, String>>, want: &BTreeMap<String, String>| {
-        want.iter()
-            .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
-    };
-    has_all(&secret.metadata.labels, &client.spec.secret.labels)
-        && has_all(
-            &secret.metadata.annotations,
-            &client.spec.secret.annotations,
-        )
+    carries(
+        secret.metadata.labels.as_ref().unwrap_or(&BTreeMap::new()),
+        secret
+            .metadata
+            .annotations
+            .as_ref()
+            .unwrap_or(&BTreeMap::new()),
+        client,
+    )
 }
 
 /// A Ready condition; `lastTransitionTime` stays when the status does not change, so an
@@ -438,6 +501,21 @@ mod tests {
         );
         assert!(is_owned_by(&s, &client()));
         assert!(metadata_matches(&s, &client()));
+        let mut cached = s.clone();
+        strip_token_data(&mut cached);
+        let record = TokenSecretRecord::of(&cached);
+        assert!(record.is_owned_by(&client()));
+        assert!(record.metadata_matches(&client()));
+        assert_eq!(record.observed, observe(&s));
+        assert!(
+            record.annotations.is_empty(),
+            "bookkeeping is in `observed`"
+        );
+        let mut other = client();
+        other.metadata.uid = Some("uid-2".into());
+        assert!(!record.is_owned_by(&other) && !is_owned_by(&s, &other));
+        other.spec.secret.annotations = [("team".to_string(), "roads".to_string())].into();
+        assert!(!record.metadata_matches(&other) && !metadata_matches(&s, &other));
     }
 
     #[test]
