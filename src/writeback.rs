@@ -21,7 +21,6 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::{
     Api, Resource,
     api::{Patch, PatchParams},
-    runtime::reflector::ObjectRef,
 };
 use tokio::sync::Notify;
 use tracing::warn;
@@ -31,10 +30,10 @@ use crate::{
     events::{EventPublisher, EventType},
 };
 
+/// Thousands of jobs can wait during a burst: kept small (24 bytes).
 enum Job {
-    /// Write the status pending for this IdvClient (if it still is).
-    Status(ObjectRef<IdvClient>),
-    /// Boxed: thousands of jobs can wait during a burst, most of them statuses.
+    /// Write the status pending for this IdvClient (`Path`), if it still is.
+    Status(Path),
     Event(Box<EventJob>),
 }
 
@@ -47,23 +46,37 @@ struct EventJob {
     note: String,
 }
 
-/// The queue's key for an IdvClient: name and namespace only (`ObjectRef::from_obj` would also
-/// copy resourceVersion and uid, which equality ignores anyway).
-fn key_of(client: &IdvClient) -> ObjectRef<IdvClient> {
+/// An IdvClient as the queue knows it: "namespace/name" (a name cannot contain '/').
+type Path = Box<str>;
+
+fn key_of(client: &IdvClient) -> Path {
     let meta = client.meta();
-    ObjectRef::new(meta.name.as_deref().unwrap_or_default())
-        .within(meta.namespace.as_deref().unwrap_or_default())
+    path(
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default(),
+    )
+}
+
+fn path(namespace: &str, name: &str) -> Path {
+    format!("{namespace}/{name}").into()
+}
+
+/// A status as queued: its JSON, one allocation instead of a dozen.
+fn to_json(status: &IdvClientStatus) -> Box<str> {
+    serde_json::to_string(status)
+        .expect("a status serializes")
+        .into()
 }
 
 #[derive(Default)]
 struct State {
     jobs: VecDeque<Job>,
-    /// Statuses to write, by IdvClient.
-    pending: HashMap<ObjectRef<IdvClient>, IdvClientStatus>,
+    /// Statuses to write (as JSON), by IdvClient.
+    pending: HashMap<Path, Box<str>>,
     /// Statuses written that the IdvClient watch has not shown yet, as `fingerprint`s: a
     /// reconcile in between compares with these, not with the cached (older) status. Trusted
     /// for a minute at most, in case the watch shows someone else's write instead.
-    written: HashMap<ObjectRef<IdvClient>, (u64, Instant)>,
+    written: HashMap<Path, (u64, Instant)>,
 }
 
 const TRUST_WRITTEN: Duration = Duration::from_secs(60);
@@ -87,12 +100,12 @@ impl State {
     /// Whether `status` is already queued or written (or, failing both, cached).
     fn is_latest(
         &self,
-        key: &ObjectRef<IdvClient>,
+        key: &Path,
         cached: Option<&IdvClientStatus>,
         status: &IdvClientStatus,
     ) -> bool {
         if let Some(pending) = self.pending.get(key) {
-            return pending == status;
+            return **pending == *to_json(status);
         }
         if let Some((written, at)) = self.written.get(key)
             && at.elapsed() < TRUST_WRITTEN
@@ -144,11 +157,10 @@ impl Writeback {
     /// The newest status this process knows for the IdvClient: queued, or the cached one.
     pub fn latest_status(&self, client: &IdvClient) -> Option<IdvClientStatus> {
         let state = self.state.lock().expect("lock");
-        state
-            .pending
-            .get(&key_of(client))
-            .or(client.status.as_ref())
-            .cloned()
+        match state.pending.get(&key_of(client)) {
+            Some(json) => serde_json::from_str(json).ok(),
+            None => client.status.clone(),
+        }
     }
 
     /// Queue `status` unless it is already the latest.
@@ -158,7 +170,11 @@ impl Writeback {
         if state.is_latest(&key, client.status.as_ref(), &status) {
             return;
         }
-        if state.pending.insert(key.clone(), status).is_none() {
+        if state
+            .pending
+            .insert(key.clone(), to_json(&status))
+            .is_none()
+        {
             state.jobs.push_back(Job::Status(key));
         }
         drop(state);
@@ -195,7 +211,7 @@ impl Writeback {
 
     /// A deleted IdvClient: nothing more to write.
     pub fn forget(&self, namespace: &str, name: &str) {
-        let key = ObjectRef::new(name).within(namespace);
+        let key = path(namespace, name);
         let mut state = self.state.lock().expect("lock");
         state.pending.remove(&key);
         state.written.remove(&key);
@@ -285,23 +301,21 @@ impl Writeback {
                 let Some(status) = self.state.lock().expect("lock").pending.remove(&key) else {
                     return true;
                 };
-                match self.patch_status(&key, &status).await {
+                let (namespace, name) = key.split_once('/').unwrap_or_default();
+                match self.patch_status(namespace, name, &status).await {
                     Ok(()) => {
+                        let written = serde_json::from_str(&status).map(|s| fingerprint(&s));
                         self.state
                             .lock()
                             .expect("lock")
                             .written
-                            .insert(key, (fingerprint(&status), Instant::now()));
+                            .insert(key, (written.unwrap_or_default(), Instant::now()));
                         true
                     }
                     // Deleted meanwhile: nothing to report on.
                     Err(kube::Error::Api(e)) if e.code == 404 => true,
                     Err(error) => {
-                        warn!(
-                            namespace = key.namespace.as_deref().unwrap_or_default(),
-                            name = key.name,
-                            "cannot write status, will retry: {error}"
-                        );
+                        warn!(namespace, name, "cannot write status, will retry: {error}");
                         // Retry later, unless a newer status was queued meanwhile.
                         let mut state = self.state.lock().expect("lock");
                         if !state.pending.contains_key(&key) {
@@ -317,20 +331,20 @@ impl Writeback {
 
     async fn patch_status(
         &self,
-        key: &ObjectRef<IdvClient>,
-        status: &IdvClientStatus,
+        namespace: &str,
+        name: &str,
+        status: &str,
     ) -> Result<(), kube::Error> {
-        let api: Api<IdvClient> = Api::namespaced(
-            self.kube.clone(),
-            key.namespace.as_deref().unwrap_or_default(),
-        );
+        let api: Api<IdvClient> = Api::namespaced(self.kube.clone(), namespace);
+        let status: serde_json::Value =
+            serde_json::from_str(status).map_err(kube::Error::SerdeError)?;
         let body = serde_json::json!({
             "apiVersion": IdvClient::api_version(&()),
             "kind": IdvClient::kind(&()),
             "status": status,
         });
         api.patch_status(
-            &key.name,
+            name,
             &PatchParams::apply(api::FIELD_MANAGER).force(),
             &Patch::Apply(body),
         )
