@@ -556,12 +556,16 @@ mod tests {
         assert_eq!(content_fingerprint(&cached), content_fingerprint(&s));
 
         // Someone else's edit of data, labels or annotations is not our write.
-        let mut edited = s.clone();
-        edited
-            .data
-            .as_mut()
-            .unwrap()
-            .insert("access_token".into(), ByteString(b"other".to_vec()));
+        let with_token = |token: &[u8]| {
+            let mut changed = s.clone();
+            changed
+                .data
+                .as_mut()
+                .unwrap()
+                .insert("access_token".into(), ByteString(token.to_vec()));
+            changed
+        };
+        let mut edited = with_token(b"other");
         strip_token_data(&mut edited);
         assert!(!observe(&edited).data_intact);
         assert_ne!(content_fingerprint(&edited), content_fingerprint(&s));
@@ -583,12 +587,7 @@ mod tests {
         assert_ne!(content_fingerprint(&annotated), content_fingerprint(&s));
 
         // An emptied token is not intact, stripped or not.
-        let mut emptied = s.clone();
-        emptied
-            .data
-            .as_mut()
-            .unwrap()
-            .insert("access_token".into(), ByteString(Vec::new()));
+        let mut emptied = with_token(b"");
         assert!(!observe(&emptied).data_intact);
         strip_token_data(&mut emptied);
         assert!(!observe(&emptied).data_intact);
