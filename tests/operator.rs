@@ -446,6 +446,28 @@ async fn short_lived_token_is_refreshed_before_it_expires(env: &Env) {
         successes >= 2 && requests == successes,
         "{requests} requests, {successes} successes"
     );
+    // A first token is news, a routine refresh is not: one TokenIssued Event. The status, queued
+    // after the Event it would come with, shows the refreshed token first; then a short window.
+    let second_expiry = text(&second, "expires_at");
+    eventually(WAIT, "the status to show the refreshed token", || async {
+        let client = case.clients().get("short").await.unwrap();
+        let status = client.status.and_then(|s| s.expires_at);
+        (status.as_deref() >= Some(second_expiry.as_str())).then_some(())
+    })
+    .await;
+    let window = Instant::now();
+    while window.elapsed() < Duration::from_secs(1) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let issued: Vec<String> = case
+        .events()
+        .await
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("TokenIssued"))
+        .filter_map(|e| e.note)
+        .collect();
+    assert_eq!(issued.len(), 1, "{issued:?}");
+    assert!(issued[0].contains("no token Secret yet"), "{issued:?}");
     case.assert_no_leaks(&[first_token, second_token]).await;
 }
 
@@ -1113,6 +1135,17 @@ async fn force_refresh_issues_exactly_one_new_token(env: &Env) {
     })
     .await;
     assert_eq!(env.idp.stats(&client_id).await, (3, 3));
+    // A forced token is news: first, forced, forced again.
+    eventually(WAIT, "three TokenIssued events", || async {
+        let issued = case
+            .events()
+            .await
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("TokenIssued"))
+            .count();
+        (issued == 3).then_some(())
+    })
+    .await;
 }
 
 async fn drift_is_repaired(env: &Env) {
