@@ -204,15 +204,24 @@ impl OwnWrites {
             .contains_key(&name_key(namespace, name))
     }
 
-    /// Whether a watched Secret is exactly what this process last wrote (and forget it).
+    /// Whether a watched Secret is exactly what this process last wrote. Any event for the
+    /// Secret ends the wait: a later one is never taken for an echo (at worst an echo that
+    /// comes after another event costs a reconcile).
     pub fn is_echo(&self, secret: &Secret) -> bool {
-        let key = key_of(&secret.metadata);
-        let mut writes = self.0.lock().expect("lock");
-        let echo = writes.get(&key) == Some(&resources::content_fingerprint(secret));
-        if echo {
-            writes.remove(&key);
-        }
-        echo
+        let expected = self
+            .0
+            .lock()
+            .expect("lock")
+            .remove(&key_of(&secret.metadata));
+        expected == Some(resources::content_fingerprint(secret))
+    }
+
+    /// A Secret deleted or relisted: whatever was expected of it will not come as an event.
+    pub fn forget(&self, secret: &Secret) {
+        self.0
+            .lock()
+            .expect("lock")
+            .remove(&key_of(&secret.metadata));
     }
 }
 
@@ -264,12 +273,20 @@ mod tests {
             !writes.is_echo(&watched(token_secret("edited"), "2")),
             "someone else's data"
         );
+        assert!(
+            !writes.in_flight("ns", "gipod-token"),
+            "any event ends the wait"
+        );
+        writes.expect(&ours);
         assert!(writes.is_echo(&watched(ours.clone(), "3")));
         assert!(!writes.in_flight("ns", "gipod-token"));
         assert!(
-            !writes.is_echo(&watched(ours, "4")),
+            !writes.is_echo(&watched(ours.clone(), "4")),
             "a later event is not an echo"
         );
+        writes.expect(&ours);
+        writes.forget(&ours);
+        assert!(!writes.in_flight("ns", "gipod-token"));
     }
 
     #[test]

@@ -206,7 +206,14 @@ pub async fn run(
             .inspect(readiness.watch())
             // The cache takes every event; the controller only what it did not write itself.
             .filter(move |event| {
-                let echo = matches!(event, Ok(watcher::Event::Apply(s)) if echoes.is_echo(s));
+                let echo = match event {
+                    Ok(watcher::Event::Apply(s)) => echoes.is_echo(s),
+                    Ok(watcher::Event::InitApply(s) | watcher::Event::Delete(s)) => {
+                        echoes.forget(s);
+                        false
+                    }
+                    _ => false,
+                };
                 futures::future::ready(!echo)
             })
             .touched_objects()
@@ -301,7 +308,14 @@ pub async fn run(
     let writeback = ctx.clone();
     let writer = tokio::spawn(async move { writeback.writeback.run().await });
     futures::future::join_all(controllers).await;
-    writer.abort();
+    // Let the writer finish the batch it is writing (not abort it half-way), then flush.
+    ctx.writeback.stop();
+    if tokio::time::timeout(Duration::from_secs(5), writer)
+        .await
+        .is_err()
+    {
+        tracing::warn!("status writer still busy after 5 s");
+    }
     // Statuses of the last reconciles, so that a restart finds them written.
     ctx.writeback.flush(Duration::from_secs(5)).await;
     info!("controller stopped");

@@ -279,13 +279,15 @@ async fn attempt(
     // The token Secret, if any, must be ours.
     let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), &namespace);
     let secret_name = client.token_secret_name();
+    let in_flight = ctx.caches.own_writes.in_flight(&namespace, &secret_name);
     let existing = match ctx.caches.token_secret(&namespace, &secret_name) {
-        Some(cached) => Some(cached),
+        // Unless the watch has yet to show a write of ours: then the record is stale.
+        Some(cached) if !in_flight => Some(cached),
         // In neither cache: absent (a rare race is caught when creating it).
         None if ctx.caches.known_absent(&namespace, &secret_name) => None,
-        // Someone else's, or ours with its label removed. Ask, so that no token is fetched
-        // that could not be stored.
-        None => secrets
+        // Someone else's, ours with its label removed, or ours just written. Ask, so that no
+        // token is fetched that could not be stored.
+        _ => secrets
             .get_opt(&secret_name)
             .await?
             .map(|secret| TokenSecretRecord::of(&secret)),
@@ -312,14 +314,17 @@ async fn attempt(
                     .get_opt(&secret_name)
                     .await?
                     .filter(|s| resources::is_owned_by(s, client));
-                if let Some(data) = current.and_then(|s| s.data) {
-                    let desired = resources::desired_secret(
+                if let Some(current) = current
+                    && let Some(data) = current.data
+                {
+                    let mut desired = resources::desired_secret(
                         client,
                         data.clone(),
                         &resources::data_hash(&data),
                         &inputs_hash,
                         &times_of(&observed),
                     );
+                    desired.metadata.uid = current.metadata.uid;
                     apply_secret(&secrets, &desired, &ctx.caches.own_writes).await?;
                 }
             }
@@ -388,10 +393,12 @@ async fn attempt(
                 refresh_at: refresh.refresh_at,
             };
             let data = resources::token_data(&answer, expires_at, &params.scopes);
-            let desired =
+            let mut desired =
                 resources::desired_secret(client, data.data, &data.hash, &inputs_hash, &times);
             let own_writes = &ctx.caches.own_writes;
-            if existing.is_some() {
+            if let Some(record) = &existing {
+                // Only the Secret the decision was made on (not a new one of the same name).
+                desired.metadata.uid = record.uid.clone();
                 apply_secret(&secrets, &desired, own_writes).await?;
             } else {
                 create_or_reclaim_secret(&secrets, &desired, client, own_writes).await?;

@@ -166,6 +166,8 @@ pub fn is_owned_by(secret: &Secret, client: &IdvClient) -> bool {
 /// ~1.3 KB (10,000 clients: ~10 MiB less).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenSecretRecord {
+    /// The Secret's own uid: a write based on this record is made conditional on it.
+    pub uid: Option<String>,
     /// uid of the controlling IdvClient.
     pub owner_uid: Option<String>,
     pub observed: ObservedToken,
@@ -188,6 +190,7 @@ impl TokenSecretRecord {
         let mut annotations = secret.metadata.annotations.clone().unwrap_or_default();
         annotations.retain(|k, _| !BOOKKEEPING_ANNOTATIONS.contains(&k.as_str()));
         Self {
+            uid: secret.metadata.uid.clone(),
             owner_uid: controlling_client(secret).map(str::to_string),
             observed: observe(secret),
             labels: secret.metadata.labels.clone().unwrap_or_default(),
@@ -223,6 +226,10 @@ pub const CACHED_DATA_HASH_ANNOTATION: &str = "idv-token-operator.dev/cached-dat
 
 /// Replace a watched token Secret's data by its hash, as the cache keeps it.
 pub fn strip_token_data(secret: &mut Secret) {
+    // Only this function may set it: one put on the Secret in the API is not to be trusted.
+    if let Some(annotations) = secret.metadata.annotations.as_mut() {
+        annotations.remove(CACHED_DATA_HASH_ANNOTATION);
+    }
     let Some(data) = secret.data.take() else {
         return;
     };
@@ -589,6 +596,18 @@ mod tests {
         // An emptied token is not intact, stripped or not.
         let mut emptied = with_token(b"");
         assert!(!observe(&emptied).data_intact);
+        // Emptied, with a forged cached-hash annotation copied from data-hash: still not intact.
+        let mut forged = with_token(b"");
+        let hash = forged.metadata.annotations.as_ref().unwrap()[api::DATA_HASH_ANNOTATION].clone();
+        forged
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(CACHED_DATA_HASH_ANNOTATION.into(), hash);
+        forged.data = None;
+        strip_token_data(&mut forged);
+        assert!(!observe(&forged).data_intact);
         strip_token_data(&mut emptied);
         assert!(!observe(&emptied).data_intact);
     }

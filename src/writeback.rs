@@ -12,7 +12,7 @@ use std::{
     collections::{HashMap, VecDeque},
     sync::{
         Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -61,7 +61,18 @@ fn path(namespace: &str, name: &str) -> Path {
     format!("{namespace}/{name}").into()
 }
 
-/// A status as queued: its JSON, one allocation instead of a dozen.
+/// A status as queued: the IdvClient's uid (the write is conditional on it: a client deleted
+/// and created again under the same name never gets its predecessor's status) and the
+/// status's JSON, one allocation instead of a dozen.
+struct Pending {
+    uid: Box<str>,
+    json: Box<str>,
+}
+
+/// At most this many Events wait (~0.5 KB each); more are dropped, with a log line.
+const MAX_QUEUED_EVENTS: usize = 20_000;
+
+/// A status as queued: its JSON.
 fn to_json(status: &IdvClientStatus) -> Box<str> {
     serde_json::to_string(status)
         .expect("a status serializes")
@@ -71,8 +82,10 @@ fn to_json(status: &IdvClientStatus) -> Box<str> {
 #[derive(Default)]
 struct State {
     jobs: VecDeque<Job>,
-    /// Statuses to write (as JSON), by IdvClient.
-    pending: HashMap<Path, Box<str>>,
+    /// Statuses to write, by IdvClient.
+    pending: HashMap<Path, Pending>,
+    /// Event jobs in `jobs`: capped, so that a failure storm cannot fill memory.
+    events: usize,
     /// Statuses written that the IdvClient watch has not shown yet, as `fingerprint`s: a
     /// reconcile in between compares with these, not with the cached (older) status. Trusted
     /// for a minute at most, in case the watch shows someone else's write instead.
@@ -105,7 +118,7 @@ impl State {
         status: &IdvClientStatus,
     ) -> bool {
         if let Some(pending) = self.pending.get(key) {
-            return **pending == *to_json(status);
+            return *pending.json == *to_json(status);
         }
         if let Some((written, at)) = self.written.get(key)
             && at.elapsed() < TRUST_WRITTEN
@@ -124,6 +137,7 @@ pub struct Writeback {
     wake: Notify,
     /// Reconciles fetching or storing a token right now.
     token_work: AtomicUsize,
+    stopping: AtomicBool,
 }
 
 /// Held while a reconcile fetches and stores a token.
@@ -146,6 +160,7 @@ impl Writeback {
             state: Mutex::default(),
             wake: Notify::new(),
             token_work: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
         }
     }
 
@@ -158,7 +173,7 @@ impl Writeback {
     pub fn latest_status(&self, client: &IdvClient) -> Option<IdvClientStatus> {
         let state = self.state.lock().expect("lock");
         match state.pending.get(&key_of(client)) {
-            Some(json) => serde_json::from_str(json).ok(),
+            Some(pending) => serde_json::from_str(&pending.json).ok(),
             None => client.status.clone(),
         }
     }
@@ -170,11 +185,11 @@ impl Writeback {
         if state.is_latest(&key, client.status.as_ref(), &status) {
             return;
         }
-        if state
-            .pending
-            .insert(key.clone(), to_json(&status))
-            .is_none()
-        {
+        let pending = Pending {
+            uid: client.metadata.uid.as_deref().unwrap_or_default().into(),
+            json: to_json(&status),
+        };
+        if state.pending.insert(key.clone(), pending).is_none() {
             state.jobs.push_back(Job::Status(key));
         }
         drop(state);
@@ -192,6 +207,11 @@ impl Writeback {
             note,
         };
         let mut state = self.state.lock().expect("lock");
+        if state.events >= MAX_QUEUED_EVENTS {
+            tracing::debug!(reason, "event queue full, event dropped");
+            return;
+        }
+        state.events += 1;
         state.jobs.push_back(Job::Event(Box::new(event)));
         drop(state);
         self.wake.notify_one();
@@ -222,9 +242,9 @@ impl Writeback {
         self.state.lock().expect("lock").jobs.len()
     }
 
-    /// Write what is queued, for ever.
+    /// Write what is queued, until `stop`; a batch begun is finished.
     pub async fn run(&self) {
-        loop {
+        while !self.stopping.load(Ordering::SeqCst) {
             let batch = self.take(self.width());
             if batch.is_empty() {
                 self.wake.notified().await;
@@ -239,6 +259,12 @@ impl Writeback {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
+    }
+
+    /// Ask `run` to return after its current batch.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
     }
 
     /// Write what is queued now, for at most `limit` (on shutdown).
@@ -271,7 +297,9 @@ impl Writeback {
     fn take(&self, n: usize) -> Vec<Job> {
         let mut state = self.state.lock().expect("lock");
         let n = n.min(state.jobs.len());
-        state.jobs.drain(..n).collect()
+        let batch: Vec<Job> = state.jobs.drain(..n).collect();
+        state.events -= batch.iter().filter(|j| matches!(j, Job::Event(_))).count();
+        batch
     }
 
     /// One write; false when the apiserver failed it.
@@ -304,7 +332,7 @@ impl Writeback {
                 let (namespace, name) = key.split_once('/').unwrap_or_default();
                 match self.patch_status(namespace, name, &status).await {
                     Ok(()) => {
-                        let written = serde_json::from_str(&status).map(|s| fingerprint(&s));
+                        let written = serde_json::from_str(&status.json).map(|s| fingerprint(&s));
                         self.state
                             .lock()
                             .expect("lock")
@@ -314,6 +342,18 @@ impl Writeback {
                     }
                     // Deleted meanwhile: nothing to report on.
                     Err(kube::Error::Api(e)) if e.code == 404 => true,
+                    // Refused (another object of that name: uid mismatch; forbidden; invalid):
+                    // retrying would not help. The next reconcile computes a new status.
+                    Err(kube::Error::Api(e)) if (400..500).contains(&e.code) && e.code != 429 => {
+                        warn!(
+                            namespace,
+                            name,
+                            code = e.code,
+                            "status write refused: {}",
+                            e.message
+                        );
+                        true
+                    }
                     Err(error) => {
                         warn!(namespace, name, "cannot write status, will retry: {error}");
                         // Retry later, unless a newer status was queued meanwhile.
@@ -333,14 +373,16 @@ impl Writeback {
         &self,
         namespace: &str,
         name: &str,
-        status: &str,
+        pending: &Pending,
     ) -> Result<(), kube::Error> {
         let api: Api<IdvClient> = Api::namespaced(self.kube.clone(), namespace);
         let status: serde_json::Value =
-            serde_json::from_str(status).map_err(kube::Error::SerdeError)?;
+            serde_json::from_str(&pending.json).map_err(kube::Error::SerdeError)?;
         let body = serde_json::json!({
             "apiVersion": IdvClient::api_version(&()),
             "kind": IdvClient::kind(&()),
+            // Only the object this status was computed for.
+            "metadata": {"uid": &*pending.uid},
             "status": status,
         });
         api.patch_status(
@@ -428,6 +470,19 @@ mod tests {
         seen.status = Some(status("w"));
         w.observed(&seen);
         assert!(w.state.lock().unwrap().written.is_empty());
+    }
+
+    #[tokio::test]
+    async fn waiting_events_are_capped() {
+        let w = writeback().await;
+        let c = client();
+        for _ in 0..MAX_QUEUED_EVENTS + 5 {
+            w.event(&c, EventType::Warning, "IdpUnavailable", "down".into());
+        }
+        assert_eq!(w.queued(), MAX_QUEUED_EVENTS);
+        assert_eq!(w.take(10).len(), 10);
+        w.event(&c, EventType::Warning, "IdpUnavailable", "down".into());
+        assert_eq!(w.queued(), MAX_QUEUED_EVENTS - 9, "room again once taken");
     }
 
     #[tokio::test]
