@@ -133,8 +133,8 @@ struct TokenArgs {
     /// Path of a file holding the client secret (client_secret_basic), for clients without a key.
     #[arg(long, group = "credential")]
     client_secret_file: Option<PathBuf>,
-    /// In a JWK Set: the kid of the key to use.
-    #[arg(long)]
+    /// In a JWK Set: the kid of the key to use. A thumbprint kid may begin with '-'.
+    #[arg(long, allow_hyphen_values = true)]
     key_id: Option<String>,
     /// Token endpoint URL.
     #[arg(long, group = "server")]
@@ -481,4 +481,29 @@ fn write_contents(
     file.write_all(contents.as_bytes())
         .and_then(|_| file.write_all(b"\n"))
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_id_may_begin_with_a_hyphen() {
+        // RFC 7638 thumbprints are base64url: about one in 64 begins with '-'.
+        let cli = Cli::try_parse_from([
+            "idv-token-operator",
+            "token",
+            "--client-id",
+            "c",
+            "--key",
+            "k.json",
+            "--key-id",
+            "-Xq3",
+        ])
+        .expect("parses");
+        let Command::Token(args) = cli.command else {
+            panic!("token")
+        };
+        assert_eq!(args.key_id.as_deref(), Some("-Xq3"));
+    }
 }
