@@ -269,9 +269,7 @@ pub async fn run(
                 .inspect(readiness.watch())
                 .inspect(move |event| match event {
                     Ok(watcher::Event::Apply(client)) => seen.writeback.observed(client),
-                    Ok(watcher::Event::Delete(client)) => {
-                        seen.forget(&client.namespace().unwrap_or_default(), &client.name_any())
-                    }
+                    Ok(watcher::Event::Delete(client)) => seen.forget(client),
                     _ => {}
                 })
                 .applied_objects()

@@ -93,14 +93,19 @@ impl Context {
         }
     }
 
-    /// Forget a deleted IdvClient: its backoff state and its metric series.
-    pub fn forget(&self, namespace: &str, name: &str) {
+    /// Forget a deleted IdvClient: its backoff state, queued writes, parsed key (another client
+    /// of the same key parses it again) and metric series.
+    pub fn forget(&self, client: &IdvClient) {
+        let (namespace, name) = (client.namespace().unwrap_or_default(), client.name_any());
         self.failures
             .lock()
             .expect("lock")
-            .remove(&ObjectRef::new(name).within(namespace));
-        self.writeback.forget(namespace, name);
-        self.metrics.forget_client(namespace, name);
+            .remove(&ObjectRef::new(&name).within(&namespace));
+        if let Some(key) = key_cache_key(client) {
+            self.keys.lock().expect("lock").remove(&key);
+        }
+        self.writeback.forget(&namespace, &name);
+        self.metrics.forget_client(&namespace, &name);
     }
 
     /// Queue an Event on the IdvClient; failing to publish never fails a reconcile.
@@ -481,6 +486,21 @@ fn held_back(ctx: &Context, client: &IdvClient, inputs: &str, now: Timestamp) ->
     (failure.inputs == inputs && now < not_before).then_some(not_before)
 }
 
+/// Where the parsed credential of this IdvClient is kept in `Context::keys`: by namespace,
+/// Secret, key and keyId.
+fn key_cache_key(client: &IdvClient) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let (reference, key_id) = match (&client.spec.private_key, &client.spec.client_secret) {
+        (Some(private_key), _) => (&private_key.secret_ref, private_key.key_id.as_ref()),
+        (None, Some(client_secret)) => (&client_secret.secret_ref, None),
+        (None, None) => return None,
+    };
+    let namespace = client.metadata.namespace.as_deref().unwrap_or_default();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (namespace, &reference.name, &reference.key, key_id).hash(&mut hasher);
+    Some(hasher.finish())
+}
+
 /// Read the credential (private key or client secret); reuse a parsed key while its Secret is
 /// unchanged.
 async fn load_credential(
@@ -497,12 +517,7 @@ async fn load_credential(
             ));
         }
     };
-    let cache_key = {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        (namespace, &reference.name, &reference.key, &key_id).hash(&mut hasher);
-        hasher.finish()
-    };
+    let cache_key = key_cache_key(client).expect("a credential reference");
     // A parsed key is reused while its Secret's resourceVersion stays the same.
     let cached = |version: &str| {
         ctx.keys
