@@ -709,3 +709,55 @@ pub fn error_policy(client: Arc<IdvClient>, error: &Error, _ctx: Arc<Context>) -
     );
     Action::requeue(Duration::from_secs(5))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{IdvClientSpec, PrivateKey, SecretKeyRef};
+
+    fn client(name: &str, secret: &str, key_id: Option<&str>) -> IdvClient {
+        let mut c = IdvClient::new(
+            name,
+            IdvClientSpec {
+                client_id: "c".into(),
+                auth_server: Default::default(),
+                private_key: Some(PrivateKey {
+                    secret_ref: SecretKeyRef {
+                        name: secret.into(),
+                        key: "jwk.json".into(),
+                    },
+                    key_id: key_id.map(str::to_string),
+                }),
+                client_secret: None,
+                scopes: Vec::new(),
+                audience: None,
+                resource: None,
+                secret: Default::default(),
+                refresh: Default::default(),
+                suspend: false,
+            },
+        );
+        c.metadata.namespace = Some("ns".into());
+        c
+    }
+
+    #[test]
+    fn the_key_cache_is_keyed_by_what_is_read_not_by_who_reads_it() {
+        let key = |c: &IdvClient| key_cache_key(c).unwrap();
+        assert_eq!(
+            key(&client("a", "jwk", None)),
+            key(&client("b", "jwk", None))
+        );
+        assert_ne!(
+            key(&client("a", "jwk", None)),
+            key(&client("a", "jwk", Some("k1")))
+        );
+        assert_ne!(
+            key(&client("a", "jwk", None)),
+            key(&client("a", "other", None))
+        );
+        let mut elsewhere = client("a", "jwk", None);
+        elsewhere.metadata.namespace = Some("ns2".into());
+        assert_ne!(key(&client("a", "jwk", None)), key(&elsewhere));
+    }
+}
