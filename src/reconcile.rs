@@ -135,7 +135,7 @@ enum Outcome {
 pub async fn reconcile(client: Arc<IdvClient>, ctx: Arc<Context>) -> Result<Action, Error> {
     let now = Timestamp::now();
     ctx.metrics.reconciled();
-    // Decide on the newest status known: the watch may not show the last one written yet.
+    // Decide on the newest status known: one still queued for writing, else the cached one.
     let latest = ctx.writeback.latest_status(&client);
     let client = if latest != client.status {
         let mut newer = (*client).clone();
