@@ -41,7 +41,7 @@ pub mod secret_keys {
 /// An OAuth client of a Flemish government (IDV) authorization server. The operator keeps a
 /// Secret next to it holding a valid access token, obtained with the client_credentials grant
 /// and a JWT client assertion signed with the client's private key.
-#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "idv-token-operator.dev",
     version = "v1alpha1",
@@ -302,6 +302,20 @@ pub fn crds_yaml() -> String {
     format!("---\n{crd}")
 }
 
+/// For unit tests: an IdvClient in namespace "ns" with client id "c", otherwise defaults.
+#[cfg(test)]
+pub(crate) fn test_client(name: &str) -> IdvClient {
+    let mut client = IdvClient::new(
+        name,
+        IdvClientSpec {
+            client_id: "c".into(),
+            ..IdvClientSpec::default()
+        },
+    );
+    client.metadata.namespace = Some("ns".into());
+    client
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,21 +350,7 @@ mod tests {
 
     #[test]
     fn default_secret_name() {
-        let mut client = IdvClient::new(
-            "gipod",
-            IdvClientSpec {
-                client_id: "c".into(),
-                auth_server: AuthServer::default(),
-                private_key: Some(PrivateKey::default()),
-                client_secret: None,
-                scopes: vec![],
-                audience: None,
-                resource: None,
-                secret: TokenSecret::default(),
-                refresh: Refresh::default(),
-                suspend: false,
-            },
-        );
+        let mut client = test_client("gipod");
         assert_eq!(client.token_secret_name(), "gipod-token");
         client.spec.secret.name = Some("other".into());
         assert_eq!(client.token_secret_name(), "other");

@@ -713,31 +713,17 @@ pub fn error_policy(client: Arc<IdvClient>, error: &Error, _ctx: Arc<Context>) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{IdvClientSpec, PrivateKey, SecretKeyRef};
+    use crate::api::{PrivateKey, SecretKeyRef};
 
     fn client(name: &str, secret: &str, key_id: Option<&str>) -> IdvClient {
-        let mut c = IdvClient::new(
-            name,
-            IdvClientSpec {
-                client_id: "c".into(),
-                auth_server: Default::default(),
-                private_key: Some(PrivateKey {
-                    secret_ref: SecretKeyRef {
-                        name: secret.into(),
-                        key: "jwk.json".into(),
-                    },
-                    key_id: key_id.map(str::to_string),
-                }),
-                client_secret: None,
-                scopes: Vec::new(),
-                audience: None,
-                resource: None,
-                secret: Default::default(),
-                refresh: Default::default(),
-                suspend: false,
+        let mut c = api::test_client(name);
+        c.spec.private_key = Some(PrivateKey {
+            secret_ref: SecretKeyRef {
+                name: secret.into(),
+                key: "jwk.json".into(),
             },
-        );
-        c.metadata.namespace = Some("ns".into());
+            key_id: key_id.map(str::to_string),
+        });
         c
     }
 

@@ -204,20 +204,12 @@ impl TokenSecretRecord {
 
     /// Whether the Secret carries every label and annotation the spec asks for.
     pub fn metadata_matches(&self, client: &IdvClient) -> bool {
-        carries(&self.labels, &self.annotations, client)
+        let has_all = |have: &BTreeMap<String, String>, want: &BTreeMap<String, String>| {
+            want.iter().all(|(k, v)| have.get(k) == Some(v))
+        };
+        has_all(&self.labels, &client.spec.secret.labels)
+            && has_all(&self.annotations, &client.spec.secret.annotations)
     }
-}
-
-fn carries(
-    labels: &BTreeMap<String, String>,
-    annotations: &BTreeMap<String, String>,
-    client: &IdvClient,
-) -> bool {
-    let has_all = |have: &BTreeMap<String, String>, want: &BTreeMap<String, String>| {
-        want.iter().all(|(k, v)| have.get(k) == Some(v))
-    };
-    has_all(labels, &client.spec.secret.labels)
-        && has_all(annotations, &client.spec.secret.annotations)
 }
 
 /// In memory only, never written: the token Secret cache keeps this hash of a Secret's data
@@ -307,19 +299,6 @@ pub fn observe(secret: &Secret) -> ObservedToken {
         expires_at: time(api::EXPIRES_AT_ANNOTATION),
         refresh_at: time(api::REFRESH_AT_ANNOTATION),
     }
-}
-
-/// Whether the Secret carries every label and annotation the spec asks for.
-pub fn metadata_matches(secret: &Secret, client: &IdvClient) -> bool {
-    carries(
-        secret.metadata.labels.as_ref().unwrap_or(&BTreeMap::new()),
-        secret
-            .metadata
-            .annotations
-            .as_ref()
-            .unwrap_or(&BTreeMap::new()),
-        client,
-    )
 }
 
 /// A Ready condition; `lastTransitionTime` stays when the status does not change, so an
@@ -426,34 +405,14 @@ pub fn plan_note(plan: &RefreshPlan, before_expiry: Option<&str>) -> Option<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        api::{AuthServer, IdvClientSpec, PrivateKey, Refresh, TokenSecret},
-        oauth::AccessToken,
-    };
+    use crate::{api::PrivateKey, oauth::AccessToken};
 
     fn client() -> IdvClient {
-        let mut c = IdvClient::new(
-            "gipod",
-            IdvClientSpec {
-                client_id: "c".into(),
-                auth_server: AuthServer {
-                    token_endpoint: Some("https://idp.example/token".into()),
-                    ..AuthServer::default()
-                },
-                private_key: Some(PrivateKey::default()),
-                client_secret: None,
-                scopes: vec!["gipod_read".into()],
-                audience: None,
-                resource: None,
-                secret: TokenSecret {
-                    labels: [("team".to_string(), "roads".to_string())].into(),
-                    ..TokenSecret::default()
-                },
-                refresh: Refresh::default(),
-                suspend: false,
-            },
-        );
-        c.metadata.namespace = Some("ns".into());
+        let mut c = api::test_client("gipod");
+        c.spec.auth_server.token_endpoint = Some("https://idp.example/token".into());
+        c.spec.private_key = Some(PrivateKey::default());
+        c.spec.scopes = vec!["gipod_read".into()];
+        c.spec.secret.labels = [("team".to_string(), "roads".to_string())].into();
         c.metadata.uid = Some("uid-1".into());
         c.metadata.generation = Some(2);
         c
@@ -507,7 +466,7 @@ mod tests {
             ("IdvClient", "uid-1", Some(true))
         );
         assert!(is_owned_by(&s, &client()));
-        assert!(metadata_matches(&s, &client()));
+        assert!(TokenSecretRecord::of(&s).metadata_matches(&client()));
         let mut cached = s.clone();
         strip_token_data(&mut cached);
         let record = TokenSecretRecord::of(&cached);
@@ -522,7 +481,7 @@ mod tests {
         other.metadata.uid = Some("uid-2".into());
         assert!(!record.is_owned_by(&other) && !is_owned_by(&s, &other));
         other.spec.secret.annotations = [("team".to_string(), "roads".to_string())].into();
-        assert!(!record.metadata_matches(&other) && !metadata_matches(&s, &other));
+        assert!(!record.metadata_matches(&other));
     }
 
     #[test]

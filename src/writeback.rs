@@ -110,15 +110,17 @@ fn fingerprint(status: &IdvClientStatus) -> u64 {
 }
 
 impl State {
-    /// Whether `status` is already queued or written (or, failing both, cached).
+    /// Whether `status` (`json` its JSON) is already queued or written (or, failing both,
+    /// cached).
     fn is_latest(
         &self,
         key: &Path,
         cached: Option<&IdvClientStatus>,
         status: &IdvClientStatus,
+        json: &str,
     ) -> bool {
         if let Some(pending) = self.pending.get(key) {
-            return *pending.json == *to_json(status);
+            return *pending.json == *json;
         }
         if let Some((written, at)) = self.written.get(key)
             && at.elapsed() < TRUST_WRITTEN
@@ -181,13 +183,14 @@ impl Writeback {
     /// Queue `status` unless it is already the latest.
     pub fn set_status(&self, client: &IdvClient, status: IdvClientStatus) {
         let key = key_of(client);
+        let json = to_json(&status);
         let mut state = self.state.lock().expect("lock");
-        if state.is_latest(&key, client.status.as_ref(), &status) {
+        if state.is_latest(&key, client.status.as_ref(), &status, &json) {
             return;
         }
         let pending = Pending {
             uid: client.metadata.uid.as_deref().unwrap_or_default().into(),
-            json: to_json(&status),
+            json,
         };
         if state.pending.insert(key.clone(), pending).is_none() {
             state.jobs.push_back(Job::Status(key));
@@ -398,26 +401,9 @@ impl Writeback {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{AuthServer, IdvClientSpec};
 
     fn client() -> IdvClient {
-        let mut c = IdvClient::new(
-            "gipod",
-            IdvClientSpec {
-                client_id: "c".into(),
-                auth_server: AuthServer::default(),
-                private_key: None,
-                client_secret: None,
-                scopes: Vec::new(),
-                audience: None,
-                resource: None,
-                secret: Default::default(),
-                refresh: Default::default(),
-                suspend: false,
-            },
-        );
-        c.metadata.namespace = Some("ns".into());
-        c
+        api::test_client("gipod")
     }
 
     fn status(reason: &str) -> IdvClientStatus {

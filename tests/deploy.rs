@@ -33,12 +33,7 @@ fn rbac_has_no_wildcards_and_no_deletecollection() {
                         assert_ne!(item.as_str(), Some("*"), "{file}: wildcard in {field}");
                     }
                 }
-                let verbs: Vec<&str> = rule["verbs"]
-                    .as_sequence()
-                    .unwrap()
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .collect();
+                let verbs = strings(&rule["verbs"]);
                 assert!(
                     !verbs.contains(&"deletecollection"),
                     "{file}: deletecollection"
@@ -146,14 +141,19 @@ fn the_deployment_is_locked_down() {
         .filter_map(|p| p["name"].as_str())
         .collect();
     assert!(ports.contains(&"metrics") && ports.contains(&"health"));
-    let args: Vec<&str> = container["args"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let args = strings(&container["args"]);
     assert!(
         args.contains(&"--leader-elect"),
         "two replicas need leader election"
     );
+}
+
+/// The strings of a YAML sequence.
+fn strings(value: &Value) -> Vec<&str> {
+    value
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect()
 }
