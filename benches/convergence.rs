@@ -1149,6 +1149,10 @@ async fn operator_run(
         .map(|(i, bytes)| Secret {
             metadata: ObjectMeta {
                 name: Some(format!("c{i}-jwk")),
+                labels: Some(BTreeMap::from([(
+                    idv_token_operator::api::CREDENTIAL_LABEL.to_string(),
+                    "true".to_string(),
+                )])),
                 ..Default::default()
             },
             data: Some(BTreeMap::from([(

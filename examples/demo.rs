@@ -97,7 +97,8 @@ fn main() {
     eprintln!("    client id: {client_id}");
 
     step(
-        "kubectl create namespace demo; kubectl create secret generic gipod-jwk --from-file=jwk.json",
+        "kubectl create namespace demo; kubectl create secret generic gipod-jwk --from-file=jwk.json; \
+         kubectl label secret gipod-jwk idv-token-operator.dev/credential=true",
     );
     kubectl(&admin, &["create", "namespace", "demo"], None);
     kubectl(
@@ -110,6 +111,19 @@ fn main() {
             "generic",
             "gipod-jwk",
             &format!("--from-file=jwk.json={}", private_path.display()),
+        ],
+        None,
+    );
+    // Only a Secret labelled as a credential is read by the operator.
+    kubectl(
+        &admin,
+        &[
+            "-n",
+            "demo",
+            "label",
+            "secret",
+            "gipod-jwk",
+            "idv-token-operator.dev/credential=true",
         ],
         None,
     );

@@ -29,6 +29,14 @@ pub const DATA_HASH_ANNOTATION: &str = "idv-token-operator.dev/data-hash";
 /// On the IdvClient: a new value asks for one new token now, whatever the schedule says.
 pub const FORCE_REFRESH_ANNOTATION: &str = "idv-token-operator.dev/force-refresh";
 
+/// On a Secret: the operator may read it as a credential (private key or client secret).
+pub const CREDENTIAL_LABEL: &str = "idv-token-operator.dev/credential";
+
+/// Whether a Secret's labels allow the operator to read it as a credential.
+pub fn is_credential(labels: &BTreeMap<String, String>) -> bool {
+    labels.get(CREDENTIAL_LABEL).map(String::as_str) == Some("true")
+}
+
 /// Keys of the token Secret.
 pub mod secret_keys {
     pub const ACCESS_TOKEN: &str = "access_token";
@@ -262,6 +270,10 @@ pub struct IdvClientStatus {
     /// Name of the token Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
+    /// uid of the token Secret the operator created: only that object is ever written, so a
+    /// Secret someone else created under the name (with a copied owner reference) is not adopted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_uid: Option<String>,
 }
 
 /// A condition, as in metav1.Condition.

@@ -1,5 +1,6 @@
 //! What the watches keep for the reconciles: the operator's token Secrets, the
-//! resourceVersions of all other Secrets, and the operator's own writes not yet seen.
+//! resourceVersions of the Secrets labelled as credentials, and the operator's own writes not
+//! yet seen. Other Secrets are never watched.
 
 use std::{
     collections::HashMap,
@@ -17,8 +18,8 @@ pub struct ScopeCaches {
     pub namespace: Option<String>,
     /// The token Secrets the operator manages (label-filtered), as records.
     pub token_secrets: Arc<TokenSecrets>,
-    /// Every other Secret, by resourceVersion: the credentials are among them.
-    pub other_secrets: Arc<SecretVersions>,
+    /// The Secrets labelled as credentials, by resourceVersion.
+    pub credentials: Arc<SecretVersions>,
 }
 
 pub struct Caches {
@@ -38,22 +39,15 @@ impl Caches {
         self.scope(namespace)?.token_secrets.get(namespace, name)
     }
 
-    /// The resourceVersion of a Secret (not the operator's) as its watch last saw it.
-    pub fn secret_version(&self, namespace: &str, name: &str) -> Option<String> {
-        self.scope(namespace)?
-            .other_secrets
-            .version(namespace, name)
+    /// The resourceVersion of a labelled credential Secret as its watch last saw it.
+    pub fn credential_version(&self, namespace: &str, name: &str) -> Option<String> {
+        self.scope(namespace)?.credentials.version(namespace, name)
     }
 
-    /// Whether no Secret of this name exists, as far as the watches know: both have listed,
-    /// neither has it, and the operator has not just written it.
-    pub fn known_absent(&self, namespace: &str, name: &str) -> bool {
-        self.scope(namespace).is_some_and(|scope| {
-            scope.token_secrets.listed()
-                && scope.other_secrets.listed()
-                && scope.token_secrets.get(namespace, name).is_none()
-                && scope.other_secrets.version(namespace, name).is_none()
-        }) && !self.own_writes.in_flight(namespace, name)
+    /// Whether the watch of the operator's token Secrets has listed them.
+    pub fn token_secrets_listed(&self, namespace: &str) -> bool {
+        self.scope(namespace)
+            .is_some_and(|scope| scope.token_secrets.listed())
     }
 }
 
@@ -120,11 +114,10 @@ impl<K: Hash + Eq, V> Mirror<K, V> {
     }
 }
 
-/// The resourceVersions of the Secrets a metadata watch sees: all the operator needs of
-/// Secrets that are not its own (to reuse a parsed key, and to know a name is free). A kube
-/// reflector store would keep every Secret's whole metadata, ~650 bytes each; in cluster-wide
-/// mode that is every Secret of the cluster. Keyed by `name_key`: a version read through a
-/// hash collision does not match the key cache's, so it only costs a GET.
+/// The resourceVersions of the Secrets a metadata watch sees: all the operator needs of its
+/// credential Secrets (to reuse a parsed key without reading the Secret again). Keyed by
+/// `name_key`: a version read through a hash collision does not match the key cache's, so it
+/// only costs a GET.
 #[derive(Default)]
 pub struct SecretVersions(Mutex<Mirror<u64, String>>);
 
@@ -238,17 +231,15 @@ mod tests {
         )]
         .into();
         let hash = resources::data_hash(&data);
-        Secret {
-            metadata: ObjectMeta {
-                name: Some("gipod-token".into()),
-                namespace: Some("ns".into()),
-                labels: Some([(api::MANAGED_BY_LABEL.into(), api::MANAGED_BY_VALUE.into())].into()),
-                annotations: Some([(api::DATA_HASH_ANNOTATION.into(), hash)].into()),
-                ..ObjectMeta::default()
-            },
-            data: Some(data),
-            ..Secret::default()
-        }
+        let mut client = api::test_client("gipod");
+        client.metadata.uid = Some("client-uid".into());
+        let at = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        let times = resources::TokenTimes {
+            issued_at: at,
+            expires_at: at,
+            refresh_at: at,
+        };
+        resources::desired_secret(&client, data, &hash, "inputs", &times)
     }
 
     /// What the watch delivers: the stored Secret, as the cache slims it.
@@ -305,6 +296,8 @@ mod tests {
         assert_eq!(secrets.get("ns", "gipod-token"), None);
     }
 
+    // PartialObjectMeta has a private field: no struct literal.
+    #[allow(clippy::field_reassign_with_default)]
     fn meta(name: &str, version: &str) -> PartialObjectMeta<Secret> {
         let mut secret = PartialObjectMeta::<Secret>::default();
         secret.metadata = ObjectMeta {

@@ -184,7 +184,7 @@ pub async fn run(
     let readiness = Readiness::new(2 * scopes.len(), ready);
     let own_writes = Arc::new(OwnWrites::default());
     let ours = format!("{}={}", api::MANAGED_BY_LABEL, api::MANAGED_BY_VALUE);
-    let not_ours = format!("{}!={}", api::MANAGED_BY_LABEL, api::MANAGED_BY_VALUE);
+    let credentials = format!("{}=true", api::CREDENTIAL_LABEL);
     let (scope_caches, watches): (Vec<ScopeCaches>, Vec<SecretWatches>) = scopes
         .into_iter()
         .map(|namespace| {
@@ -218,13 +218,14 @@ pub async fn run(
             })
             .touched_objects()
             .boxed();
-            // Every other Secret: metadata only (never data), to notice a changed key at once,
-            // to know its resourceVersion without asking the API, and to know a name is free.
-            let other_secrets = Arc::new(SecretVersions::default());
-            let versions = other_secrets.clone();
+            // Secrets labelled as credentials: metadata only (never data), to notice a changed
+            // key at once and to know its resourceVersion without asking the API. Unlabelled
+            // Secrets are neither watched nor read.
+            let credential_secrets = Arc::new(SecretVersions::default());
+            let versions = credential_secrets.clone();
             let other_secrets_stream = watcher::watcher(
                 api::<PartialObjectMeta<Secret>>(&kube, namespace.as_deref()),
-                WatcherConfig::default().labels(&not_ours),
+                WatcherConfig::default().labels(&credentials),
             )
             .backoff(watch_backoff())
             .modify(keep_identity_only)
@@ -239,7 +240,7 @@ pub async fn run(
                 ScopeCaches {
                     namespace: namespace.clone(),
                     token_secrets,
-                    other_secrets,
+                    credentials: credential_secrets,
                 },
                 SecretWatches {
                     namespace,
@@ -276,6 +277,8 @@ pub async fn run(
                 .predicate_filter(spec_or_force_refresh, PredicateConfig::default());
         let controller = Controller::for_stream(clients, client_store.clone());
         let lookup = controller.store();
+        // A finished token request reconciles its client again (to store the token).
+        let fetched = ctx.fetcher.subscribe(scope.namespace.clone());
         info!(
             namespace = namespace.unwrap_or("(all)"),
             concurrency = options.concurrency,
@@ -286,6 +289,7 @@ pub async fn run(
             .watches_stream(scope.other_secrets, move |secret| {
                 clients_using(&secret, &lookup)
             })
+            .reconcile_on(fetched)
             .with_config(controller::Config::default().concurrency(options.concurrency))
             // The controller pauses all triggers after an error of any of its watches; keep that
             // pause short (the watches back off on their own), or errors of four watches add up.

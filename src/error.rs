@@ -20,6 +20,12 @@ pub enum Error {
     #[error("the Secret {name:?} does not exist in this namespace")]
     KeySecretNotFound { name: String },
 
+    #[error(
+        "the Secret {name:?} is not labelled {label}=true, so the operator does not read it as a credential; label it (kubectl label secret {name} {label}=true) if it holds this client's key or secret",
+        label = crate::api::CREDENTIAL_LABEL
+    )]
+    CredentialNotLabelled { name: String },
+
     #[error("the Secret {name:?} has no key {key:?} (or it is empty)")]
     KeyNotInSecret { name: String, key: String },
 
@@ -53,6 +59,16 @@ pub enum Error {
         source: TokenError,
         client_id: String,
         key_id: Option<String>,
+    },
+
+    /// The apiserver refuses the token Secret for a reason that retrying will not fix.
+    #[error(
+        "the token Secret {name:?} cannot be written (HTTP {code}: {message}); no token is requested until that is fixed"
+    )]
+    SecretNotWritable {
+        name: String,
+        code: u16,
+        message: String,
     },
 
     #[error(
@@ -98,12 +114,29 @@ fn token_message(source: &TokenError, client_id: &str, key_id: &Option<String>) 
 }
 
 impl Error {
+    /// A refused write of the token Secret: permanent refusals (forbidden, invalid, quota,
+    /// namespace terminating) are configuration errors; the rest may pass on a retry.
+    pub fn from_secret_write(name: &str, error: kube::Error) -> Error {
+        match &error {
+            kube::Error::Api(status) if matches!(status.code, 400 | 403 | 404 | 422) => {
+                Error::SecretNotWritable {
+                    name: name.to_string(),
+                    code: status.code,
+                    message: status.message.chars().take(300).collect(),
+                }
+            }
+            _ => Error::Kube(error),
+        }
+    }
+
     /// CamelCase reason for conditions and events; also the metric label.
     pub fn reason(&self) -> &'static str {
         match self {
             Error::InvalidSpec(_) | Error::ServerConfig(_) => "InvalidSpec",
             Error::KeySecretNotFound { .. } => "KeySecretNotFound",
             Error::KeyNotInSecret { .. } => "KeyNotFound",
+            Error::CredentialNotLabelled { .. } => "CredentialNotLabelled",
+            Error::SecretNotWritable { .. } => "SecretNotWritable",
             Error::InvalidKey { .. } | Error::Sign(_) => "InvalidKey",
             Error::SecretConflict { .. } => "SecretConflict",
             Error::HostNotAllowed { .. } => "TokenHostNotAllowed",

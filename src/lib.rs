@@ -12,6 +12,7 @@ pub mod caches;
 pub mod controller;
 pub mod error;
 pub mod events;
+pub mod fetcher;
 pub mod http;
 pub mod jwk;
 pub mod leader;

@@ -282,7 +282,7 @@ fn run(args: RunArgs) -> Result<(), String> {
         };
         health.ready.store(false, Ordering::Relaxed);
 
-        let settings = Settings { min_refresh_interval: args.min_refresh_interval, writeback_parallelism: usize::from(args.concurrency.max(1)) };
+        let settings = Settings { min_refresh_interval: args.min_refresh_interval, writeback_parallelism: usize::from(args.concurrency.max(1)), token_request_timeout: args.token_request_timeout };
         let options = RunOptions { namespaces: args.watch_namespaces.clone(), concurrency: args.concurrency.max(1) };
         let max_requests = args.max_concurrent_token_requests;
         let events = EventPublisher::new(kube.clone(), "idv-token-operator", &identity);

@@ -14,15 +14,15 @@ use kube::{
     api::{DeleteParams, Patch, PatchParams, PostParams},
     runtime::{controller::Action, reflector::ObjectRef},
 };
-use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use crate::{
     api::{self, IdvClient, IdvClientStatus},
-    authserver,
+    authserver::{self, ServerPlan},
     caches::{Caches, OwnWrites},
     error::Error,
     events::{EventPublisher, EventType},
+    fetcher::{self, ClientKey, Fetched, Fetcher, Poll},
     jwk,
     metrics::Metrics,
     oauth::TokenParams,
@@ -40,21 +40,23 @@ pub struct Settings {
     pub min_refresh_interval: Duration,
     /// Status and Event writes at the same time while no token work is going on.
     pub writeback_parallelism: usize,
+    /// Timeout of one token (or discovery) request.
+    pub token_request_timeout: Duration,
 }
 
 pub struct Context {
     pub kube: kube::Client,
-    pub tokens: TokenClient,
+    pub tokens: Arc<TokenClient>,
     caches: Caches,
     pub metrics: Arc<Metrics>,
     pub writeback: Arc<Writeback>,
-    /// Limits concurrent token requests across all clients, to protect the IdP.
-    pub token_request_slots: Semaphore,
+    /// Token requests, in the background, under per-host and global limits.
+    pub fetcher: Arc<Fetcher>,
     pub settings: Settings,
-    /// Parsed credentials by (namespace, Secret, key, keyId), each with the Secret's
+    /// Parsed credentials by (namespace, Secret, key, kind, keyId), each with the Secret's
     /// resourceVersion it was parsed from: a new version replaces the old one in place.
     keys: Mutex<HashMap<u64, (String, Credential)>>,
-    failures: Mutex<HashMap<ObjectRef<IdvClient>, Failure>>,
+    failures: Mutex<HashMap<ClientKey, Failure>>,
 }
 
 /// Backoff bookkeeping for one IdvClient. `inputs` fingerprints what the failed attempt saw:
@@ -76,9 +78,10 @@ impl Context {
         metrics: Arc<Metrics>,
         events: EventPublisher,
     ) -> Self {
+        let global = max_concurrent_token_requests.max(1);
         Self {
             kube: kube.clone(),
-            tokens,
+            tokens: Arc::new(tokens),
             caches,
             metrics,
             writeback: Arc::new(Writeback::new(
@@ -86,7 +89,7 @@ impl Context {
                 events,
                 settings.writeback_parallelism,
             )),
-            token_request_slots: Semaphore::new(max_concurrent_token_requests.max(1)),
+            fetcher: Arc::new(Fetcher::new(global, fetcher::per_host_slots(global))),
             settings,
             keys: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
@@ -97,10 +100,9 @@ impl Context {
     /// of the same key parses it again) and metric series.
     pub fn forget(&self, client: &IdvClient) {
         let (namespace, name) = (client.namespace().unwrap_or_default(), client.name_any());
-        self.failures
-            .lock()
-            .expect("lock")
-            .remove(&ObjectRef::new(&name).within(&namespace));
+        let key = ObjectRef::new(&name).within(&namespace);
+        self.failures.lock().expect("lock").remove(&key);
+        self.fetcher.forget(&key);
         if let Some(key) = key_cache_key(client) {
             self.keys.lock().expect("lock").remove(&key);
         }
@@ -130,6 +132,8 @@ enum Outcome {
     },
     /// A retry is due later; nothing changed.
     HeldBack { until: Timestamp },
+    /// A token request is running in the background; its end reconciles the client again.
+    Fetching,
 }
 
 pub async fn reconcile(client: Arc<IdvClient>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -157,6 +161,10 @@ pub async fn reconcile(client: Arc<IdvClient>, ctx: Arc<Context>) -> Result<Acti
     }
     let mut seen = Seen::default();
     match attempt(&client, &ctx, now, &mut seen).await {
+        // Only if the wake-up were lost: a request ends within its timeout.
+        Ok(Outcome::Fetching) => Ok(Action::requeue(
+            ctx.settings.token_request_timeout * 2 + Duration::from_secs(30),
+        )),
         Ok(Outcome::Ready { status, next }) => {
             ctx.failures
                 .lock()
@@ -214,6 +222,12 @@ async fn handle_failure(
             retry_after,
             rand::random::<f64>(),
         );
+        // A token still in the Secret bounds the wait: when it expires, the next attempt
+        // comes (and reports the client unready if it fails), whatever Retry-After said.
+        let delay = match seen.observed.as_ref().filter(|o| o.is_valid_at(now)) {
+            Some(observed) => delay.min(until(now, observed.expires_at.unwrap_or(now))),
+            None => delay,
+        };
         failure.not_before =
             Some(now + SignedDuration::try_from(delay).unwrap_or(SignedDuration::from_secs(60)));
         delay
@@ -250,7 +264,7 @@ async fn handle_failure(
 
 async fn attempt(
     client: &IdvClient,
-    ctx: &Context,
+    ctx: &Arc<Context>,
     now: Timestamp,
     seen: &mut Seen,
 ) -> Result<Outcome, Error> {
@@ -288,10 +302,10 @@ async fn attempt(
     let existing = match ctx.caches.token_secret(&namespace, &secret_name) {
         // Unless the watch has yet to show a write of ours: then the record is stale.
         Some(cached) if !in_flight => Some(cached),
-        // In neither cache: absent (a rare race is caught when creating it).
-        None if ctx.caches.known_absent(&namespace, &secret_name) => None,
-        // Someone else's, ours with its label removed, or ours just written. Ask, so that no
-        // token is fetched that could not be stored.
+        // Not among the operator's Secrets. Someone else's of that name is found by the dry
+        // run before a token is requested.
+        None if !in_flight && ctx.caches.token_secrets_listed(&namespace) => None,
+        // Ours just written, or the watch has not listed yet: ask.
         _ => secrets
             .get_opt(&secret_name)
             .await?
@@ -335,55 +349,38 @@ async fn attempt(
             }
             let note = clamp_note(client, &observed, before_expiry, ctx);
             Ok(Outcome::Ready {
-                status: resources::ready_status(client, &observed, key.key_id(), note, now),
+                status: resources::ready_status(
+                    client,
+                    &observed,
+                    secret.uid.as_deref(),
+                    key.key_id(),
+                    note,
+                    now,
+                ),
                 next: until,
             })
         }
         Decision::Refresh(reason) => {
-            if let Some(not_before) = held_back(ctx, client, &seen.inputs, now) {
-                return Ok(Outcome::HeldBack { until: not_before });
-            }
-            // Status and Event writes wait while this runs.
-            let _token_work = ctx.writeback.token_work();
-            let params = TokenParams {
-                scopes: client.spec.scopes.clone(),
-                audience: client.spec.audience.clone(),
-                resource: client.spec.resource.clone(),
-            };
-            let answer = {
-                let _slot = ctx
-                    .token_request_slots
-                    .acquire()
-                    .await
-                    .expect("the semaphore is never closed");
-                let started = std::time::Instant::now();
-                let result = async {
-                    let server = ctx
-                        .tokens
-                        .resolve(&plan)
-                        .await
-                        .inspect_err(|_| ctx.tokens.forget(&plan))?;
-                    ctx.tokens
-                        .request_token(
-                            &client.spec.client_id,
-                            &server,
-                            &params,
-                            &key,
-                            Timestamp::now(),
-                        )
-                        .await
+            let client_key = ObjectRef::from_obj(client);
+            let fetched = match ctx.fetcher.poll(&client_key, &inputs_hash) {
+                Poll::Running => return Ok(Outcome::Fetching),
+                Poll::Done(Ok(fetched)) if fetched.is_fresh_at(now) => fetched,
+                Poll::Done(Err(error)) => return Err(error),
+                Poll::Idle | Poll::Done(Ok(_)) => {
+                    if let Some(not_before) = held_back(ctx, client, &seen.inputs, now) {
+                        return Ok(Outcome::HeldBack { until: not_before });
+                    }
+                    if existing.is_none() {
+                        // Ask before the IdP is asked: a Secret that cannot be stored (a name
+                        // taken by someone else, a quota, a terminating namespace) costs no token.
+                        check_creatable(&secrets, client, &inputs_hash, now).await?;
+                    }
+                    start_fetch(ctx, client, client_key, inputs_hash, &plan, key);
+                    return Ok(Outcome::Fetching);
                 }
-                .await;
-                let outcome = result
-                    .as_ref()
-                    .map(|_| "success")
-                    .unwrap_or_else(|e| e.reason());
-                ctx.metrics
-                    .token_request(outcome, started.elapsed().as_secs_f64());
-                result?
             };
-            // Count the lifetime from before the request: the token cannot outlive that.
-            let issued_at = schedule::whole_seconds(now);
+            let issued_at = schedule::whole_seconds(fetched.requested_at);
+            let answer = &fetched.answer;
             let expires_at = issued_at + SignedDuration::from_secs(answer.expires_in as i64);
             let refresh = schedule::refresh_at(
                 issued_at,
@@ -397,17 +394,27 @@ async fn attempt(
                 expires_at,
                 refresh_at: refresh.refresh_at,
             };
-            let data = resources::token_data(&answer, expires_at, &params.scopes);
+            let data = resources::token_data(answer, expires_at, &client.spec.scopes);
             let mut desired =
                 resources::desired_secret(client, data.data, &data.hash, &inputs_hash, &times);
             let own_writes = &ctx.caches.own_writes;
-            if let Some(record) = &existing {
-                // Only the Secret the decision was made on (not a new one of the same name).
-                desired.metadata.uid = record.uid.clone();
-                apply_secret(&secrets, &desired, own_writes).await?;
-            } else {
-                create_or_reclaim_secret(&secrets, &desired, client, own_writes).await?;
-            }
+            let written = match &existing {
+                Some(record) => {
+                    // Only the Secret the decision was made on (not a new one of the same name).
+                    desired.metadata.uid = record.uid.clone();
+                    apply_secret(&secrets, &desired, own_writes).await
+                }
+                None => create_or_reclaim_secret(&secrets, &desired, client, own_writes).await,
+            };
+            let secret_uid = match written {
+                Ok(uid) => uid,
+                Err(error) => {
+                    // The IdP gave a token; store it on the next attempt instead of asking again.
+                    ctx.fetcher
+                        .keep(ObjectRef::from_obj(client), inputs_hash, fetched);
+                    return Err(error);
+                }
+            };
             info!(
                 namespace,
                 name = client.name_any(),
@@ -441,10 +448,105 @@ async fn attempt(
             let observed = resources::observe(&desired);
             let note = resources::plan_note(&refresh, client.spec.refresh.before_expiry.as_deref());
             Ok(Outcome::Ready {
-                status: resources::ready_status(client, &observed, key.key_id(), note, now),
+                status: resources::ready_status(
+                    client,
+                    &observed,
+                    secret_uid.as_deref(),
+                    key.key_id(),
+                    note,
+                    now,
+                ),
                 next: refresh.refresh_at,
             })
         }
+    }
+}
+
+/// Start the token request in the background (discovery included): it holds no reconcile
+/// worker, and a slow host delays only its own clients.
+fn start_fetch(
+    ctx: &Arc<Context>,
+    client: &IdvClient,
+    client_key: ClientKey,
+    inputs_hash: String,
+    plan: &ServerPlan,
+    credential: Credential,
+) {
+    let host = match plan {
+        ServerPlan::Known(server) => server.token_endpoint.origin().ascii_serialization(),
+        ServerPlan::Discover { issuer, .. } => issuer.origin().ascii_serialization(),
+    };
+    let params = TokenParams {
+        scopes: client.spec.scopes.clone(),
+        audience: client.spec.audience.clone(),
+        resource: client.spec.resource.clone(),
+    };
+    let client_id = client.spec.client_id.clone();
+    let (plan, tokens, metrics, writeback) = (
+        plan.clone(),
+        ctx.tokens.clone(),
+        ctx.metrics.clone(),
+        ctx.writeback.clone(),
+    );
+    let request = async move {
+        // Status and Event writes narrow while tokens are requested.
+        let _token_work = writeback.token_work();
+        let started = std::time::Instant::now();
+        let requested_at = Timestamp::now();
+        let result = async {
+            let server = tokens
+                .resolve(&plan)
+                .await
+                .inspect_err(|_| tokens.forget(&plan))?;
+            tokens
+                .request_token(&client_id, &server, &params, &credential, requested_at)
+                .await
+        }
+        .await;
+        let outcome = result
+            .as_ref()
+            .map(|_| "success")
+            .unwrap_or_else(|e| e.reason());
+        metrics.token_request(outcome, started.elapsed().as_secs_f64());
+        result.map(|answer| Fetched {
+            requested_at,
+            answer,
+        })
+    };
+    ctx.fetcher.start(client_key, inputs_hash, &host, request);
+}
+
+/// Before the first token for a Secret that does not exist yet: would creating it succeed?
+/// A server-side dry run answers for name, quota, namespace and RBAC at once. A Secret of that
+/// name that is ours after all (its label was removed) is reclaimed when the token is stored.
+async fn check_creatable(
+    secrets: &Api<Secret>,
+    client: &IdvClient,
+    inputs_hash: &str,
+    now: Timestamp,
+) -> Result<(), Error> {
+    let times = TokenTimes {
+        issued_at: now,
+        expires_at: now,
+        refresh_at: now,
+    };
+    let probe = resources::desired_secret(client, Default::default(), "", inputs_hash, &times);
+    let name = client.token_secret_name();
+    let params = PostParams {
+        dry_run: true,
+        field_manager: Some(api::FIELD_MANAGER.into()),
+    };
+    match secrets.create(&params, &probe).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            match secrets.get_opt(&name).await? {
+                // Ours (relabelled), or deleted in between: creatable.
+                Some(found) if resources::is_owned_by(&found, client) => Ok(()),
+                None => Ok(()),
+                Some(_) => Err(Error::SecretConflict { name }),
+            }
+        }
+        Err(error) => Err(Error::from_secret_write(&name, error)),
     }
 }
 
@@ -487,17 +589,23 @@ fn held_back(ctx: &Context, client: &IdvClient, inputs: &str, now: Timestamp) ->
 }
 
 /// Where the parsed credential of this IdvClient is kept in `Context::keys`: by namespace,
-/// Secret, key and keyId.
+/// Secret, key, kind and keyId.
 fn key_cache_key(client: &IdvClient) -> Option<u64> {
     use std::hash::{Hash, Hasher};
-    let (reference, key_id) = match (&client.spec.private_key, &client.spec.client_secret) {
-        (Some(private_key), _) => (&private_key.secret_ref, private_key.key_id.as_ref()),
-        (None, Some(client_secret)) => (&client_secret.secret_ref, None),
+    // The kind belongs in the key: the same bytes are a client secret to one client and an
+    // unparseable key to another.
+    let (reference, kind, key_id) = match (&client.spec.private_key, &client.spec.client_secret) {
+        (Some(private_key), _) => (
+            &private_key.secret_ref,
+            "private-key",
+            private_key.key_id.as_ref(),
+        ),
+        (None, Some(client_secret)) => (&client_secret.secret_ref, "client-secret", None),
         (None, None) => return None,
     };
     let namespace = client.metadata.namespace.as_deref().unwrap_or_default();
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (namespace, &reference.name, &reference.key, key_id).hash(&mut hasher);
+    (namespace, &reference.name, &reference.key, kind, key_id).hash(&mut hasher);
     Some(hasher.finish())
 }
 
@@ -527,21 +635,39 @@ async fn load_credential(
             .filter(|(parsed_from, _)| parsed_from == version)
             .map(|(_, key)| key.clone())
     };
-    // The metadata watch knows the Secret's version: a key parsed from that version is reused
-    // without reading the Secret again.
-    if let Some(version) = ctx.caches.secret_version(namespace, &reference.name)
-        && let Some(key) = cached(&version)
+    // The watch of labelled Secrets knows the Secret's version: a key parsed from that version
+    // is reused without reading the Secret again.
+    let watched = ctx.caches.credential_version(namespace, &reference.name);
+    if let Some(version) = &watched
+        && let Some(key) = cached(version)
     {
-        return Ok((key, version));
+        return Ok((key, version.clone()));
     }
     let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), namespace);
-    let secret =
-        secrets
-            .get_opt(&reference.name)
+    let not_found = || Error::KeySecretNotFound {
+        name: reference.name.clone(),
+    };
+    let not_labelled = || Error::CredentialNotLabelled {
+        name: reference.name.clone(),
+    };
+    if watched.is_none() {
+        // Not among the labelled Secrets the watch has seen: look at its labels before reading
+        // its data, so that an unlabelled Secret's content never reaches the operator.
+        let meta = secrets
+            .get_metadata_opt(&reference.name)
             .await?
-            .ok_or_else(|| Error::KeySecretNotFound {
-                name: reference.name.clone(),
-            })?;
+            .ok_or_else(not_found)?;
+        if !api::is_credential(meta.labels()) {
+            return Err(not_labelled());
+        }
+    }
+    let secret = secrets
+        .get_opt(&reference.name)
+        .await?
+        .ok_or_else(not_found)?;
+    if !api::is_credential(secret.labels()) {
+        return Err(not_labelled());
+    }
     let version = secret.resource_version().unwrap_or_default();
     if let Some(key) = cached(&version) {
         return Ok((key, version));
@@ -600,7 +726,7 @@ async fn create_or_reclaim_secret(
     desired: &Secret,
     client: &IdvClient,
     own_writes: &OwnWrites,
-) -> Result<(), Error> {
+) -> Result<Option<String>, Error> {
     let name = desired
         .metadata
         .name
@@ -617,24 +743,28 @@ async fn create_or_reclaim_secret(
         )
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(created) => Ok(created.metadata.uid),
         Err(kube::Error::Api(status)) if status.code == 409 => {
             match secrets.get_opt(&name).await? {
                 Some(found) if resources::is_owned_by(&found, client) => {
-                    apply_secret(secrets, desired, own_writes).await
+                    let mut desired = desired.clone();
+                    desired.metadata.uid = found.metadata.uid;
+                    apply_secret(secrets, &desired, own_writes).await
                 }
                 _ => Err(Error::SecretConflict { name }),
             }
         }
-        Err(e) => Err(e.into()),
+        Err(e) => Err(Error::from_secret_write(&name, e)),
     }
 }
 
+/// Server-side apply of the token Secret; its uid (when set) makes the write conditional on
+/// that very object. Returns the written Secret's uid.
 async fn apply_secret(
     secrets: &Api<Secret>,
     desired: &Secret,
     own_writes: &OwnWrites,
-) -> Result<(), Error> {
+) -> Result<Option<String>, Error> {
     own_writes.expect(desired);
     let mut body = desired.clone();
     body.metadata.managed_fields = None;
@@ -650,14 +780,15 @@ async fn apply_secret(
         .name
         .as_deref()
         .expect("desired Secret has a name");
-    secrets
+    let written = secrets
         .patch(
             name,
             &PatchParams::apply(api::FIELD_MANAGER).force(),
             &Patch::Apply(value),
         )
-        .await?;
-    Ok(())
+        .await
+        .map_err(|e| Error::from_secret_write(name, e))?;
+    Ok(written.metadata.uid)
 }
 
 /// After `spec.secret.name` changed, delete the Secret under the old name (only if ours).

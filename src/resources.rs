@@ -95,6 +95,18 @@ pub fn data_hash(data: &BTreeMap<String, ByteString>) -> String {
     sha256_b64(&bytes)
 }
 
+/// The `data-hash` annotation: a hash over the token data's hash and every bookkeeping
+/// annotation the operator trusts (times, inputs), so that editing any of them (say
+/// `refresh-at` to 2099) shows as a modified Secret, which is then replaced.
+fn seal<'a>(data_hash: &str, bookkeeping: impl Iterator<Item = &'a str>) -> String {
+    let mut bytes = data_hash.as_bytes().to_vec();
+    for value in bookkeeping {
+        bytes.push(0);
+        bytes.extend_from_slice(value.as_bytes());
+    }
+    sha256_b64(&bytes)
+}
+
 /// Bookkeeping written next to a token.
 pub struct TokenTimes {
     pub issued_at: Timestamp,
@@ -121,15 +133,17 @@ pub fn desired_secret(
     let mut labels = client.spec.secret.labels.clone();
     labels.insert(api::MANAGED_BY_LABEL.into(), api::MANAGED_BY_VALUE.into());
     let mut annotations = client.spec.secret.annotations.clone();
-    for (key, value) in [
+    let bookkeeping = [
         (api::ISSUED_AT_ANNOTATION, times.issued_at.to_string()),
         (api::EXPIRES_AT_ANNOTATION, times.expires_at.to_string()),
         (api::REFRESH_AT_ANNOTATION, times.refresh_at.to_string()),
         (api::INPUTS_HASH_ANNOTATION, inputs_hash.to_string()),
-        (api::DATA_HASH_ANNOTATION, data_hash.to_string()),
-    ] {
+    ];
+    let seal = seal(data_hash, bookkeeping.iter().map(|(_, v)| v.as_str()));
+    for (key, value) in bookkeeping {
         annotations.insert(key.into(), value);
     }
+    annotations.insert(api::DATA_HASH_ANNOTATION.into(), seal);
     Secret {
         metadata: ObjectMeta {
             name: Some(client.token_secret_name()),
@@ -156,9 +170,40 @@ fn controlling_client(secret: &Secret) -> Option<&str> {
         .map(|o| o.uid.as_str())
 }
 
-/// Whether the operator may write to this Secret: it is controlled by this IdvClient.
+/// Whether the operator may write to this Secret: it is controlled by this IdvClient, and it
+/// is the object the operator created for it (its uid is in the IdvClient's status). An owner
+/// reference alone can be copied onto a Secret made by anyone.
 pub fn is_owned_by(secret: &Secret, client: &IdvClient) -> bool {
-    client.metadata.uid.is_some() && controlling_client(secret) == client.metadata.uid.as_deref()
+    made_for(
+        controlling_client(secret),
+        secret.metadata.uid.as_deref(),
+        secret.metadata.name.as_deref(),
+        client,
+    )
+}
+
+fn made_for(
+    owner_uid: Option<&str>,
+    secret_uid: Option<&str>,
+    secret_name: Option<&str>,
+    client: &IdvClient,
+) -> bool {
+    let Some(client_uid) = client.metadata.uid.as_deref() else {
+        return false;
+    };
+    if owner_uid != Some(client_uid) {
+        return false;
+    }
+    let status = client.status.as_ref();
+    match status.and_then(|s| s.secret_uid.as_deref()) {
+        Some(recorded) => secret_uid == Some(recorded),
+        // A status from before uids were recorded: it reported a token in this Secret.
+        None => status.is_some_and(|s| {
+            s.expires_at.is_some()
+                && secret_name.is_some()
+                && s.secret_name.as_deref() == secret_name
+        }),
+    }
 }
 
 /// What the operator keeps of one of its token Secrets: whose it is, what it records, and the
@@ -166,6 +211,7 @@ pub fn is_owned_by(secret: &Secret, client: &IdvClient) -> bool {
 /// ~1.3 KB (10,000 clients: ~10 MiB less).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenSecretRecord {
+    pub name: String,
     /// The Secret's own uid: a write based on this record is made conditional on it.
     pub uid: Option<String>,
     /// uid of the controlling IdvClient.
@@ -190,6 +236,7 @@ impl TokenSecretRecord {
         let mut annotations = secret.metadata.annotations.clone().unwrap_or_default();
         annotations.retain(|k, _| !BOOKKEEPING_ANNOTATIONS.contains(&k.as_str()));
         Self {
+            name: secret.metadata.name.clone().unwrap_or_default(),
             uid: secret.metadata.uid.clone(),
             owner_uid: controlling_client(secret).map(str::to_string),
             observed: observe(secret),
@@ -199,7 +246,12 @@ impl TokenSecretRecord {
     }
 
     pub fn is_owned_by(&self, client: &IdvClient) -> bool {
-        client.metadata.uid.is_some() && self.owner_uid == client.metadata.uid
+        made_for(
+            self.owner_uid.as_deref(),
+            self.uid.as_deref(),
+            Some(&self.name),
+            client,
+        )
     }
 
     /// Whether the Secret carries every label and annotation the spec asks for.
@@ -289,9 +341,18 @@ pub fn observe(secret: &Secret) -> ObservedToken {
         .and_then(|l| l.get(api::MANAGED_BY_LABEL))
         .map(String::as_str)
         == Some(api::MANAGED_BY_VALUE);
+    let bookkeeping = [
+        api::ISSUED_AT_ANNOTATION,
+        api::EXPIRES_AT_ANNOTATION,
+        api::REFRESH_AT_ANNOTATION,
+        api::INPUTS_HASH_ANNOTATION,
+    ]
+    .map(|key| annotations.get(key).map(String::as_str).unwrap_or_default());
     let data_intact = labelled
-        && observed_data_hash(secret)
-            .is_some_and(|hash| annotations.get(api::DATA_HASH_ANNOTATION) == Some(&hash));
+        && observed_data_hash(secret).is_some_and(|hash| {
+            annotations.get(api::DATA_HASH_ANNOTATION)
+                == Some(&seal(&hash, bookkeeping.into_iter()))
+        });
     ObservedToken {
         inputs_hash: annotations.get(api::INPUTS_HASH_ANNOTATION).cloned(),
         data_intact,
@@ -331,6 +392,7 @@ pub fn ready_condition(
 pub fn ready_status(
     client: &IdvClient,
     observed: &ObservedToken,
+    secret_uid: Option<&str>,
     key_id: Option<&str>,
     plan_note: Option<String>,
     now: Timestamp,
@@ -363,6 +425,7 @@ pub fn ready_status(
         refresh_at: observed.refresh_at.map(|t| t.to_string()),
         key_id: key_id.map(str::to_string),
         secret_name: Some(client.token_secret_name()),
+        secret_uid: secret_uid.map(str::to_string),
     }
 }
 
@@ -443,9 +506,75 @@ mod tests {
         )
     }
 
+    /// The client after the operator created `secret()` for it (uid "s-uid").
+    fn owning_client() -> IdvClient {
+        let mut c = client();
+        c.status = Some(IdvClientStatus {
+            secret_uid: Some("s-uid".into()),
+            ..IdvClientStatus::default()
+        });
+        c
+    }
+
+    fn created_secret() -> Secret {
+        let mut s = secret();
+        s.metadata.uid = Some("s-uid".into());
+        s
+    }
+
+    #[test]
+    fn only_the_secret_the_operator_created_is_its_own() {
+        let s = created_secret();
+        assert!(is_owned_by(&s, &owning_client()));
+        assert!(TokenSecretRecord::of(&s).is_owned_by(&owning_client()));
+        // Same owner reference, another object: made by someone else.
+        let mut forged = s.clone();
+        forged.metadata.uid = Some("other".into());
+        assert!(!is_owned_by(&forged, &owning_client()));
+        assert!(!TokenSecretRecord::of(&forged).is_owned_by(&owning_client()));
+        // No Secret recorded yet (a new client): nothing existing is adopted.
+        assert!(!is_owned_by(&s, &client()));
+        // A status written before uids were recorded: the Secret it reported a token in.
+        let mut older = client();
+        older.status = Some(IdvClientStatus {
+            secret_name: Some("gipod-token".into()),
+            expires_at: Some(at(3600).to_string()),
+            ..IdvClientStatus::default()
+        });
+        assert!(is_owned_by(&s, &older));
+        older.status.as_mut().unwrap().expires_at = None;
+        assert!(
+            !is_owned_by(&s, &older),
+            "a failed first attempt reported no token"
+        );
+    }
+
+    #[test]
+    fn edited_bookkeeping_breaks_the_seal() {
+        for key in [
+            api::ISSUED_AT_ANNOTATION,
+            api::EXPIRES_AT_ANNOTATION,
+            api::REFRESH_AT_ANNOTATION,
+            api::INPUTS_HASH_ANNOTATION,
+        ] {
+            let mut s = secret();
+            s.metadata
+                .annotations
+                .as_mut()
+                .unwrap()
+                .insert(key.into(), "2099-01-01T00:00:00Z".into());
+            assert!(!observe(&s).data_intact, "{key} edited");
+            strip_token_data(&mut s);
+            assert!(
+                !TokenSecretRecord::of(&s).observed.data_intact,
+                "{key} edited, cached"
+            );
+        }
+    }
+
     #[test]
     fn desired_secret_shape() {
-        let s = secret();
+        let s = created_secret();
         let data = s.data.clone().unwrap();
         let text = |k: &str| String::from_utf8(data[k].0.clone()).unwrap();
         assert_eq!(text("access_token"), "tok");
@@ -465,19 +594,19 @@ mod tests {
             (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
             ("IdvClient", "uid-1", Some(true))
         );
-        assert!(is_owned_by(&s, &client()));
+        assert!(is_owned_by(&s, &owning_client()));
         assert!(TokenSecretRecord::of(&s).metadata_matches(&client()));
         let mut cached = s.clone();
         strip_token_data(&mut cached);
         let record = TokenSecretRecord::of(&cached);
-        assert!(record.is_owned_by(&client()));
+        assert!(record.is_owned_by(&owning_client()));
         assert!(record.metadata_matches(&client()));
         assert_eq!(record.observed, observe(&s));
         assert!(
             record.annotations.is_empty(),
             "bookkeeping is in `observed`"
         );
-        let mut other = client();
+        let mut other = owning_client();
         other.metadata.uid = Some("uid-2".into());
         assert!(!record.is_owned_by(&other) && !is_owned_by(&s, &other));
         other.spec.secret.annotations = [("team".to_string(), "roads".to_string())].into();
@@ -582,14 +711,14 @@ mod tests {
             first.conditions[0].last_transition_time
         );
         let observed = observe(&secret());
-        let ready = ready_status(&c, &observed, Some("kid"), None, at(200));
+        let ready = ready_status(&c, &observed, None, Some("kid"), None, at(200));
         assert_eq!(
             ready.conditions[0].last_transition_time,
             at(200).to_string()
         );
         c.status = Some(ready.clone());
         assert_eq!(
-            ready_status(&c, &observed, Some("kid"), None, at(300)),
+            ready_status(&c, &observed, None, Some("kid"), None, at(300)),
             ready,
             "same inputs, same status"
         );

@@ -11,7 +11,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     sync::{
-        Mutex,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
@@ -142,10 +142,10 @@ pub struct Writeback {
     stopping: AtomicBool,
 }
 
-/// Held while a reconcile fetches and stores a token.
-pub struct TokenWork<'a>(&'a Writeback);
+/// Held while a token is requested.
+pub struct TokenWork(Arc<Writeback>);
 
-impl Drop for TokenWork<'_> {
+impl Drop for TokenWork {
     fn drop(&mut self) {
         self.0.token_work.fetch_sub(1, Ordering::SeqCst);
         // Maybe the writer may widen now.
@@ -166,9 +166,9 @@ impl Writeback {
         }
     }
 
-    pub fn token_work(&self) -> TokenWork<'_> {
+    pub fn token_work(self: &Arc<Self>) -> TokenWork {
         self.token_work.fetch_add(1, Ordering::SeqCst);
-        TokenWork(self)
+        TokenWork(self.clone())
     }
 
     /// The newest status this process knows for the IdvClient: queued, or the cached one.
@@ -475,6 +475,7 @@ mod tests {
     async fn only_one_write_at_a_time_while_tokens_are_fetched() {
         let w = writeback().await;
         assert_eq!(w.width(), 4);
+        let w = Arc::new(w);
         let work = w.token_work();
         assert_eq!(w.width(), 1);
         drop(work);

@@ -99,10 +99,27 @@ impl Case {
         Api::namespaced(self.admin.clone(), &self.ns)
     }
 
+    /// A credential Secret: labelled so that the operator may read it.
     async fn put_secret(&self, name: &str, data: &[(&str, &[u8])]) -> Secret {
+        self.put_secret_labelled(name, data, &[(api::CREDENTIAL_LABEL, "true")])
+            .await
+    }
+
+    async fn put_secret_labelled(
+        &self,
+        name: &str,
+        data: &[(&str, &[u8])],
+        labels: &[(&str, &str)],
+    ) -> Secret {
         let secret = Secret {
             metadata: ObjectMeta {
                 name: Some(name.into()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
                 ..Default::default()
             },
             data: Some(
@@ -634,7 +651,7 @@ async fn a_foreign_secret_of_the_same_name_is_left_untouched(env: &Env) {
     let private = private_key(KeygenAlgorithm::Es256);
     let client_id = env.idp.register(&[public_key(&private)], None).await;
     let foreign = case
-        .put_secret("mine-token", &[("password", b"hunter2-do-not-touch")])
+        .put_secret_labelled("mine-token", &[("password", b"hunter2-do-not-touch")], &[])
         .await;
     case.put_secret(
         "jwk",
@@ -1771,6 +1788,384 @@ async fn the_operator_survives_an_apiserver_restart(env: &Env) {
 type Scenario =
     for<'a> fn(&'a Env) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>;
 
+// --- Shared-cluster safety (issue 11) ---------------------------------------------------------
+
+/// A TCP endpoint that accepts connections and never answers: a token endpoint that hangs.
+/// Stops (and drops its sockets) when dropped.
+struct HangingEndpoint {
+    url: String,
+    accepted: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HangingEndpoint {
+    async fn start() -> HangingEndpoint {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/token", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                held.push(socket);
+            }
+        });
+        HangingEndpoint {
+            url,
+            accepted,
+            task,
+        }
+    }
+}
+
+impl Drop for HangingEndpoint {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn a_hanging_token_endpoint_does_not_starve_other_clients(env: &Env) {
+    let case = Case::new(env, "starve", &[]).await;
+    // A client that is Ready before the trouble starts, to force-refresh during it.
+    let (steady_id, _) = ready_client(env, &case, "steady", None).await;
+    let hanging = HangingEndpoint::start().await;
+    let private = private_key(KeygenAlgorithm::Es256);
+    case.put_secret(
+        "hang-jwk",
+        &[("jwk.json", &serde_json::to_vec(&private).unwrap())],
+    )
+    .await;
+    for i in 0..40 {
+        case.put_client(
+            &format!("hang-{i}"),
+            json!({
+                "clientId": format!("hang-{i}"),
+                "authServer": {"tokenEndpoint": hanging.url},
+                "privateKey": {"secretRef": {"name": "hang-jwk", "key": "jwk.json"}},
+            }),
+        )
+        .await;
+    }
+    // The hanging requests hold as many slots as they can get (at least the 4 workers' worth).
+    eventually(WAIT, "requests hanging at the endpoint", || async {
+        (hanging.accepted.load(Ordering::SeqCst) >= 4).then_some(())
+    })
+    .await;
+
+    let started = Instant::now();
+    keyed_client(env, &case, "newcomer", None, None).await;
+    case.wait_ready("newcomer").await;
+    let new_client = started.elapsed();
+
+    let first = text(
+        &case.secrets().get("steady-token").await.unwrap(),
+        "access_token",
+    );
+    let started = Instant::now();
+    let patch = json!({"metadata": {"annotations": {api::FORCE_REFRESH_ANNOTATION: "now"}}});
+    case.clients()
+        .patch("steady", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    case.wait_secret("steady-token", "a forced token", |s| {
+        text(s, "access_token") != first
+    })
+    .await;
+    let forced = started.elapsed();
+    assert!(
+        new_client < Duration::from_secs(5),
+        "a new client waited {new_client:?} behind 40 hanging ones"
+    );
+    assert!(
+        forced < Duration::from_secs(5),
+        "a force-refresh waited {forced:?} behind 40 hanging clients"
+    );
+    assert_eq!(env.idp.stats(&steady_id).await, (2, 2));
+    drop(hanging);
+}
+
+async fn a_credential_secret_must_be_labelled(env: &Env) {
+    let case = Case::new(env, "label", &[]).await;
+    let private = private_key(KeygenAlgorithm::Es256);
+    let client_id = env.idp.register(&[public_key(&private)], None).await;
+    let jwk = serde_json::to_vec(&private).unwrap();
+    case.put_secret_labelled("plain-jwk", &[("jwk.json", &jwk)], &[])
+        .await;
+    case.put_secret_labelled("other", &[("password", b"db-password-1234")], &[])
+        .await;
+    for (name, secret, key) in [
+        ("unlabelled", "plain-jwk", "jwk.json"),
+        // A key that is not there gives the same answer: no hint about the content.
+        ("probe", "other", "no-such-key"),
+        ("probe2", "other", "password"),
+    ] {
+        case.put_client(
+            name,
+            json!({
+                "clientId": client_id,
+                "authServer": {"tokenEndpoint": env.idp.token_endpoint},
+                "privateKey": {"secretRef": {"name": secret, "key": key}},
+            }),
+        )
+        .await;
+    }
+    let condition = case
+        .wait_not_ready("unlabelled", "CredentialNotLabelled")
+        .await;
+    assert!(
+        condition.message.contains(api::CREDENTIAL_LABEL),
+        "the message says which label to add: {}",
+        condition.message
+    );
+    let missing = case.wait_not_ready("probe", "CredentialNotLabelled").await;
+    let present = case.wait_not_ready("probe2", "CredentialNotLabelled").await;
+    let cause = |m: &str| m.split("; next attempt").next().unwrap().to_string();
+    assert_eq!(
+        cause(&missing.message),
+        cause(&present.message),
+        "whether the key exists does not show"
+    );
+    assert_eq!(env.idp.stats(&client_id).await, (0, 0));
+
+    // Labelling the Secret is enough: the client gets its token at once.
+    let patch = json!({"metadata": {"labels": {api::CREDENTIAL_LABEL: "true"}}});
+    case.secrets()
+        .patch("plain-jwk", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    case.wait_ready("unlabelled").await;
+    let mut secrets = key_material(&private);
+    secrets.push("db-password-1234".into());
+    case.assert_no_leaks(&secrets).await;
+}
+
+async fn one_secret_is_not_a_key_and_a_client_secret_at_once(env: &Env) {
+    let case = Case::new(env, "kind", &[]).await;
+    let (client_id, client_secret) = env.idp.register_with_secret().await;
+    case.put_secret("shared", &[("value", client_secret.as_bytes())])
+        .await;
+    case.put_client(
+        "by-secret",
+        json!({
+            "clientId": client_id,
+            "authServer": {"tokenEndpoint": env.idp.token_endpoint},
+            "clientSecret": {"secretRef": {"name": "shared", "key": "value"}},
+        }),
+    )
+    .await;
+    case.wait_ready("by-secret").await;
+    // The same bytes named as a private key: not a key, whatever another client parsed them as.
+    case.put_client(
+        "by-key",
+        json!({
+            "clientId": client_id,
+            "authServer": {"tokenEndpoint": env.idp.token_endpoint},
+            "privateKey": {"secretRef": {"name": "shared", "key": "value"}},
+        }),
+    )
+    .await;
+    case.wait_not_ready("by-key", "InvalidKey").await;
+    assert_eq!(
+        env.idp.stats(&client_id).await,
+        (1, 1),
+        "the client secret was sent once, by the client that names it"
+    );
+    case.assert_no_leaks(&[client_secret]).await;
+}
+
+async fn an_expired_token_makes_the_client_unready_whatever_retry_after_says(env: &Env) {
+    let case = Case::new(env, "expiry", &[]).await;
+    let (client_id, _) = ready_client(env, &case, "brief", Some(15)).await;
+    env.idp
+        .fault(
+            json!({"client_id": client_id, "mode": "respond", "status": 429,
+            "headers": {"retry-after": "3600"}, "content_type": "text/plain", "body": "slow down"}),
+        )
+        .await;
+    let secret = case.secrets().get("brief-token").await.unwrap();
+    let expires: jiff::Timestamp = text(&secret, "expires_at").parse().unwrap();
+    let condition = case.wait_not_ready("brief", "IdpUnavailable").await;
+    let flipped = jiff::Timestamp::now();
+    assert!(
+        flipped >= expires,
+        "unready only once the token expired ({flipped} < {expires})"
+    );
+    assert!(
+        flipped.duration_since(expires) < jiff::SignedDuration::from_secs(10),
+        "Ready=False {} after expiry: {}",
+        flipped.duration_since(expires),
+        condition.message
+    );
+    let (requests, _) = env.idp.stats(&client_id).await;
+    assert!(
+        requests <= 4,
+        "{requests} requests: Retry-After still slows the retries"
+    );
+}
+
+async fn edited_bookkeeping_is_repaired_not_trusted(env: &Env) {
+    let case = Case::new(env, "bookkeeping", &[]).await;
+    let (client_id, _) = ready_client(env, &case, "kept", None).await;
+    let first = case.secrets().get("kept-token").await.unwrap();
+    let patch = json!({"metadata": {"annotations": {
+        api::EXPIRES_AT_ANNOTATION: "2099-01-01T00:00:00Z",
+        api::REFRESH_AT_ANNOTATION: "2099-01-01T00:00:00Z",
+    }}});
+    case.secrets()
+        .patch("kept-token", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let repaired = case
+        .wait_secret("kept-token", "a new token with real bookkeeping", |s| {
+            text(s, "access_token") != text(&first, "access_token")
+        })
+        .await;
+    let annotations = repaired.metadata.annotations.unwrap();
+    assert!(!annotations[api::REFRESH_AT_ANNOTATION].starts_with("2099"));
+    assert!(!annotations[api::EXPIRES_AT_ANNOTATION].starts_with("2099"));
+    let client = case
+        .wait_client("kept", "status without the forged expiry", |c| {
+            c.status
+                .as_ref()
+                .and_then(|s| s.expires_at.as_deref())
+                .is_some_and(|e| !e.starts_with("2099"))
+                && ready(c).is_some_and(|r| r.status == "True")
+        })
+        .await;
+    assert!(
+        !serde_json::to_string(&client.status)
+            .unwrap()
+            .contains("2099")
+    );
+    assert_eq!(env.idp.stats(&client_id).await, (2, 2));
+}
+
+async fn an_unwritable_secret_costs_no_tokens(env: &Env) {
+    let case = Case::new(env, "unwritable", &[]).await;
+    let private = private_key(KeygenAlgorithm::Es256);
+    let client_id = env.idp.register(&[public_key(&private)], None).await;
+    case.put_secret(
+        "stuck-jwk",
+        &[("jwk.json", &serde_json::to_vec(&private).unwrap())],
+    )
+    .await;
+    // A full Secret quota. There is no kube-controller-manager here to count the usage, so
+    // the test writes it: one Secret (the key) of one allowed.
+    let quotas: Api<k8s_openapi::api::core::v1::ResourceQuota> =
+        Api::namespaced(case.admin.clone(), &case.ns);
+    let quota = serde_json::from_value(json!({
+        "metadata": {"name": "secrets"},
+        "spec": {"hard": {"secrets": "1"}},
+    }))
+    .unwrap();
+    quotas.create(&PostParams::default(), &quota).await.unwrap();
+    let usage = json!({"status": {"hard": {"secrets": "1"}, "used": {"secrets": "1"}}});
+    quotas
+        .patch_status("secrets", &PatchParams::default(), &Patch::Merge(&usage))
+        .await
+        .unwrap();
+    case.put_client(
+        "stuck",
+        json!({
+            "clientId": client_id,
+            "authServer": {"tokenEndpoint": env.idp.token_endpoint},
+            "privateKey": {"secretRef": {"name": "stuck-jwk", "key": "jwk.json"}},
+        }),
+    )
+    .await;
+    let condition = case.wait_not_ready("stuck", "SecretNotWritable").await;
+    assert!(
+        condition.message.contains("stuck-token"),
+        "{}",
+        condition.message
+    );
+    // Watch for a while: no token is requested while it cannot be stored.
+    let window = Instant::now();
+    while window.elapsed() < Duration::from_secs(4) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(env.idp.stats(&client_id).await, (0, 0));
+    let client = case.clients().get("stuck").await.unwrap();
+    assert_eq!(
+        ready(&client).unwrap().reason,
+        "SecretNotWritable",
+        "a configuration error: retried slowly"
+    );
+    // Once the quota is gone, a change of the client brings the token.
+    quotas
+        .delete("secrets", &DeleteParams::default())
+        .await
+        .unwrap();
+    let patch = json!({"metadata": {"annotations": {api::FORCE_REFRESH_ANNOTATION: "retry"}}});
+    case.clients()
+        .patch("stuck", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    case.wait_ready("stuck").await;
+    assert_eq!(env.idp.stats(&client_id).await, (1, 1));
+}
+
+async fn a_secret_with_a_copied_owner_reference_is_not_adopted(env: &Env) {
+    let case = Case::new(env, "forged", &[]).await;
+    let private = private_key(KeygenAlgorithm::Es256);
+    let client_id = env.idp.register(&[public_key(&private)], None).await;
+    case.put_secret(
+        "victim-jwk",
+        &[("jwk.json", &serde_json::to_vec(&private).unwrap())],
+    )
+    .await;
+    // Suspended, so that the Secret below exists before the operator first looks.
+    let client = case
+        .put_client(
+            "victim",
+            json!({
+                "clientId": client_id,
+                "authServer": {"tokenEndpoint": env.idp.token_endpoint},
+                "privateKey": {"secretRef": {"name": "victim-jwk", "key": "jwk.json"}},
+                "suspend": true,
+            }),
+        )
+        .await;
+    case.wait_not_ready("victim", "Suspended").await;
+    let owner = json!({
+        "apiVersion": "idv-token-operator.dev/v1alpha1", "kind": "IdvClient",
+        "name": "victim", "uid": client.metadata.uid, "controller": true,
+    });
+    let forged: Secret = serde_json::from_value(json!({
+        "metadata": {
+            "name": "victim-token",
+            "labels": {api::MANAGED_BY_LABEL: api::MANAGED_BY_VALUE},
+            // e.g. a replicator's annotation that copies it to another namespace
+            "annotations": {"replicate-to": "elsewhere"},
+            "ownerReferences": [owner],
+        },
+        "stringData": {"access_token": "planted"},
+    }))
+    .unwrap();
+    let forged = case
+        .secrets()
+        .create(&PostParams::default(), &forged)
+        .await
+        .unwrap();
+    let patch = json!({"spec": {"suspend": false}});
+    case.clients()
+        .patch("victim", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    case.wait_not_ready("victim", "SecretConflict").await;
+    let after = case.secrets().get("victim-token").await.unwrap();
+    assert_eq!(
+        after.data, forged.data,
+        "the planted Secret is left untouched"
+    );
+    assert_eq!(
+        env.idp.stats(&client_id).await,
+        (0, 0),
+        "no token fetched for it"
+    );
+}
+
 macro_rules! scenarios {
     ($($name:ident),* $(,)?) => {
         vec![$((stringify!($name), (|env| Box::pin($name(env))) as Scenario)),*]
@@ -1820,6 +2215,13 @@ fn main() {
         namespaced_mode_touches_only_its_namespaces,
         allowed_token_hosts_keep_assertions_home,
         kubectl_apply_k_installs_everything,
+        a_hanging_token_endpoint_does_not_starve_other_clients,
+        a_credential_secret_must_be_labelled,
+        one_secret_is_not_a_key_and_a_client_secret_at_once,
+        an_expired_token_makes_the_client_unready_whatever_retry_after_says,
+        edited_bookkeeping_is_repaired_not_trusted,
+        an_unwritable_secret_costs_no_tokens,
+        a_secret_with_a_copied_owner_reference_is_not_adopted,
     ];
     // Disruptive scenarios run alone, after the others.
     let disruptive: Vec<(&'static str, Scenario)> =

@@ -1,0 +1,289 @@
+//! Token requests off the reconcile workers.
+//!
+//! A reconcile that needs a token starts a request here and returns at once; when the answer
+//! (or the failure) is in, the IdvClient is reconciled again and stores it. So a token
+//! endpoint that hangs holds no reconcile worker, only its own slots: each token host may use
+//! at most `per_host` of the `global` request slots, and a slot is taken for one request at
+//! a time (bounded by the request timeout). Other hosts' clients keep getting tokens.
+//!
+//! A fetched token that could not be stored is kept (`keep`) and used by the next attempt
+//! instead of asking the IdP again, while it is fresh enough.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{Arc, Mutex},
+};
+
+use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
+use jiff::{SignedDuration, Timestamp};
+use kube::runtime::reflector::ObjectRef;
+use tokio::sync::Semaphore;
+
+use crate::{api::IdvClient, error::Error, oauth::TokenAnswer};
+
+/// Per-IdvClient memory is keyed by this, everywhere.
+pub type ClientKey = ObjectRef<IdvClient>;
+
+/// A token the IdP issued, with the time the request was sent (its lifetime counts from then).
+#[derive(Debug)]
+pub struct Fetched {
+    pub requested_at: Timestamp,
+    pub answer: TokenAnswer,
+}
+
+impl Fetched {
+    /// Whether a token that could not be stored is still worth storing at `now`: while at
+    /// most half its lifetime has passed (a fresh one would be refreshed at 2/3 anyway).
+    pub fn is_fresh_at(&self, now: Timestamp) -> bool {
+        let half = SignedDuration::from_secs((self.answer.expires_in / 2) as i64);
+        now < self
+            .requested_at
+            .saturating_add(half)
+            .unwrap_or(self.requested_at)
+    }
+}
+
+/// Where a client's token request stands.
+#[derive(Debug)]
+pub enum Poll {
+    /// Nothing running or waiting: start one.
+    Idle,
+    /// A request is queued or in flight; the client is reconciled when it ends.
+    Running,
+    /// The outcome of the request for these inputs (taken: a second poll gives `Idle`).
+    Done(Result<Fetched, Error>),
+}
+
+enum Job {
+    Running,
+    Done {
+        inputs: String,
+        result: Result<Fetched, Error>,
+    },
+}
+
+pub struct Fetcher {
+    global: Arc<Semaphore>,
+    per_host: usize,
+    hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+    jobs: Mutex<HashMap<ClientKey, Job>>,
+    /// Per watched scope (a namespace, or all: `None`), where finished requests are announced.
+    wakers: Mutex<Vec<(Option<String>, UnboundedSender<ClientKey>)>>,
+}
+
+/// Slots one token host may hold: all but one of the global slots, so that one hanging host
+/// always leaves room for the others (and at least one).
+pub fn per_host_slots(global: usize) -> usize {
+    global.saturating_sub(1).max(1)
+}
+
+impl Fetcher {
+    pub fn new(global: usize, per_host: usize) -> Self {
+        Self {
+            global: Arc::new(Semaphore::new(global.max(1))),
+            per_host: per_host.max(1),
+            hosts: Mutex::default(),
+            jobs: Mutex::default(),
+            wakers: Mutex::default(),
+        }
+    }
+
+    /// A stream of IdvClients whose request ended, for the controller of this scope.
+    pub fn subscribe(&self, scope: Option<String>) -> UnboundedReceiver<ClientKey> {
+        let (tx, rx) = unbounded();
+        self.wakers.lock().expect("lock").push((scope, tx));
+        rx
+    }
+
+    pub fn poll(&self, key: &ClientKey, inputs: &str) -> Poll {
+        let mut jobs = self.jobs.lock().expect("lock");
+        match jobs.get(key) {
+            None => Poll::Idle,
+            Some(Job::Running) => Poll::Running,
+            Some(Job::Done { inputs: done, .. }) if done != inputs => {
+                // Asked for other inputs (spec or key changed meanwhile): not this client's token.
+                jobs.remove(key);
+                Poll::Idle
+            }
+            Some(Job::Done { .. }) => match jobs.remove(key) {
+                Some(Job::Done { result, .. }) => Poll::Done(result),
+                _ => unreachable!("checked above"),
+            },
+        }
+    }
+
+    /// Keep a fetched token that could not be stored, for the next attempt.
+    pub fn keep(&self, key: ClientKey, inputs: String, fetched: Fetched) {
+        self.jobs.lock().expect("lock").insert(
+            key,
+            Job::Done {
+                inputs,
+                result: Ok(fetched),
+            },
+        );
+    }
+
+    /// Whether a request is running for this client (its reconcile waits for the wake-up).
+    pub fn is_running(&self, key: &ClientKey) -> bool {
+        matches!(self.jobs.lock().expect("lock").get(key), Some(Job::Running))
+    }
+
+    /// Start `request` for `key` in the background, under `host`'s and the global slots.
+    pub fn start<F>(self: &Arc<Self>, key: ClientKey, inputs: String, host: &str, request: F)
+    where
+        F: Future<Output = Result<Fetched, Error>> + Send + 'static,
+    {
+        self.jobs
+            .lock()
+            .expect("lock")
+            .insert(key.clone(), Job::Running);
+        let host_slots = self
+            .hosts
+            .lock()
+            .expect("lock")
+            .entry(host.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.per_host)))
+            .clone();
+        let this = self.clone();
+        tokio::spawn(async move {
+            // The host's slot first: requests queued for a hanging host wait there, not in
+            // the global queue ahead of everyone else.
+            let result = async {
+                let _host = host_slots.acquire_owned().await.expect("never closed");
+                let _slot = this
+                    .global
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("never closed");
+                request.await
+            }
+            .await;
+            let finished = {
+                let mut jobs = this.jobs.lock().expect("lock");
+                // Forgotten meanwhile (the IdvClient was deleted): drop the outcome.
+                let wanted = matches!(jobs.get(&key), Some(Job::Running));
+                if wanted {
+                    jobs.insert(key.clone(), Job::Done { inputs, result });
+                }
+                wanted
+            };
+            if finished {
+                this.wake(key);
+            }
+        });
+    }
+
+    /// A deleted IdvClient: forget its request (a running one finishes unheard).
+    pub fn forget(&self, key: &ClientKey) {
+        self.jobs.lock().expect("lock").remove(key);
+    }
+
+    fn wake(&self, key: ClientKey) {
+        let namespace = key.namespace.clone().unwrap_or_default();
+        let wakers = self.wakers.lock().expect("lock");
+        if let Some((_, tx)) = wakers
+            .iter()
+            .find(|(scope, _)| scope.as_deref().is_none_or(|s| s == namespace))
+        {
+            let _ = tx.unbounded_send(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oauth::AccessToken;
+    use futures::StreamExt;
+    use std::time::Duration;
+
+    fn key(name: &str) -> ClientKey {
+        ObjectRef::new(name).within("ns")
+    }
+
+    fn fetched(at: i64, lifetime: u64) -> Fetched {
+        Fetched {
+            requested_at: Timestamp::from_second(1_800_000_000 + at).unwrap(),
+            answer: TokenAnswer {
+                access_token: AccessToken::new("t".into()),
+                token_type: "Bearer".into(),
+                expires_in: lifetime,
+                scope: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_kept_token_is_fresh_for_half_its_lifetime() {
+        let token = fetched(0, 3600);
+        let at = |s: i64| Timestamp::from_second(1_800_000_000 + s).unwrap();
+        assert!(token.is_fresh_at(at(0)));
+        assert!(token.is_fresh_at(at(1799)));
+        assert!(!token.is_fresh_at(at(1800)));
+    }
+
+    #[test]
+    fn slots_per_host_leave_room_for_other_hosts() {
+        assert_eq!(per_host_slots(8), 7);
+        assert_eq!(per_host_slots(2), 1);
+        assert_eq!(per_host_slots(1), 1);
+        assert_eq!(per_host_slots(0), 1);
+    }
+
+    #[tokio::test]
+    async fn an_outcome_is_kept_for_its_inputs_and_taken_once() {
+        let fetcher = Arc::new(Fetcher::new(2, 1));
+        let mut woken = fetcher.subscribe(Some("ns".into()));
+        assert!(matches!(fetcher.poll(&key("a"), "i1"), Poll::Idle));
+        fetcher.start(key("a"), "i1".into(), "https://idp", async {
+            Ok(fetched(0, 60))
+        });
+        assert!(matches!(fetcher.poll(&key("a"), "i1"), Poll::Running));
+        let next = tokio::time::timeout(Duration::from_secs(5), woken.next()).await;
+        assert_eq!(next.unwrap(), Some(key("a")));
+        assert!(
+            matches!(fetcher.poll(&key("a"), "i2"), Poll::Idle),
+            "other inputs"
+        );
+        fetcher.keep(key("a"), "i1".into(), fetched(0, 60));
+        assert!(matches!(fetcher.poll(&key("a"), "i1"), Poll::Done(Ok(_))));
+        assert!(matches!(fetcher.poll(&key("a"), "i1"), Poll::Idle), "taken");
+    }
+
+    #[tokio::test]
+    async fn a_hanging_host_does_not_hold_the_other_hosts_back() {
+        let fetcher = Arc::new(Fetcher::new(2, per_host_slots(2)));
+        let mut woken = fetcher.subscribe(None);
+        for name in ["h1", "h2", "h3"] {
+            fetcher.start(key(name), "i".into(), "https://hanging", async {
+                futures::future::pending::<()>().await;
+                unreachable!()
+            });
+        }
+        fetcher.start(key("ok"), "i".into(), "https://fine", async {
+            Ok(fetched(0, 60))
+        });
+        let next = tokio::time::timeout(Duration::from_secs(5), woken.next()).await;
+        assert_eq!(
+            next.expect("the other host's request ends"),
+            Some(key("ok"))
+        );
+        assert!(fetcher.is_running(&key("h1")));
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_client_hears_nothing() {
+        let fetcher = Arc::new(Fetcher::new(1, 1));
+        let (release, wait) = tokio::sync::oneshot::channel::<()>();
+        fetcher.start(key("gone"), "i".into(), "https://idp", async move {
+            let _ = wait.await;
+            Ok(fetched(0, 60))
+        });
+        fetcher.forget(&key("gone"));
+        release.send(()).unwrap();
+        tokio::task::yield_now().await;
+        assert!(matches!(fetcher.poll(&key("gone"), "i"), Poll::Idle));
+    }
+}
