@@ -30,17 +30,22 @@ pub type ClientKey = ObjectRef<IdvClient>;
 pub struct Fetched {
     pub requested_at: Timestamp,
     pub answer: TokenAnswer,
+    /// Fetched earlier and kept because it could not be stored then.
+    pub kept: bool,
 }
 
 impl Fetched {
-    /// Whether a token that could not be stored is still worth storing at `now`: while at
-    /// most half its lifetime has passed (a fresh one would be refreshed at 2/3 anyway).
-    pub fn is_fresh_at(&self, now: Timestamp) -> bool {
+    /// Whether to store this token at `now`: a new answer always (however short its
+    /// lifetime), a kept one while at most half its lifetime has passed (a fresh one would be
+    /// refreshed at 2/3 anyway).
+    pub fn is_worth_storing_at(&self, now: Timestamp) -> bool {
         let half = SignedDuration::from_secs((self.answer.expires_in / 2) as i64);
-        now < self
-            .requested_at
-            .saturating_add(half)
-            .unwrap_or(self.requested_at)
+        !self.kept
+            || now
+                < self
+                    .requested_at
+                    .saturating_add(half)
+                    .unwrap_or(self.requested_at)
     }
 }
 
@@ -115,6 +120,10 @@ impl Fetcher {
 
     /// Keep a fetched token that could not be stored, for the next attempt.
     pub fn keep(&self, key: ClientKey, inputs: String, fetched: Fetched) {
+        let fetched = Fetched {
+            kept: true,
+            ..fetched
+        };
         self.jobs.lock().expect("lock").insert(
             key,
             Job::Done {
@@ -212,16 +221,25 @@ mod tests {
                 expires_in: lifetime,
                 scope: None,
             },
+            kept: false,
         }
     }
 
     #[test]
-    fn a_kept_token_is_fresh_for_half_its_lifetime() {
-        let token = fetched(0, 3600);
+    fn a_new_token_is_stored_a_kept_one_for_half_its_lifetime() {
         let at = |s: i64| Timestamp::from_second(1_800_000_000 + s).unwrap();
-        assert!(token.is_fresh_at(at(0)));
-        assert!(token.is_fresh_at(at(1799)));
-        assert!(!token.is_fresh_at(at(1800)));
+        let tiny = fetched(0, 1);
+        assert!(
+            tiny.is_worth_storing_at(at(5)),
+            "a new answer, however short"
+        );
+        let kept = Fetched {
+            kept: true,
+            ..fetched(0, 3600)
+        };
+        assert!(kept.is_worth_storing_at(at(0)));
+        assert!(kept.is_worth_storing_at(at(1799)));
+        assert!(!kept.is_worth_storing_at(at(1800)));
     }
 
     #[test]
@@ -248,7 +266,7 @@ mod tests {
             "other inputs"
         );
         fetcher.keep(key("a"), "i1".into(), fetched(0, 60));
-        assert!(matches!(fetcher.poll(&key("a"), "i1"), Poll::Done(Ok(_))));
+        assert!(matches!(fetcher.poll(&key("a"), "i1"), Poll::Done(Ok(f)) if f.kept));
         assert!(matches!(fetcher.poll(&key("a"), "i1"), Poll::Idle), "taken");
     }
 

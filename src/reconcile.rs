@@ -364,7 +364,7 @@ async fn attempt(
             let client_key = ObjectRef::from_obj(client);
             let fetched = match ctx.fetcher.poll(&client_key, &inputs_hash) {
                 Poll::Running => return Ok(Outcome::Fetching),
-                Poll::Done(Ok(fetched)) if fetched.is_fresh_at(now) => fetched,
+                Poll::Done(Ok(fetched)) if fetched.is_worth_storing_at(now) => fetched,
                 Poll::Done(Err(error)) => return Err(error),
                 Poll::Idle | Poll::Done(Ok(_)) => {
                     if let Some(not_before) = held_back(ctx, client, &seen.inputs, now) {
@@ -511,6 +511,7 @@ fn start_fetch(
         result.map(|answer| Fetched {
             requested_at,
             answer,
+            kept: false,
         })
     };
     ctx.fetcher.start(client_key, inputs_hash, &host, request);

@@ -89,7 +89,9 @@ struct State {
     /// Statuses written that the IdvClient watch has not shown yet, as `fingerprint`s: a
     /// reconcile in between compares with these, not with the cached (older) status. Trusted
     /// for a minute at most, in case the watch shows someone else's write instead.
-    written: HashMap<Path, (u64, Instant)>,
+    /// The JSON is kept too: a reconcile in between decides on what was written (the uid of a
+    /// token Secret just created, say), not on the older cached status.
+    written: HashMap<Path, (u64, Box<str>, Instant)>,
 }
 
 const TRUST_WRITTEN: Duration = Duration::from_secs(60);
@@ -122,7 +124,7 @@ impl State {
         if let Some(pending) = self.pending.get(key) {
             return *pending.json == *json;
         }
-        if let Some((written, at)) = self.written.get(key)
+        if let Some((written, _, at)) = self.written.get(key)
             && at.elapsed() < TRUST_WRITTEN
         {
             return *written == fingerprint(status);
@@ -171,12 +173,17 @@ impl Writeback {
         TokenWork(self.clone())
     }
 
-    /// The newest status this process knows for the IdvClient: queued, or the cached one.
+    /// The newest status this process knows for the IdvClient: queued, written but not yet
+    /// seen by the watch, or the cached one.
     pub fn latest_status(&self, client: &IdvClient) -> Option<IdvClientStatus> {
         let state = self.state.lock().expect("lock");
-        match state.pending.get(&key_of(client)) {
-            Some(pending) => serde_json::from_str(&pending.json).ok(),
-            None => client.status.clone(),
+        let key = key_of(client);
+        if let Some(pending) = state.pending.get(&key) {
+            return serde_json::from_str(&pending.json).ok();
+        }
+        match state.written.get(&key) {
+            Some((_, json, at)) if at.elapsed() < TRUST_WRITTEN => serde_json::from_str(json).ok(),
+            _ => client.status.clone(),
         }
     }
 
@@ -224,7 +231,7 @@ impl Writeback {
     pub fn observed(&self, client: &IdvClient) {
         let key = key_of(client);
         let mut state = self.state.lock().expect("lock");
-        if state.written.get(&key).is_some_and(|(written, at)| {
+        if state.written.get(&key).is_some_and(|(written, _, at)| {
             client.status.as_ref().map(fingerprint) == Some(*written)
                 || at.elapsed() >= TRUST_WRITTEN
         }) {
@@ -336,11 +343,10 @@ impl Writeback {
                 match self.patch_status(namespace, name, &status).await {
                     Ok(()) => {
                         let written = serde_json::from_str(&status.json).map(|s| fingerprint(&s));
-                        self.state
-                            .lock()
-                            .expect("lock")
-                            .written
-                            .insert(key, (written.unwrap_or_default(), Instant::now()));
+                        self.state.lock().expect("lock").written.insert(
+                            key,
+                            (written.unwrap_or_default(), status.json, Instant::now()),
+                        );
                         true
                     }
                     // Deleted meanwhile: nothing to report on.
@@ -443,13 +449,21 @@ mod tests {
         let w = writeback().await;
         let c = client();
         let key = key_of(&c);
-        w.state
-            .lock()
-            .unwrap()
-            .written
-            .insert(key, (fingerprint(&status("w")), Instant::now()));
+        w.state.lock().unwrap().written.insert(
+            key,
+            (
+                fingerprint(&status("w")),
+                to_json(&status("w")),
+                Instant::now(),
+            ),
+        );
         w.set_status(&c, status("w"));
         assert_eq!(w.queued(), 0, "not written twice while the cache lags");
+        assert_eq!(
+            w.latest_status(&c),
+            Some(status("w")),
+            "decisions use what was written, not the older cache"
+        );
         w.observed(&c);
         assert_eq!(w.state.lock().unwrap().written.len(), 1, "an older event");
         let mut seen = c.clone();

@@ -1289,7 +1289,13 @@ async fn a_renamed_secret_moves(env: &Env) {
             c.status.as_ref().and_then(|s| s.secret_name.as_deref()) == Some("mover-bearer")
         })
         .await;
-    assert_eq!(ready(&client).unwrap().status, "True");
+    assert_eq!(
+        ready(&client).unwrap().status,
+        "True",
+        "{:?}\n{}",
+        client.status,
+        case.operator.tail(60)
+    );
 }
 
 async fn bad_idp_answers_give_clear_messages(env: &Env) {
