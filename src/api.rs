@@ -29,6 +29,9 @@ pub const DATA_HASH_ANNOTATION: &str = "idv-token-operator.dev/data-hash";
 /// On the IdvClient: a new value asks for one new token now, whatever the schedule says.
 pub const FORCE_REFRESH_ANNOTATION: &str = "idv-token-operator.dev/force-refresh";
 
+/// On a Secret: the operator may read it as a credential (private key or client secret).
+pub const CREDENTIAL_LABEL: &str = "idv-token-operator.dev/credential";
+
 /// Keys of the token Secret.
 pub mod secret_keys {
     pub const ACCESS_TOKEN: &str = "access_token";
