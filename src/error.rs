@@ -253,7 +253,11 @@ mod tests {
             assert_eq!(e.reason(), "TokenRequestRejected");
         }
         // Words that merely contain the letters are not about the audience.
-        for description in ["client authentication failed", "audit log id 7", "fraud check"] {
+        for description in [
+            "client authentication failed",
+            "audit log id 7",
+            "fraud check",
+        ] {
             let message = Error::Token {
                 source: refused("invalid_client", description),
                 client_id: "c-1".into(),
@@ -287,7 +291,10 @@ mod tests {
             message,
             "Kubernetes API error: HTTP 422 Invalid: Secret \"x\" is invalid: metadata.name: Invalid value"
         );
-        assert!(!message.contains("Status {") && !message.contains("code:"), "{message}");
+        assert!(
+            !message.contains("Status {") && !message.contains("code:"),
+            "{message}"
+        );
         assert_eq!(e.reason(), "KubernetesError");
         // serde_json quotes pieces of what it could not read: only the position is kept.
         let serde = serde_json::from_str::<u64>("\"c2VjcmV0LWRhdGE=\"").unwrap_err();

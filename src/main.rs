@@ -483,11 +483,7 @@ fn keygen(args: KeygenArgs) -> Result<(), String> {
         },
         None => None,
     };
-    write_contents(
-        &mut private_file,
-        &args.private,
-        private_text.trim_end(),
-    )?;
+    write_contents(&mut private_file, &args.private, private_text.trim_end())?;
     match public_file {
         Some((path, mut file)) => write_contents(&mut file, path, &public),
         None => {

@@ -400,7 +400,8 @@ pub fn parse_token_answer(answer: &HttpAnswer, sent: &[&str]) -> Result<TokenAns
             // sent) is only described.
             let name_like = !t.is_empty()
                 && t.len() <= 20
-                && t.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
                 && sanitize(t, sent) == *t;
             let described = if name_like {
                 format!("token_type {t:?}")
@@ -822,7 +823,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(!message.contains(assertion) && message.contains("[redacted]"), "{message}");
+        assert!(
+            !message.contains(assertion) && message.contains("[redacted]"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -841,7 +845,10 @@ mod tests {
             assert_eq!(check_b64token(good), Ok(()), "{good:?}");
         }
         for (bad, kind) in [
-            ("abcdefgh\r\nX-Injected: 1", "a line break at character 9 of 23"),
+            (
+                "abcdefgh\r\nX-Injected: 1",
+                "a line break at character 9 of 23",
+            ),
             ("abcdefgh\0", "a NUL"),
             ("abc defgh", "white space at character 4"),
             ("abc\"defgh", "a quote"),
@@ -853,8 +860,9 @@ mod tests {
             let message = check_b64token(bad).unwrap_err();
             assert!(message.contains(kind), "{bad:?}: {message}");
             let body = serde_json::json!({"access_token": bad, "token_type": "Bearer"});
-            let error = parse_token_answer(&answer(200, "application/json", &body.to_string()), &[])
-                .unwrap_err();
+            let error =
+                parse_token_answer(&answer(200, "application/json", &body.to_string()), &[])
+                    .unwrap_err();
             assert!(matches!(error, TokenError::BadAnswer { .. }), "{bad:?}");
             let message = error.to_string();
             assert!(message.contains("RFC 6750"), "{message}");
@@ -873,7 +881,10 @@ mod tests {
         };
         assert!(message("DPoP").contains("token_type \"DPoP\"; only Bearer"));
         let odd = message("Bearer abcdefgh-the-token");
-        assert!(!odd.contains("abcdefgh") && odd.contains("a token_type of 25 characters"), "{odd}");
+        assert!(
+            !odd.contains("abcdefgh") && odd.contains("a token_type of 25 characters"),
+            "{odd}"
+        );
         assert!(!message("Bearer\r\n").contains("\"Bearer"));
     }
 
@@ -888,7 +899,12 @@ mod tests {
         // Exactly at the limit it is an ordinary (here: non-JSON) body.
         big.body.truncate(MAX_BODY_BYTES);
         assert!(!big.is_oversized());
-        assert!(parse_token_answer(&big, &[]).unwrap_err().to_string().contains("non-JSON"));
+        assert!(
+            parse_token_answer(&big, &[])
+                .unwrap_err()
+                .to_string()
+                .contains("non-JSON")
+        );
         // A 5xx stays "unavailable", whatever its size.
         let mut down = answer(503, "text/html", "");
         down.body = vec![b'x'; MAX_BODY_BYTES + 1];

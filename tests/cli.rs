@@ -493,8 +493,14 @@ async fn keygen_secret_manifest_is_labelled_and_its_key_obtains_a_token(env: &En
     let jwk_json = &secret.string_data.as_ref().expect("stringData")["jwk.json"];
     let private: Map<String, Value> = serde_json::from_str(jwk_json).unwrap();
     assert_eq!(private["kid"], public["kid"]);
-    for secret in PRIVATE_MEMBERS.iter().filter_map(|m| private.get(*m)?.as_str()) {
-        assert!(!run.stdout.contains(secret), "stdout holds private key material");
+    for secret in PRIVATE_MEMBERS
+        .iter()
+        .filter_map(|m| private.get(*m)?.as_str())
+    {
+        assert!(
+            !run.stdout.contains(secret),
+            "stdout holds private key material"
+        );
     }
 
     // The key in the manifest round-trips through `token`.
@@ -519,11 +525,9 @@ async fn keygen_secret_manifest_is_labelled_and_its_key_obtains_a_token(env: &En
         ["--secret-name", "Gipod_JWK", "--namespace", "roadworks"],
         ["--secret-name", "gipod-jwk", "--namespace", "road.works"],
     ] {
-        let run = cli(
-            ["keygen", "--alg", "ES256", "--private", &path_arg(&other)]
-                .into_iter()
-                .chain(bad),
-        )
+        let run = cli(["keygen", "--alg", "ES256", "--private", &path_arg(&other)]
+            .into_iter()
+            .chain(bad))
         .await;
         assert_failed(&run, FAIL_FAST, &["not a valid"], &[]);
     }

@@ -187,7 +187,10 @@ fn user_roles_aggregate_into_view_edit_and_admin() {
         let rule = &rules[0];
         assert_eq!(strings(&rule["apiGroups"]), ["idv-token-operator.dev"]);
         assert_eq!(strings(&rule["resources"]), ["idvclients"]);
-        strings(&rule["verbs"]).into_iter().map(String::from).collect()
+        strings(&rule["verbs"])
+            .into_iter()
+            .map(String::from)
+            .collect()
     };
     let view = role("idv-token-operator:view");
     assert_eq!(view["kind"].as_str(), Some("ClusterRole"));
@@ -203,7 +206,10 @@ fn user_roles_aggregate_into_view_edit_and_admin() {
     // Installed by `kubectl apply -k deploy/` and deploy/namespaced, both built on base.
     let kustomization = &documents("deploy/base/kustomization.yaml")[0];
     assert!(strings(&kustomization["resources"]).contains(&"user-roles.yaml"));
-    for overlay in ["deploy/kustomization.yaml", "deploy/namespaced/kustomization.yaml"] {
+    for overlay in [
+        "deploy/kustomization.yaml",
+        "deploy/namespaced/kustomization.yaml",
+    ] {
         let resources = documents(overlay)[0]["resources"].clone();
         assert!(
             strings(&resources).iter().any(|r| r.ends_with("base")),

@@ -1418,7 +1418,10 @@ async fn an_echoing_idp_learns_nothing_back_from_status_events_or_logs(env: &Env
     let echo = json!({"mode": "echo", "status": 400, "error": "invalid_request"});
     let (key_client_id, private) = keyed_client(env, &case, "echo-key", None, Some(echo)).await;
 
-    for (name, code) in [("echo-basic", "invalid_client"), ("echo-key", "invalid_request")] {
+    for (name, code) in [
+        ("echo-basic", "invalid_client"),
+        ("echo-key", "invalid_request"),
+    ] {
         let condition = case.wait_not_ready(name, "TokenRequestRejected").await;
         for wanted in [code, "rejected request", "[redacted]"] {
             assert!(
@@ -1467,7 +1470,9 @@ async fn an_echoing_idp_learns_nothing_back_from_status_events_or_logs(env: &Env
         assertion.rsplit('.').next().unwrap().to_string(),
     ];
     assert!(
-        basic_echo.contains(&payload) && basic_echo.contains(&leaks[5]) && basic_echo.contains(secret),
+        basic_echo.contains(&payload)
+            && basic_echo.contains(&leaks[5])
+            && basic_echo.contains(secret),
         "the echo repeats every form: {basic_echo}"
     );
     leaks.extend(key_material(&private));
