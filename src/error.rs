@@ -76,7 +76,7 @@ pub enum Error {
     )]
     HostNotAllowed { host: String },
 
-    #[error("Kubernetes API error: {0}")]
+    #[error("Kubernetes API error: {}", kube_message(.0))]
     Kube(#[from] kube::Error),
 }
 
@@ -90,8 +90,56 @@ fn discovery_cause(source: &TokenError) -> String {
     }
 }
 
+/// A Kubernetes client error for status, events and logs: the apiserver's code, reason and
+/// message, never a Debug dump of its `Status` (kube's own Display adds one).
+pub fn kube_message(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => {
+            let message: String = status
+                .message
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(300)
+                .collect();
+            match (status.code, status.reason.is_empty()) {
+                (0, true) => message,
+                (0, false) => format!("{}: {message}", status.reason),
+                (code, true) => format!("HTTP {code}: {message}"),
+                (code, false) => format!("HTTP {code} {}: {message}", status.reason),
+            }
+        }
+        // serde_json's message may quote a piece of the answer (a Secret's data): position only.
+        kube::Error::SerdeError(e) => format!(
+            "cannot read the apiserver's answer (line {}, column {})",
+            e.line(),
+            e.column()
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// Whether a server's error description is about the assertion's `aud` (Ory Hydra / fosite:
+/// "Claim 'audience' from 'client_assertion' must match ..."; Okta: "The audience claim ...").
+fn names_audience(description: &str) -> bool {
+    description
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .any(|word| word.eq_ignore_ascii_case("aud") || word.eq_ignore_ascii_case("audience"))
+}
+
 fn token_message(source: &TokenError, client_id: &str, key_id: &Option<String>) -> String {
     match (source, key_id) {
+        (
+            TokenError::Refused {
+                code,
+                description: Some(description),
+                ..
+            },
+            Some(_),
+        ) if code == "invalid_client" && names_audience(description) => format!(
+            "{source}; the server does not accept the assertion's audience (aud): set \
+             spec.authServer.assertionAudience to the value it expects, often its token endpoint \
+             URL (docs/idv.md lists which servers want which aud)"
+        ),
         (TokenError::Refused { code, .. }, None) if code == "invalid_client" => {
             format!(
                 "{source}; check the client secret and that client {client_id:?} and the authorization server are right"
@@ -203,6 +251,89 @@ mod tests {
         );
         assert_eq!(e.reason(), "TokenRequestRejected");
         assert!(!e.is_transient());
+    }
+
+    fn refused(code: &str, description: &str) -> TokenError {
+        TokenError::Refused {
+            status: 401,
+            code: code.into(),
+            description: Some(description.into()),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn an_audience_complaint_points_at_assertion_audience_not_at_the_key() {
+        for description in [
+            // Ory Hydra / fosite 2.x
+            "Client authentication failed (e.g., unknown client, no client authentication included, or unsupported authentication method). Claim 'audience' from 'client_assertion' must match the authorization server's token endpoint 'https://idp.example/oauth2/token'.",
+            // Okta
+            "The audience claim for client_assertion must be the endpoint invoked for the request.",
+            "invalid aud",
+            "JWT aud mismatch",
+        ] {
+            let e = Error::Token {
+                source: refused("invalid_client", description),
+                client_id: "c-1".into(),
+                key_id: Some("k-1".into()),
+            };
+            let message = e.to_string();
+            assert!(
+                message.contains("spec.authServer.assertionAudience"),
+                "{message}"
+            );
+            assert!(!message.contains("registered"), "{message}");
+            assert_eq!(e.reason(), "TokenRequestRejected");
+        }
+        // Words that merely contain the letters are not about the audience.
+        for description in [
+            "client authentication failed",
+            "audit log id 7",
+            "fraud check",
+        ] {
+            let message = Error::Token {
+                source: refused("invalid_client", description),
+                client_id: "c-1".into(),
+                key_id: Some("k-1".into()),
+            }
+            .to_string();
+            assert!(message.contains("registered"), "{message}");
+            assert!(!message.contains("assertionAudience"), "{message}");
+        }
+        // A client secret has no assertion: no audience hint.
+        let message = Error::Token {
+            source: refused("invalid_client", "bad audience"),
+            client_id: "c-1".into(),
+            key_id: None,
+        }
+        .to_string();
+        assert!(message.contains("check the client secret"), "{message}");
+    }
+
+    #[test]
+    fn kubernetes_errors_give_code_reason_and_message_only() {
+        let status = kube::core::Status {
+            code: 422,
+            reason: "Invalid".into(),
+            message: "Secret \"x\" is invalid: metadata.name: Invalid value".into(),
+            ..kube::core::Status::failure("", "")
+        };
+        let e = Error::Kube(kube::Error::Api(Box::new(status)));
+        let message = e.to_string();
+        assert_eq!(
+            message,
+            "Kubernetes API error: HTTP 422 Invalid: Secret \"x\" is invalid: metadata.name: Invalid value"
+        );
+        assert!(
+            !message.contains("Status {") && !message.contains("code:"),
+            "{message}"
+        );
+        assert_eq!(e.reason(), "KubernetesError");
+        // serde_json quotes pieces of what it could not read: only the position is kept.
+        let serde = serde_json::from_str::<u64>("\"c2VjcmV0LWRhdGE=\"").unwrap_err();
+        let message = Error::Kube(kube::Error::SerdeError(serde)).to_string();
+        assert!(!message.contains("c2VjcmV0LWRhdGE="), "{message}");
+        assert!(message.contains("line 1"), "{message}");
     }
 
     #[test]

@@ -54,7 +54,7 @@ impl EventPublisher {
         );
         let api: Api<Event> = Api::namespaced(self.kube.clone(), &namespace);
         if let Err(e) = api.create(&PostParams::default(), &event).await {
-            tracing::warn!("cannot publish event: {e}");
+            tracing::warn!("cannot publish event: {}", crate::error::kube_message(&e));
         }
     }
 }

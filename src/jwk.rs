@@ -38,11 +38,12 @@ pub enum KeyError {
     KeyIdNotFound(String),
     #[error("the key with kid \"{0}\" is not a private signing key")]
     KeyIdNotPrivate(String),
-    #[error("unsupported key type (kty) \"{0}\"; use RSA or EC")]
+    /// The value as `shown`: quoted when registered, else only described.
+    #[error("unsupported key type (kty) {0}; use RSA or EC")]
     UnsupportedKty(String),
-    #[error("unsupported EC curve \"{0}\"; use P-256 or P-384")]
+    #[error("unsupported EC curve {0}; use P-256 or P-384")]
     UnsupportedCurve(String),
-    #[error("algorithm \"{alg}\" does not fit a {kind} key")]
+    #[error("algorithm {alg} does not fit a {kind} key")]
     AlgorithmMismatch { alg: String, kind: String },
     #[error("the JWK is marked for encryption (use \"enc\"), not signing")]
     NotForSigning,
@@ -151,17 +152,73 @@ fn pick_from_set<'a>(
     }
 }
 
-/// A member value for an error message: short identifier-like values (`oct`, `P-521`,
-/// `RS256`) as they are, anything else (possibly key material put in the wrong member) not.
-fn shown(value: &str) -> String {
-    let plain = value.len() <= 16
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c));
-    if plain {
-        value.to_string()
+/// Registered `kty` values (RFC 7518 section 6.1, RFC 8037).
+const KNOWN_KTY: [&str; 4] = ["RSA", "EC", "oct", "OKP"];
+/// Registered `crv` values (RFC 7518 section 6.2.1.1, RFC 8037).
+const KNOWN_CRV: [&str; 7] = [
+    "P-256", "P-384", "P-521", "Ed25519", "Ed448", "X25519", "X448",
+];
+/// Registered `alg` values (RFC 7518 sections 3.1 and 4.1, RFC 8037).
+const KNOWN_ALG: [&str; 37] = [
+    "HS256",
+    "HS384",
+    "HS512",
+    "RS256",
+    "RS384",
+    "RS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "none",
+    "EdDSA",
+    "RSA1_5",
+    "RSA-OAEP",
+    "RSA-OAEP-256",
+    "A128KW",
+    "A192KW",
+    "A256KW",
+    "dir",
+    "ECDH-ES",
+    "ECDH-ES+A128KW",
+    "ECDH-ES+A192KW",
+    "ECDH-ES+A256KW",
+    "A128GCMKW",
+    "A192GCMKW",
+    "A256GCMKW",
+    "PBES2-HS256+A128KW",
+    "PBES2-HS384+A192KW",
+    "PBES2-HS512+A256KW",
+    "A128CBC-HS256",
+    "A192CBC-HS384",
+    "A256CBC-HS512",
+    "A128GCM",
+    "A192GCM",
+    "A256GCM",
+];
+/// Registered `use` values (RFC 7517 section 4.2).
+const KNOWN_USE: [&str; 2] = ["sig", "enc"];
+
+/// A member value for an error message: quoted only when it is a registered value of that
+/// member (`"oct"`, `"P-521"`, `"HS256"`); anything else could be key material put in the
+/// wrong member (a 16-character `kty` may be a secret), so it is described, not shown.
+fn shown(member: &str, value: &str) -> String {
+    let known: &[&str] = match member {
+        "kty" => &KNOWN_KTY,
+        "crv" => &KNOWN_CRV,
+        "alg" => &KNOWN_ALG,
+        "use" => &KNOWN_USE,
+        _ => &[],
+    };
+    if known.contains(&value) {
+        format!("\"{value}\"")
     } else {
-        format!("({} characters, not shown)", value.chars().count())
+        format!(
+            "(an unregistered value of {} characters, not shown)",
+            value.chars().count()
+        )
     }
 }
 
@@ -194,7 +251,7 @@ fn signing_key_from_jwk(jwk: &Map<String, Value>) -> Result<SigningKey, KeyError
     let (algorithm, encoding_key) = match kty {
         "RSA" => rsa_key(jwk, alg)?,
         "EC" => ec_key(jwk, alg)?,
-        other => return Err(KeyError::UnsupportedKty(shown(other))),
+        other => return Err(KeyError::UnsupportedKty(shown("kty", other))),
     };
     Ok(SigningKey {
         kid,
@@ -240,7 +297,7 @@ fn rsa_key(
         Some("PS512") => Algorithm::PS512,
         Some(other) => {
             return Err(KeyError::AlgorithmMismatch {
-                alg: shown(other),
+                alg: shown("alg", other),
                 kind: "RSA".into(),
             });
         }
@@ -289,13 +346,13 @@ fn ec_key(
     let (algorithm, signing, coordinate_len) = match crv {
         "P-256" => (Algorithm::ES256, &ECDSA_P256_SHA256_FIXED_SIGNING, 32),
         "P-384" => (Algorithm::ES384, &ECDSA_P384_SHA384_FIXED_SIGNING, 48),
-        other => return Err(KeyError::UnsupportedCurve(shown(other))),
+        other => return Err(KeyError::UnsupportedCurve(shown("crv", other))),
     };
     if let Some(alg) = alg
         && alg != format!("{algorithm:?}")
     {
         return Err(KeyError::AlgorithmMismatch {
-            alg: shown(alg),
+            alg: shown("alg", alg),
             kind: format!("EC {crv}"),
         });
     }
@@ -328,7 +385,7 @@ pub fn thumbprint(jwk: &Map<String, Value>) -> Result<String, KeyError> {
         "EC" => {
             serde_json::json!({"crv": text(jwk, "crv")?, "kty": "EC", "x": text(jwk, "x")?, "y": text(jwk, "y")?})
         }
-        other => return Err(KeyError::UnsupportedKty(shown(other))),
+        other => return Err(KeyError::UnsupportedKty(shown("kty", other))),
     };
     // serde_json's Map is a BTreeMap here (no preserve_order feature), so keys come out sorted.
     let json = serde_json::to_string(&canonical).expect("a JSON value serialises");
@@ -518,6 +575,46 @@ mod tests {
     }
 
     #[test]
+    fn only_registered_member_values_are_quoted() {
+        let ec = generate(KeygenAlgorithm::Es256, 0).unwrap();
+        let rsa = generate(KeygenAlgorithm::Rs256, 2048).unwrap();
+        let message = |jwk: &Map<String, Value>, member: &str, value: &str| {
+            let mut j = jwk.clone();
+            j.insert(member.into(), value.into());
+            parse_signing_key(&serde_json::to_vec(&j).unwrap(), None)
+                .unwrap_err()
+                .to_string()
+        };
+        // Registered values are public words: quoted, so the user sees what is wrong.
+        for (jwk, member, value) in [
+            (&ec, "kty", "OKP"),
+            (&ec, "crv", "Ed25519"),
+            (&ec, "alg", "HS256"),
+            (&rsa, "alg", "EdDSA"),
+        ] {
+            let text = message(jwk, member, value);
+            assert!(text.contains(&format!("\"{value}\"")), "{member}: {text}");
+        }
+        // Anything else may be a secret put in the wrong member: its length only. Short
+        // identifier-like values were quoted before; a 16-character kty could be a password.
+        for (jwk, member, value) in [
+            (&ec, "kty", "Zm9vYmFyYmF6cXV4"),
+            (&ec, "kty", "rsa"),
+            (&ec, "crv", "P-999"),
+            (&ec, "crv", "hunter2hunter2"),
+            (&ec, "alg", "XS256"),
+            (&rsa, "alg", "s3cr3t.pass-w0rd"),
+        ] {
+            let text = message(jwk, member, value);
+            assert!(!text.contains(value), "{member}: {text}");
+            assert!(
+                text.contains(&format!("{} characters, not shown", value.len())),
+                "{member}: {text}"
+            );
+        }
+    }
+
+    #[test]
     fn bad_keys_give_clear_errors_without_key_material() {
         let rsa = generate(KeygenAlgorithm::Rs256, 2048).unwrap();
         let ec = generate(KeygenAlgorithm::Es256, 0).unwrap();
@@ -549,23 +646,23 @@ mod tests {
             ),
             (
                 serde_json::to_vec(&with(&ec, "kty", "oct".into())).unwrap(),
-                KeyError::UnsupportedKty("oct".into()),
+                KeyError::UnsupportedKty("\"oct\"".into()),
             ),
             (
                 serde_json::to_vec(&with(&ec, "crv", "P-521".into())).unwrap(),
-                KeyError::UnsupportedCurve("P-521".into()),
+                KeyError::UnsupportedCurve("\"P-521\"".into()),
             ),
             (
                 serde_json::to_vec(&with(&ec, "alg", "RS256".into())).unwrap(),
                 KeyError::AlgorithmMismatch {
-                    alg: "RS256".into(),
+                    alg: "\"RS256\"".into(),
                     kind: "EC P-256".into(),
                 },
             ),
             (
                 serde_json::to_vec(&with(&rsa, "alg", "ES256".into())).unwrap(),
                 KeyError::AlgorithmMismatch {
-                    alg: "ES256".into(),
+                    alg: "\"ES256\"".into(),
                     kind: "RSA".into(),
                 },
             ),

@@ -192,6 +192,14 @@ struct KeygenArgs {
     /// Where to write the public JWK; default: stdout.
     #[arg(long)]
     public: Option<PathBuf>,
+    /// Write the private key as a Kubernetes Secret manifest (YAML) of this name instead of a
+    /// bare JWK: key `jwk.json`, labelled `idv-token-operator.dev/credential: "true"` so that
+    /// the operator may use it. Ready for `kubectl apply -f`.
+    #[arg(long)]
+    secret_name: Option<String>,
+    /// Namespace of that Secret (default: none, i.e. kubectl's current namespace).
+    #[arg(long, requires = "secret_name")]
+    namespace: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -430,8 +438,38 @@ fn keygen(args: KeygenArgs) -> Result<(), String> {
         Alg::Es256 => KeygenAlgorithm::Es256,
         Alg::Es384 => KeygenAlgorithm::Es384,
     };
+    if let Some(name) = &args.secret_name
+        && !is_dns1123_subdomain(name)
+    {
+        return Err(format!(
+            "--secret-name {name:?} is not a valid Secret name (lower-case letters, digits, '-' and '.', at most 253 characters)"
+        ));
+    }
+    if let Some(namespace) = &args.namespace
+        && !(namespace.len() <= 63 && !namespace.contains('.') && is_dns1123_subdomain(namespace))
+    {
+        return Err(format!(
+            "--namespace {namespace:?} is not a valid namespace name (lower-case letters, digits and '-', at most 63 characters)"
+        ));
+    }
     let private = jwk::generate(alg, args.bits).map_err(|e| e.to_string())?;
     let public = serde_json::to_string_pretty(&jwk::public_jwk(&private)).expect("JSON");
+    let private_text = match &args.secret_name {
+        Some(name) => {
+            let secret = idv_token_operator::resources::credential_secret(
+                name,
+                args.namespace.as_deref(),
+                &serde_json::to_string_pretty(&private).expect("JSON"),
+            );
+            format!(
+                "# Private key for idv-token-operator, public key id {}.\n\
+                 # Apply with kubectl apply -f; keep it out of Git unless encrypted (SOPS, Sealed Secrets).\n{}",
+                private["kid"].as_str().unwrap_or_default(),
+                serde_yaml::to_string(&secret).expect("YAML")
+            )
+        }
+        None => serde_json::to_string_pretty(&private).expect("JSON"),
+    };
     // Claim both files before writing either: a refusal must not leave half a key pair.
     let mut private_file = create_new_file(&args.private, 0o600)?;
     let public_file = match &args.public {
@@ -445,11 +483,7 @@ fn keygen(args: KeygenArgs) -> Result<(), String> {
         },
         None => None,
     };
-    write_contents(
-        &mut private_file,
-        &args.private,
-        &serde_json::to_string_pretty(&private).expect("JSON"),
-    )?;
+    write_contents(&mut private_file, &args.private, private_text.trim_end())?;
     match public_file {
         Some((path, mut file)) => write_contents(&mut file, path, &public),
         None => {
@@ -457,6 +491,21 @@ fn keygen(args: KeygenArgs) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// RFC 1123 subdomain, as Kubernetes checks object names: lower-case alphanumerics, '-' and
+/// '.', each dot-separated part starting and ending alphanumeric, 253 characters at most.
+fn is_dns1123_subdomain(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|part| {
+            let bytes = part.as_bytes();
+            !bytes.is_empty()
+                && bytes
+                    .iter()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+                && bytes[0] != b'-'
+                && bytes[bytes.len() - 1] != b'-'
+        })
 }
 
 /// Create a file that must not exist yet, with the given mode from the start.

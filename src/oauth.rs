@@ -163,13 +163,74 @@ impl TokenError {
     }
 }
 
-/// Keep server-supplied text short, printable, and free of anything we sent.
-fn sanitize(text: &str, secrets: &[&str]) -> String {
+/// Every spelling in which a value we sent may come back in a server's text: as sent, form
+/// encoded (how it travels in a request body), and for a `Basic` header value also its base64
+/// payload and the decoded `id:secret` pair. Longest first, so that a longer form is replaced
+/// whole before a shorter one inside it. Values under 8 characters are left alone (redacting
+/// them would blank out ordinary words).
+pub fn redaction_forms(sent: &[&str]) -> Vec<String> {
+    let form_encoded = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect();
+    let mut forms: Vec<String> = Vec::new();
+    for value in sent {
+        let mut spellings = vec![value.to_string(), form_encoded(value)];
+        if let Some(payload) = value.strip_prefix("Basic ") {
+            use base64::Engine;
+            spellings.push(payload.to_string());
+            spellings.push(payload.trim_end_matches('=').to_string());
+            if let Ok(pair) = base64::engine::general_purpose::STANDARD.decode(payload)
+                && let Ok(pair) = String::from_utf8(pair)
+            {
+                // The pair as encoded (RFC 6749 2.3.1 form-encodes both halves), and decoded.
+                let decoded: String = url::form_urlencoded::parse(format!("x={pair}").as_bytes())
+                    .map(|(_, v)| v.into_owned())
+                    .next()
+                    .unwrap_or_default();
+                spellings.push(pair);
+                spellings.push(decoded);
+            }
+        }
+        for spelling in spellings {
+            // Percent-encoding may come back with a space as %20 rather than '+'.
+            let with_percent_space = spelling.replace('+', "%20");
+            forms.push(spelling);
+            forms.push(with_percent_space);
+        }
+    }
+    // The text is cleaned of control characters before redaction: clean the forms alike.
+    let mut forms: Vec<String> = forms
+        .into_iter()
+        .map(|f| f.chars().filter(|c| !c.is_control()).collect::<String>())
+        .filter(|f| f.len() >= 8)
+        .collect();
+    forms.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    forms.dedup();
+    forms
+}
+
+/// `text` with each occurrence of `needle` replaced, ignoring ASCII case (percent-encoding
+/// hex digits may come back in either case; redacting a little more is harmless).
+fn redact_ignoring_ascii_case(text: &str, needle: &str) -> String {
+    let (haystack, wanted) = (text.to_ascii_lowercase(), needle.to_ascii_lowercase());
+    // ASCII lower-casing keeps every byte offset, so offsets in `haystack` are offsets in `text`.
+    let mut out = String::with_capacity(text.len());
+    let mut rest = 0;
+    while let Some(found) = haystack[rest..].find(&wanted) {
+        out.push_str(&text[rest..rest + found]);
+        out.push_str("[redacted]");
+        rest += found + wanted.len();
+    }
+    out.push_str(&text[rest..]);
+    out
+}
+
+/// Keep server-supplied text short, printable, and free of anything we sent (`sent`: the
+/// values as sent, see `redaction_forms`).
+fn sanitize(text: &str, sent: &[&str]) -> String {
     // Printable first (a control character inside a secret must not hide it from the
     // redaction), then redact, then cut (a cut before could leave a secret's start in place).
     let mut clean: String = text.chars().filter(|c| !c.is_control()).collect();
-    for secret in secrets.iter().filter(|s| s.len() >= 8) {
-        clean = clean.replace(secret, "[redacted]");
+    for form in redaction_forms(sent) {
+        clean = redact_ignoring_ascii_case(&clean, &form);
     }
     clean.chars().take(300).collect()
 }
@@ -215,7 +276,45 @@ pub struct HttpAnswer {
     pub status: u16,
     pub content_type: Option<String>,
     pub retry_after: Option<u64>,
+    /// At most `MAX_BODY_BYTES + 1` bytes: one byte more than the limit says it was cut.
     pub body: Vec<u8>,
+}
+
+impl HttpAnswer {
+    /// The body was longer than `MAX_BODY_BYTES` and was not read to its end.
+    pub fn is_oversized(&self) -> bool {
+        self.body.len() > MAX_BODY_BYTES
+    }
+}
+
+/// RFC 6750 section 2.1: `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+/// The error names the position and kind of the first bad character, never the token.
+pub fn check_b64token(token: &str) -> Result<(), String> {
+    let body = token.trim_end_matches('=');
+    if body.is_empty() {
+        return Err("an access_token that is only padding, not an RFC 6750 token".into());
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "-._~+/".contains(c);
+    match body.chars().enumerate().find(|(_, c)| !allowed(*c)) {
+        None => Ok(()),
+        Some((index, c)) => {
+            let kind = match c {
+                '\r' | '\n' => "a line break",
+                '\0' => "a NUL",
+                ' ' | '\t' => "white space",
+                '"' | '\'' => "a quote",
+                '=' => "an '=' before the end",
+                c if c.is_control() => "a control character",
+                c if !c.is_ascii() => "a non-ASCII character",
+                _ => "a character outside A-Z a-z 0-9 - . _ ~ + /",
+            };
+            Err(format!(
+                "an access_token that is not an RFC 6750 token ({kind} at character {} of {}); it is not stored",
+                index + 1,
+                token.chars().count()
+            ))
+        }
+    }
 }
 
 /// Turn an HTTP answer into a token or an error. `sent` are values we sent (the assertion),
@@ -242,6 +341,15 @@ pub fn parse_token_answer(answer: &HttpAnswer, sent: &[&str]) -> Result<TokenAns
             status,
             content_type: answer.content_type.as_deref().map(|c| sanitize(c, sent)),
             retry_after: answer.retry_after,
+        });
+    }
+    if answer.is_oversized() {
+        return Err(TokenError::BadAnswer {
+            status,
+            what: format!(
+                "a body larger than {} KiB, too large for a token response",
+                MAX_BODY_BYTES / 1024
+            ),
         });
     }
     let Some(object) = object else {
@@ -280,16 +388,29 @@ pub fn parse_token_answer(answer: &HttpAnswer, sent: &[&str]) -> Result<TokenAns
             });
         }
     };
+    // The token goes into an HTTP header value (`authorization`): only RFC 6750 characters.
+    if let Err(what) = check_b64token(&access_token) {
+        return Err(TokenError::BadAnswer { status, what });
+    }
     let token_type = match object.get("token_type") {
         None | Some(Value::Null) => "Bearer".to_string(),
         Some(Value::String(t)) if t.eq_ignore_ascii_case("bearer") => t.clone(),
         Some(Value::String(t)) => {
+            // A type name is quoted; anything else (it might be the token, or hold a value we
+            // sent) is only described.
+            let name_like = !t.is_empty()
+                && t.len() <= 20
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && sanitize(t, sent) == *t;
+            let described = if name_like {
+                format!("token_type {t:?}")
+            } else {
+                format!("a token_type of {} characters", t.chars().count())
+            };
             return Err(TokenError::BadAnswer {
                 status,
-                what: format!(
-                    "token_type {:?}; only Bearer tokens are supported",
-                    sanitize(t, sent)
-                ),
+                what: format!("{described}; only Bearer tokens are supported"),
             });
         }
         Some(_) => {
@@ -412,7 +533,8 @@ impl HttpClient {
         while let Some(chunk) = response.chunk().await.map_err(transport)? {
             body.extend_from_slice(&chunk);
             if body.len() > MAX_BODY_BYTES {
-                body.truncate(MAX_BODY_BYTES);
+                // Keep one byte over the limit: `HttpAnswer::is_oversized` tells from it.
+                body.truncate(MAX_BODY_BYTES + 1);
                 break;
             }
         }
@@ -655,6 +777,141 @@ mod tests {
             .to_string();
         assert!(!message.contains(assertion));
         assert!(message.contains("[redacted]"));
+    }
+
+    #[test]
+    fn an_echoed_request_is_redacted_in_every_form() {
+        let (client_id, secret) = ("client-7", "p@ss w0rd:&=/+é~");
+        let header = basic_authorization(client_id, secret);
+        let payload = header.strip_prefix("Basic ").unwrap().to_string();
+        let form_encoded: String =
+            url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+        let pair = format!("client-7:{form_encoded}");
+        let echoes = [
+            format!("Authorization: {header}"),
+            format!("credentials {payload} rejected"),
+            format!("credentials {} rejected", payload.trim_end_matches('=')),
+            format!("user {pair}"),
+            format!("user client-7:{secret}"),
+            format!("body client_secret={form_encoded}&grant_type=client_credentials"),
+            format!("body client_secret={}", form_encoded.to_ascii_lowercase()),
+            format!("body client_secret={}", form_encoded.replace('+', "%20")),
+            format!("raw {secret}"),
+        ];
+        for echo in &echoes {
+            let body = serde_json::json!({"error": "invalid_client", "error_description": echo});
+            let error = parse_token_answer(
+                &answer(401, "application/json", &body.to_string()),
+                &[secret, &header],
+            )
+            .unwrap_err();
+            let message = error.to_string();
+            for form in [&header, &payload, &pair, &form_encoded, &secret.to_string()] {
+                assert!(!message.contains(form.as_str()), "{echo:?} -> {message:?}");
+            }
+            assert!(message.contains("[redacted]"), "{message}");
+            assert!(message.contains("invalid_client"), "{message}");
+            assert!(error.is_configuration_error());
+        }
+        // An assertion in an echoed form body.
+        let assertion = "eyJhbGciOiJFUzI1NiJ9.eyJpc3MiOiJjIn0.c2ln-bmF0_dXJl";
+        let body = serde_json::json!({"error": "invalid_request", "error_description":
+            format!("grant_type=client_credentials&client_assertion={assertion}")});
+        let message = parse_token_answer(
+            &answer(400, "application/json", &body.to_string()),
+            &[assertion],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            !message.contains(assertion) && message.contains("[redacted]"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn redaction_forms_are_longest_first_and_skip_short_values() {
+        let forms = redaction_forms(&["a b+c/d=e", "short"]);
+        assert!(forms.contains(&"a b+c/d=e".to_string()));
+        assert!(forms.contains(&"a+b%2Bc%2Fd%3De".to_string()));
+        assert!(forms.contains(&"a%20b%2Bc%2Fd%3De".to_string()));
+        assert!(!forms.iter().any(|f| f == "short"));
+        assert!(forms.windows(2).all(|w| w[0].len() >= w[1].len()));
+    }
+
+    #[test]
+    fn tokens_are_rfc6750_b64tokens() {
+        for good in ["t", "abc.DEF-123_~+/", "YWJj==", "eyJ.eyJ.sig"] {
+            assert_eq!(check_b64token(good), Ok(()), "{good:?}");
+        }
+        for (bad, kind) in [
+            (
+                "abcdefgh\r\nX-Injected: 1",
+                "a line break at character 9 of 23",
+            ),
+            ("abcdefgh\0", "a NUL"),
+            ("abc defgh", "white space at character 4"),
+            ("abc\"defgh", "a quote"),
+            ("abc=def", "an '=' before the end"),
+            ("abcé", "a non-ASCII character"),
+            ("abc,def", "a character outside"),
+            ("===", "only padding"),
+        ] {
+            let message = check_b64token(bad).unwrap_err();
+            assert!(message.contains(kind), "{bad:?}: {message}");
+            let body = serde_json::json!({"access_token": bad, "token_type": "Bearer"});
+            let error =
+                parse_token_answer(&answer(200, "application/json", &body.to_string()), &[])
+                    .unwrap_err();
+            assert!(matches!(error, TokenError::BadAnswer { .. }), "{bad:?}");
+            let message = error.to_string();
+            assert!(message.contains("RFC 6750"), "{message}");
+            // The message does not quote the token, not even the part before the bad character.
+            assert!(!message.contains("abc"), "{message}");
+        }
+    }
+
+    #[test]
+    fn an_unusual_token_type_is_quoted_only_when_it_looks_like_a_type_name() {
+        let message = |token_type: &str| {
+            let body = serde_json::json!({"access_token": "t", "token_type": token_type});
+            parse_token_answer(&answer(200, "application/json", &body.to_string()), &[])
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(message("DPoP").contains("token_type \"DPoP\"; only Bearer"));
+        let odd = message("Bearer abcdefgh-the-token");
+        assert!(
+            !odd.contains("abcdefgh") && odd.contains("a token_type of 25 characters"),
+            "{odd}"
+        );
+        assert!(!message("Bearer\r\n").contains("\"Bearer"));
+    }
+
+    #[test]
+    fn an_oversized_body_is_too_large_not_non_json() {
+        let mut big = answer(200, "application/json", "");
+        big.body = vec![b' '; MAX_BODY_BYTES + 1];
+        big.body[..2].copy_from_slice(b"{\"");
+        let message = parse_token_answer(&big, &[]).unwrap_err().to_string();
+        assert!(message.contains("larger than 256 KiB"), "{message}");
+        assert!(!message.contains("non-JSON"), "{message}");
+        // Exactly at the limit it is an ordinary (here: non-JSON) body.
+        big.body.truncate(MAX_BODY_BYTES);
+        assert!(!big.is_oversized());
+        assert!(
+            parse_token_answer(&big, &[])
+                .unwrap_err()
+                .to_string()
+                .contains("non-JSON")
+        );
+        // A 5xx stays "unavailable", whatever its size.
+        let mut down = answer(503, "text/html", "");
+        down.body = vec![b'x'; MAX_BODY_BYTES + 1];
+        assert!(matches!(
+            parse_token_answer(&down, &[]),
+            Err(TokenError::Unavailable { .. })
+        ));
     }
 
     #[test]

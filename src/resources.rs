@@ -465,6 +465,31 @@ pub fn plan_note(plan: &RefreshPlan, before_expiry: Option<&str>) -> Option<Stri
     })
 }
 
+/// Key of the private JWK in a Secret that `keygen --secret-name` writes.
+pub const KEY_SECRET_KEY: &str = "jwk.json";
+
+/// A Secret holding a private JWK under `KEY_SECRET_KEY`, labelled so that the operator may
+/// read it as a credential (`keygen --secret-name`). `stringData`, so that it reads as JSON.
+pub fn credential_secret(name: &str, namespace: Option<&str>, jwk_json: &str) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: namespace.map(str::to_string),
+            labels: Some(BTreeMap::from([(
+                api::CREDENTIAL_LABEL.to_string(),
+                "true".to_string(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".into()),
+        string_data: Some(BTreeMap::from([(
+            KEY_SECRET_KEY.to_string(),
+            jwk_json.to_string(),
+        )])),
+        ..Secret::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

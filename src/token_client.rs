@@ -140,12 +140,17 @@ impl TokenClient {
                 issuer: issuer_text.clone(),
                 source,
             })?;
-        if !(200..300).contains(&answer.status) {
+        if !(200..300).contains(&answer.status) || answer.is_oversized() {
+            let what = if answer.is_oversized() {
+                "a body too large for a discovery document"
+            } else {
+                "no discovery document"
+            };
             return Err(Error::DiscoveryTransport {
                 issuer: issuer_text,
                 source: TokenError::BadAnswer {
                     status: answer.status,
-                    what: "no discovery document".into(),
+                    what: what.into(),
                 },
             });
         }
@@ -202,6 +207,8 @@ impl TokenClient {
                     .post_form(&server.token_endpoint, &form, None)
                     .await
                     .map_err(token_error)?;
+                // What went over the wire and could be echoed back: the assertion (its form
+                // encoding is derived by `redaction_forms`).
                 parse_token_answer(&answer, &[signed.expose()]).map_err(token_error)
             }
             Credential::ClientSecret { secret, .. } => {
@@ -212,7 +219,8 @@ impl TokenClient {
                     .post_form(&server.token_endpoint, &form, Some(&authorization))
                     .await
                     .map_err(token_error)?;
-                parse_token_answer(&answer, &[&secret.0]).map_err(token_error)
+                // The secret, and the header value that carries it (base64 of `id:secret`).
+                parse_token_answer(&answer, &[&secret.0, &authorization]).map_err(token_error)
             }
         }
     }

@@ -364,7 +364,12 @@ impl Writeback {
                         true
                     }
                     Err(error) => {
-                        warn!(namespace, name, "cannot write status, will retry: {error}");
+                        warn!(
+                            namespace,
+                            name,
+                            "cannot write status, will retry: {}",
+                            crate::error::kube_message(&error)
+                        );
                         // Retry later, unless a newer status was queued meanwhile.
                         let mut state = self.state.lock().expect("lock");
                         if !state.pending.contains_key(&key) {

@@ -449,6 +449,106 @@ async fn keygen_alg_chooses_the_key_type(_env: &Env) {
     }
 }
 
+/// `keygen --secret-name` writes the private key as a labelled Secret manifest, ready for
+/// `kubectl apply -f`; the key in it is the one the public JWK on stdout belongs to.
+async fn keygen_secret_manifest_is_labelled_and_its_key_obtains_a_token(env: &Env) {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("gipod-jwk.yaml");
+    let args = [
+        "keygen",
+        "--alg",
+        "ES256",
+        "--secret-name",
+        "gipod-jwk",
+        "--namespace",
+        "roadworks",
+        "--private",
+        &path_arg(&manifest),
+    ];
+    let run = cli(args).await;
+    assert_eq!(run.code, Some(0), "{run}");
+    assert_eq!(mode(&manifest), 0o600, "the manifest is readable by others");
+    let public: Value = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not the public JWK ({e}): {run}"));
+    assert_public_jwk(&public, "ES256");
+
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let secret: k8s_openapi::api::core::v1::Secret = serde_yaml::from_str(&text)
+        .unwrap_or_else(|e| panic!("not a Secret manifest ({e}):\n{text}"));
+    let raw: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    assert_eq!(raw["apiVersion"].as_str(), Some("v1"), "{text}");
+    assert_eq!(raw["kind"].as_str(), Some("Secret"), "{text}");
+    assert_eq!(secret.metadata.name.as_deref(), Some("gipod-jwk"));
+    assert_eq!(secret.metadata.namespace.as_deref(), Some("roadworks"));
+    assert_eq!(
+        secret
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(idv_token_operator::api::CREDENTIAL_LABEL))
+            .map(String::as_str),
+        Some("true"),
+        "{text}"
+    );
+    let jwk_json = &secret.string_data.as_ref().expect("stringData")["jwk.json"];
+    let private: Map<String, Value> = serde_json::from_str(jwk_json).unwrap();
+    assert_eq!(private["kid"], public["kid"]);
+    for secret in PRIVATE_MEMBERS
+        .iter()
+        .filter_map(|m| private.get(*m)?.as_str())
+    {
+        assert!(
+            !run.stdout.contains(secret),
+            "stdout holds private key material"
+        );
+    }
+
+    // The key in the manifest round-trips through `token`.
+    let key_file = dir.path().join("jwk.json");
+    std::fs::write(&key_file, jwk_json).unwrap();
+    let client_id = env.idp.register(std::slice::from_ref(&public), None).await;
+    let run = run_token(
+        &client_id,
+        &key_file,
+        &["--token-endpoint", &env.idp.token_endpoint],
+        &[],
+    )
+    .await;
+    assert_active(env, &printed_token(&run), &client_id).await;
+
+    // Never overwritten; a bad name or a namespace without a name is refused before any file.
+    std::fs::write(&manifest, "keep me\n").unwrap();
+    assert_failed(&cli(args).await, FAIL_FAST, &["already exists"], &[]);
+    assert_eq!(std::fs::read_to_string(&manifest).unwrap(), "keep me\n");
+    let other = dir.path().join("other.yaml");
+    for bad in [
+        ["--secret-name", "Gipod_JWK", "--namespace", "roadworks"],
+        ["--secret-name", "gipod-jwk", "--namespace", "road.works"],
+    ] {
+        let run = cli(["keygen", "--alg", "ES256", "--private", &path_arg(&other)]
+            .into_iter()
+            .chain(bad))
+        .await;
+        assert_failed(&run, FAIL_FAST, &["not a valid"], &[]);
+    }
+    let run = cli([
+        "keygen",
+        "--alg",
+        "ES256",
+        "--namespace",
+        "roadworks",
+        "--private",
+        &path_arg(&other),
+    ])
+    .await;
+    // clap's own usage error (several lines).
+    assert!(
+        matches!(run.code, Some(c) if c != 0) && run.stderr.contains("--secret-name"),
+        "{run}"
+    );
+    assert!(!other.exists(), "a refused keygen wrote a file");
+}
+
 // --------------------------------------------------------------------------------------------
 // token: success paths
 
@@ -1124,6 +1224,7 @@ fn main() {
         keygen_writes_nothing_when_the_public_file_exists,
         keygen_public_flag_writes_the_public_jwk_to_a_file_and_nothing_to_stdout,
         keygen_alg_chooses_the_key_type,
+        keygen_secret_manifest_is_labelled_and_its_key_obtains_a_token,
         keygen_key_obtains_a_token_in_issuer_mode,
         token_endpoint_mode_uses_the_endpoint_as_audience,
         assertion_audience_overrides_aud,

@@ -56,9 +56,12 @@ fn rbac_has_no_wildcards_and_no_deletecollection() {
     }
 }
 
+/// The users' IdvClient roles (not the operator's: they may `deletecollection`).
+const USER_ROLES: &str = "deploy/base/user-roles.yaml";
+
 #[test]
 fn every_rbac_rule_says_why() {
-    for file in RBAC_FILES {
+    for file in RBAC_FILES.into_iter().chain([USER_ROLES]) {
         let text = std::fs::read_to_string(format!("{REPO}/{file}")).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         for (i, line) in lines.iter().enumerate() {
@@ -146,6 +149,73 @@ fn the_deployment_is_locked_down() {
         args.contains(&"--leader-elect"),
         "two replicas need leader election"
     );
+}
+
+/// The users' roles, aggregated the way cert-manager ships its own: `view` into view, edit and
+/// admin; `edit` (which may delete many IdvClients at once) into edit and admin. Checked here
+/// as files only: the test apiserver runs without kube-controller-manager, whose clusterrole
+/// aggregation controller is what copies these rules into view/edit/admin, so aggregation
+/// itself cannot be observed in the integration tests.
+#[test]
+fn user_roles_aggregate_into_view_edit_and_admin() {
+    const FILE: &str = USER_ROLES;
+    let roles = documents(FILE);
+    let role = |name: &str| {
+        roles
+            .iter()
+            .find(|d| d["metadata"]["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("{FILE}: no {name}"))
+    };
+    let aggregates_to = |doc: &Value| -> Vec<String> {
+        let labels = doc["metadata"]["labels"].as_mapping().unwrap();
+        let mut to: Vec<String> = labels
+            .iter()
+            .filter_map(|(k, v)| {
+                let target = k
+                    .as_str()?
+                    .strip_prefix("rbac.authorization.k8s.io/aggregate-to-")?;
+                assert_eq!(v.as_str(), Some("true"), "{FILE}: label values are strings");
+                Some(target.to_string())
+            })
+            .collect();
+        to.sort();
+        to
+    };
+    let only_rule = |doc: &Value| -> Vec<String> {
+        let rules = doc["rules"].as_sequence().unwrap();
+        assert_eq!(rules.len(), 1, "{FILE}: one rule per role");
+        let rule = &rules[0];
+        assert_eq!(strings(&rule["apiGroups"]), ["idv-token-operator.dev"]);
+        assert_eq!(strings(&rule["resources"]), ["idvclients"]);
+        strings(&rule["verbs"])
+            .into_iter()
+            .map(String::from)
+            .collect()
+    };
+    let view = role("idv-token-operator:view");
+    assert_eq!(view["kind"].as_str(), Some("ClusterRole"));
+    assert_eq!(aggregates_to(view), ["admin", "edit", "view"]);
+    assert_eq!(only_rule(view), ["get", "list", "watch"]);
+    let edit = role("idv-token-operator:edit");
+    assert_eq!(edit["kind"].as_str(), Some("ClusterRole"));
+    assert_eq!(aggregates_to(edit), ["admin", "edit"]);
+    assert_eq!(
+        only_rule(edit),
+        ["create", "update", "patch", "delete", "deletecollection"]
+    );
+    // Installed by `kubectl apply -k deploy/` and deploy/namespaced, both built on base.
+    let kustomization = &documents("deploy/base/kustomization.yaml")[0];
+    assert!(strings(&kustomization["resources"]).contains(&"user-roles.yaml"));
+    for overlay in [
+        "deploy/kustomization.yaml",
+        "deploy/namespaced/kustomization.yaml",
+    ] {
+        let resources = documents(overlay)[0]["resources"].clone();
+        assert!(
+            strings(&resources).iter().any(|r| r.ends_with("base")),
+            "{overlay} does not build on base"
+        );
+    }
 }
 
 /// The strings of a YAML sequence.

@@ -1346,6 +1346,18 @@ async fn bad_idp_answers_give_clear_messages(env: &Env) {
             "only Bearer",
         ),
         (
+            "crlf",
+            json!({"mode": "respond", "status": 200, "content_type": "application/json", "body": json_body(json!({"access_token": "abcdefgh\r\nX-Injected: 1", "token_type": "Bearer", "expires_in": 60}))}),
+            "InvalidTokenResponse",
+            "not an RFC 6750 token (a line break at character 9",
+        ),
+        (
+            "quoted",
+            json!({"mode": "respond", "status": 200, "content_type": "application/json", "body": json_body(json!({"access_token": "abcdefgh\" x=\"1", "token_type": "Bearer", "expires_in": 60}))}),
+            "InvalidTokenResponse",
+            "not an RFC 6750 token (a quote at character 9",
+        ),
+        (
             "hang",
             json!({"mode": "hang"}),
             "IdpUnreachable",
@@ -1400,6 +1412,94 @@ async fn bad_idp_answers_give_clear_messages(env: &Env) {
         assert!((1..=8).contains(&requests), "{requests} requests");
     }
     case.assert_no_leaks(&["abcdefgh".to_string()]).await;
+}
+
+/// An IdP that repeats the request in its error answer (Authorization header, decoded Basic
+/// credentials, form body): neither the client secret nor the assertion, in any encoding,
+/// reaches status, Events or the log, and the reason is still readable.
+async fn an_echoing_idp_learns_nothing_back_from_status_events_or_logs(env: &Env) {
+    let case = Case::new(env, "echo", &[]).await;
+    // A client_secret client. The echo answers before the provider looks at the client, so
+    // the id and secret are made up; the secret has characters that form-encoding changes.
+    let basic_id = format!("echo-basic-{}", case.ns);
+    let secret = "p@ss w0rd:&=/+~é-echo-client-secret";
+    env.idp
+        .fault(json!({"client_id": basic_id, "mode": "echo", "status": 401}))
+        .await;
+    case.put_secret("echo-creds", &[("secret", secret.as_bytes())])
+        .await;
+    case.put_client(
+        "echo-basic",
+        json!({
+            "clientId": basic_id,
+            "authServer": {"tokenEndpoint": env.idp.token_endpoint},
+            "clientSecret": {"secretRef": {"name": "echo-creds", "key": "secret"}},
+        }),
+    )
+    .await;
+    // A private_key client, answered 400 invalid_request with its form body repeated.
+    let echo = json!({"mode": "echo", "status": 400, "error": "invalid_request"});
+    let (key_client_id, private) = keyed_client(env, &case, "echo-key", None, Some(echo)).await;
+
+    for (name, code) in [
+        ("echo-basic", "invalid_client"),
+        ("echo-key", "invalid_request"),
+    ] {
+        let condition = case.wait_not_ready(name, "TokenRequestRejected").await;
+        for wanted in [code, "rejected request", "[redacted]"] {
+            assert!(
+                condition.message.contains(wanted),
+                "{name}: {:?} lacks {wanted:?}",
+                condition.message
+            );
+        }
+    }
+    eventually(WAIT, "a Warning event for each client", || async {
+        let events = case.events().await;
+        ["echo-basic", "echo-key"]
+            .iter()
+            .all(|name| {
+                events.iter().any(|e| {
+                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(*name)
+                        && e.reason.as_deref() == Some("TokenRequestRejected")
+                })
+            })
+            .then_some(())
+    })
+    .await;
+
+    // What the IdP repeated: the Basic header, and the form body with the assertion.
+    let header = idv_token_operator::oauth::basic_authorization(&basic_id, secret);
+    let basic_echo = env.idp.echoes(&basic_id).await.remove(0);
+    assert!(basic_echo.contains(&header), "{basic_echo}");
+    let key_echo = env.idp.echoes(&key_client_id).await.remove(0);
+    let body = key_echo.split(" body=").nth(1).expect("a repeated body");
+    let assertion = url::form_urlencoded::parse(body.as_bytes())
+        .find(|(k, _)| k == "client_assertion")
+        .map(|(_, v)| v.into_owned())
+        .expect("the repeated body holds the assertion");
+    let form_encoded: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+    let payload = header.strip_prefix("Basic ").unwrap().to_string();
+    let mut leaks = vec![
+        secret.to_string(),
+        header.clone(),
+        payload.trim_end_matches('=').to_string(),
+        form_encoded.clone(),
+        form_encoded.replace('+', "%20"),
+        format!("{basic_id}:{form_encoded}"),
+        format!("{basic_id}:{secret}"),
+        assertion.clone(),
+        // The signature alone: the part of the assertion that proves possession of the key.
+        assertion.rsplit('.').next().unwrap().to_string(),
+    ];
+    assert!(
+        basic_echo.contains(&payload)
+            && basic_echo.contains(&leaks[5])
+            && basic_echo.contains(secret),
+        "the echo repeats every form: {basic_echo}"
+    );
+    leaks.extend(key_material(&private));
+    case.assert_no_leaks(&leaks).await;
 }
 
 async fn stale_token_is_served_while_the_idp_is_down(env: &Env) {
@@ -1753,6 +1853,11 @@ async fn kubectl_apply_k_installs_everything(env: &Env) {
         "clusterrolebinding.rbac.authorization.k8s.io/idv-token-operator",
         "role.rbac.authorization.k8s.io/idv-token-operator-leader-election",
         "deployment.apps/idv-token-operator",
+        // The users' roles. Their aggregation into view/edit/admin is done by
+        // kube-controller-manager, which this control plane does not run (tests/deploy.rs
+        // checks the labels instead).
+        "clusterrole.rbac.authorization.k8s.io/idv-token-operator:view",
+        "clusterrole.rbac.authorization.k8s.io/idv-token-operator:edit",
     ] {
         assert!(stdout.contains(object), "{object} not applied:\n{stdout}");
     }
@@ -2214,6 +2319,7 @@ fn main() {
         a_rotated_key_is_used_at_once,
         a_renamed_secret_moves,
         bad_idp_answers_give_clear_messages,
+        an_echoing_idp_learns_nothing_back_from_status_events_or_logs,
         stale_token_is_served_while_the_idp_is_down,
         retry_after_is_respected,
         a_standby_takes_over_from_a_dead_leader,

@@ -403,6 +403,7 @@ proptest! {
                 prop_assert!(!token.access_token.expose().is_empty());
                 prop_assert!(token.expires_in >= 1 && token.expires_in <= 366 * 24 * 3600);
                 prop_assert!(token.token_type.eq_ignore_ascii_case("bearer"));
+                prop_assert_eq!(oauth::check_b64token(token.access_token.expose()), Ok(()));
             }
             Err(error) => {
                 let _ = error.to_string();
@@ -416,7 +417,7 @@ proptest! {
 
     #[test]
     fn token_and_lifetime_round_trip(
-        token in any::<String>().prop_filter("a token", |t| !t.is_empty()),
+        token in "[A-Za-z0-9._~+/-]{1,200}={0,2}",
         expires_in in 1u64..=31_536_000,
         as_string in any::<bool>(),
         padding in select(&["", " ", "\t", "  "][..]),
@@ -463,6 +464,61 @@ proptest! {
         let token_type = json!({ "access_token": "t", "token_type": quoted });
         let message = oauth::parse_token_answer(&json_answer(200, &token_type), &[sent.as_str()]).unwrap_err().to_string();
         prop_assert!(!message.contains(sent.as_str()), "{message:?} quotes a sent value");
+    }
+
+    /// A token goes into the `authorization` header value: anything outside RFC 6750's
+    /// b64token (CR/LF, NUL, spaces, quotes, ...) is an invalid token response, and the
+    /// message does not quote the token.
+    #[test]
+    fn tokens_outside_b64token_are_refused_without_being_quoted(
+        prefix in "[A-Za-z0-9._~+/-]{8,40}",
+        bad in prop_oneof![
+            prop::char::range('\u{0}', '\u{20}'),
+            select(&['"', '\'', ',', ';', '\\', '%', '\u{7f}', 'é', '\u{2028}'][..]),
+        ],
+        suffix in "[ -~]{0,20}",
+        status in 200u16..300,
+    ) {
+        let token = format!("{prefix}{bad}{suffix}");
+        let body = json!({ "access_token": token, "token_type": "Bearer", "expires_in": 60 });
+        let error = oauth::parse_token_answer(&json_answer(status, &body), &[]).unwrap_err();
+        let is_bad_answer = matches!(error, TokenError::BadAnswer { .. });
+        prop_assert!(is_bad_answer, "{:?}", error);
+        let message = error.to_string();
+        prop_assert!(message.contains("RFC 6750"), "{message}");
+        prop_assert!(!message.contains(prefix.as_str()), "{message:?} quotes the token");
+    }
+
+    /// A client secret comes back redacted in whichever encoding the server repeats it: as
+    /// is, form-encoded, in the Basic header, as its base64 payload, as the decoded pair.
+    #[test]
+    fn a_client_secret_is_redacted_in_every_encoding(
+        client_id in "[ -~]{1,20}",
+        secret in prop_oneof!["[ -~]{8,40}", "[^\\p{Cc}]{8,30}"],
+        which in 0usize..6,
+        prefix in "[ -~]{0,100}",
+        suffix in "[ -~]{0,40}",
+    ) {
+        let form = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        let header = oauth::basic_authorization(&client_id, &secret);
+        let payload = header["Basic ".len()..].to_string();
+        let pair = format!("{}:{}", form(&client_id), form(&secret));
+        let spellings = [
+            secret.clone(),
+            form(&secret),
+            header.clone(),
+            payload.clone(),
+            pair,
+            format!("{client_id}:{secret}"),
+        ];
+        let quoted = format!("{prefix}{}{suffix}", spellings[which]);
+        let body = json!({ "error": "invalid_client", "error_description": quoted });
+        let message = oauth::parse_token_answer(&json_answer(401, &body), &[secret.as_str(), header.as_str()])
+            .unwrap_err()
+            .to_string();
+        for spelling in [&secret, &form(&secret), &payload] {
+            prop_assert!(!message.contains(spelling.as_str()), "{message:?} shows {spelling:?}");
+        }
     }
 
     #[test]

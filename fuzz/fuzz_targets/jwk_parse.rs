@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 const PRIVATE_MEMBERS: [&str; 6] = ["d", "p", "q", "dp", "dq", "qi"];
 /// Shown by design: in the parsed key. (`kty`, `crv` and `alg` are quoted in errors only when
-/// short identifiers, see `jwk::shown`.)
+/// they are registered values, see `jwk::shown`.)
 const QUOTED_MEMBERS: [&str; 2] = ["kid", "x5t"];
 
 /// The JWK objects in the input: the object itself and the objects of its `keys` array.

@@ -63,6 +63,7 @@ const stats = new Map(); // client_id -> { token_requests, token_successes }
 const totals = { token_requests: 0, token_successes: 0 };
 const faults = new Map(); // client_id | '*' -> fault
 const assertions = new Map(); // client_id -> [{ header, payload, received_at_ms }]
+const echoes = new Map(); // client_id -> [error_description sent by an `echo` fault]
 
 function statsFor(clientId) {
   let s = stats.get(clientId);
@@ -245,6 +246,16 @@ async function testRoutes(ctx, next) {
     return;
   }
 
+  if (path === '/__test/echoes' && method === 'GET') {
+    const clientId = ctx.query.client_id;
+    if (typeof clientId !== 'string' || !clientId) {
+      json(ctx, 400, { error: 'client_id query parameter is required' });
+      return;
+    }
+    json(ctx, 200, echoes.get(clientId) ?? []);
+    return;
+  }
+
   if (path === '/__test/fault' && method === 'POST') {
     let body;
     try {
@@ -264,8 +275,8 @@ async function testRoutes(ctx, next) {
       json(ctx, 200, { client_id: clientId, mode: 'none' });
       return;
     }
-    if (mode !== 'respond' && mode !== 'hang') {
-      json(ctx, 400, { error: 'mode must be one of "respond", "hang", "none"' });
+    if (mode !== 'respond' && mode !== 'hang' && mode !== 'echo') {
+      json(ctx, 400, { error: 'mode must be one of "respond", "hang", "echo", "none"' });
       return;
     }
     const fault = { mode, times: null };
@@ -289,6 +300,18 @@ async function testRoutes(ctx, next) {
         ?? (fault.body ? 'text/plain; charset=utf-8' : undefined);
       fault.delay_ms = body.delay_ms ?? 0;
     }
+    if (mode === 'echo') {
+      fault.status = body.status ?? 401;
+      if (!Number.isSafeInteger(fault.status) || fault.status < 400 || fault.status > 499) {
+        json(ctx, 400, { error: 'status of an echo must be a 4xx' });
+        return;
+      }
+      fault.error = body.error ?? 'invalid_client';
+      if (typeof fault.error !== 'string') {
+        json(ctx, 400, { error: 'error must be a string' });
+        return;
+      }
+    }
     faults.set(clientId, fault);
     json(ctx, 200, { client_id: clientId, ...fault });
     return;
@@ -298,6 +321,7 @@ async function testRoutes(ctx, next) {
     stats.clear();
     faults.clear();
     assertions.clear();
+    echoes.clear();
     totals.token_requests = 0;
     totals.token_successes = 0;
     json(ctx, 200, { reset: true });
@@ -367,6 +391,27 @@ async function tokenEndpoint(ctx, next) {
         if (ctx.req.socket.destroyed) resolve();
         else ctx.req.socket.once('close', resolve);
       });
+      return;
+    }
+    if (fault.mode === 'echo') {
+      // A careless server: repeats the request in its error, as received and "helpfully"
+      // decoded (the Basic credentials base64-decoded, then percent-decoded).
+      const authorization = ctx.get('authorization');
+      const m = /^basic\s+(\S+)\s*$/i.exec(authorization);
+      const credentials = m ? Buffer.from(m[1], 'base64').toString('utf8') : '';
+      let decoded = credentials;
+      try {
+        decoded = decodeURIComponent(credentials.replace(/\+/g, ' '));
+      } catch { /* keep it as it is */ }
+      const description = `rejected request: authorization=${authorization || '(none)'}`
+        + ` credentials=${credentials} decoded=${decoded} body=${text}`;
+      let list = echoes.get(clientId);
+      if (!list) {
+        list = [];
+        echoes.set(clientId, list);
+      }
+      list.push(description);
+      json(ctx, fault.status, { error: fault.error, error_description: description });
       return;
     }
     if (fault.delay_ms > 0) await new Promise((r) => setTimeout(r, fault.delay_ms));

@@ -701,6 +701,15 @@ impl Idp {
         assert!(response.status().is_success(), "setting a fault failed");
     }
 
+    /// The error descriptions an `echo` fault sent the client (the requests it repeated).
+    pub async fn echoes(&self, client_id: &str) -> Vec<String> {
+        serde_json::from_value(
+            self.get_json(&format!("/__test/echoes?client_id={client_id}"))
+                .await,
+        )
+        .unwrap()
+    }
+
     /// Decoded header and payload of each assertion the client sent.
     pub async fn assertions(&self, client_id: &str) -> Vec<Value> {
         serde_json::from_value(
