@@ -56,7 +56,9 @@ use kube::{
 };
 use serde::Serialize;
 use serde_json::{Value, json};
-use support::{ControlPlane, OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT, Operator};
+use support::{
+    ControlPlane, LOCAL_IDP_HOSTS, OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT, Operator,
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -1205,6 +1207,8 @@ async fn operator_run(
         &c.to_string(),
         "--max-concurrent-token-requests",
         &r.to_string(),
+        LOCAL_IDP_HOSTS[0],
+        LOCAL_IDP_HOSTS[1],
     ];
     let (api_before, idp_before, cpu_before) =
         (apiserver_counts(admin).await?, idp.total(), cpu_now(None));

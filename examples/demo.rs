@@ -6,7 +6,7 @@ mod support;
 
 use std::{process::Command, time::Duration};
 
-use support::{ControlPlane, Idp, Operator, eventually};
+use support::{ControlPlane, Idp, LOCAL_IDP_HOSTS, Operator, eventually};
 
 fn step(text: &str) {
     eprintln!("\n==> {text}");
@@ -136,8 +136,19 @@ fn main() {
     eprint!("{manifest}");
     kubectl(&admin, &["apply", "-f", "-"], Some(&manifest));
 
-    step("Running the operator (as its ServiceAccount, with deploy/rbac.yaml's permissions)");
-    let operator = Operator::start(&plane.operator_kubeconfig, &["--watch-namespace", "demo"]);
+    step(
+        "Running the operator (as its ServiceAccount, with deploy/rbac.yaml's permissions; \
+         --allowed-token-hosts 127.0.0.1 lets it send to the local IdP, the default being the IDV hosts)",
+    );
+    let operator = Operator::start(
+        &plane.operator_kubeconfig,
+        &[
+            "--watch-namespace",
+            "demo",
+            LOCAL_IDP_HOSTS[0],
+            LOCAL_IDP_HOSTS[1],
+        ],
+    );
     rt.block_on(eventually(
         Duration::from_secs(60),
         "the token Secret",

@@ -165,7 +165,8 @@ pub struct AuthServer {
     pub token_endpoint: Option<String>,
 
     /// Override of the client assertion's `aud` claim. Default: the issuer for ACM environments
-    /// and issuer mode; the token endpoint for Geosecure and tokenEndpoint mode.
+    /// and issuer mode; the token endpoint for Geosecure and tokenEndpoint mode. Must be an https
+    /// URL on the host of the token endpoint the assertion is sent to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048))]
     pub assertion_audience: Option<String>,

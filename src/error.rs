@@ -72,9 +72,10 @@ pub enum Error {
     },
 
     #[error(
-        "the token endpoint host {host:?} is not in the operator's --allowed-token-hosts; assertions are sent only to allowed hosts"
+        "the host {host:?} is not in the operator's --allowed-token-hosts (default: the IDV hosts); assertions and client secrets are sent only to allowed hosts{}",
+        if *.local { "; a loopback or link-local host is allowed only when the list names it (`*` does not include it)" } else { "" }
     )]
-    HostNotAllowed { host: String },
+    HostNotAllowed { host: String, local: bool },
 
     #[error("Kubernetes API error: {}", kube_message(.0))]
     Kube(#[from] kube::Error),

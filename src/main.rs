@@ -17,7 +17,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use futures::FutureExt;
 use idv_token_operator::{
     api::{self, Environment},
-    authserver::{self, ServerPlan},
+    authserver::{self, HostPolicy, ServerPlan},
     controller::{self, RunOptions},
     events::EventPublisher,
     http::{self, Health},
@@ -82,8 +82,10 @@ struct RunArgs {
     /// Never refresh a token sooner than this after it was issued.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     min_refresh_interval: Duration,
-    /// Hosts assertions may be sent to (comma-separated; `*.example.org` for subdomains);
-    /// default: any. An assertion sent elsewhere could be replayed at the real IdP.
+    /// Hosts assertions and client secrets may be sent to (comma-separated): `idp.example`
+    /// (that host), `*.example.org` (any host below it), `*` (any host but loopback and
+    /// link-local ones, which only a literal entry such as `127.0.0.1` admits). Default: the
+    /// IDV hosts. An assertion sent elsewhere could be replayed at the real IdP.
     #[arg(long, value_delimiter = ',')]
     allowed_token_hosts: Vec<String>,
     /// PEM file of extra CA certificates to trust for IdPs (private PKI).
@@ -235,6 +237,18 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 
 fn run(args: RunArgs) -> Result<(), String> {
     telemetry::init(args.log_format);
+    let host_policy = HostPolicy::from_patterns(&args.allowed_token_hosts)
+        .map_err(|e| format!("--allowed-token-hosts: {e}"))?;
+    let source = if args.allowed_token_hosts.is_empty() {
+        "default (the IDV hosts)"
+    } else {
+        "--allowed-token-hosts"
+    };
+    tracing::info!(
+        allowed_token_hosts = %host_policy,
+        source,
+        "assertions and client secrets are sent only to these hosts"
+    );
     runtime()?.block_on(async move {
         let config = match &args.kubeconfig {
             Some(path) => {
@@ -252,7 +266,8 @@ fn run(args: RunArgs) -> Result<(), String> {
         };
         let tokens = TokenClient::new(TokenClientOptions {
             timeout: args.token_request_timeout,
-            allowed_hosts: args.allowed_token_hosts.clone(),
+            host_policy,
+            any_assertion_audience: false,
             ca_bundle_pem,
         })?;
 
@@ -401,6 +416,9 @@ fn token(args: TokenArgs) -> Result<(), String> {
     let answer = runtime()?.block_on(async {
         let tokens = TokenClient::new(TokenClientOptions {
             timeout: args.timeout,
+            // Its user holds the key: any host, any audience.
+            host_policy: HostPolicy::Unrestricted,
+            any_assertion_audience: true,
             ..TokenClientOptions::default()
         })?;
         let resolved = tokens.resolve(&plan).await.map_err(|e| e.to_string())?;

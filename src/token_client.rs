@@ -13,7 +13,10 @@ use uuid::Uuid;
 
 use crate::{
     assertion,
-    authserver::{ResolvedServer, ServerPlan, discovery_url, resolve_discovered},
+    authserver::{
+        HostPolicy, ResolvedServer, ServerPlan, check_assertion_audience, discovery_url,
+        is_local_url, resolve_discovered,
+    },
     error::Error,
     jwk::SigningKey,
     oauth::{
@@ -79,7 +82,8 @@ const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
 
 pub struct TokenClient {
     http: HttpClient,
-    allowed_hosts: Vec<String>,
+    host_policy: HostPolicy,
+    any_assertion_audience: bool,
     discovered: Mutex<HashMap<ServerPlanKey, (ResolvedServer, Instant)>>,
 }
 
@@ -87,8 +91,11 @@ pub struct TokenClient {
 #[derive(Debug, Clone, Default)]
 pub struct TokenClientOptions {
     pub timeout: Duration,
-    /// Host patterns assertions may be sent to (see `authserver::host_allowed`); empty: any.
-    pub allowed_hosts: Vec<String>,
+    /// Hosts assertions and client secrets may be sent to; default: the IDV hosts.
+    pub host_policy: HostPolicy,
+    /// Let `assertionAudience` name any server (the `token` command: its user holds the key).
+    /// Otherwise it must be on the host the assertion is sent to.
+    pub any_assertion_audience: bool,
     /// Extra CA certificates (PEM) for private IdPs, trusted besides the system roots.
     pub ca_bundle_pem: Option<Vec<u8>>,
 }
@@ -99,26 +106,39 @@ impl TokenClient {
     pub fn new(options: TokenClientOptions) -> Result<Self, String> {
         Ok(Self {
             http: HttpClient::new(options.timeout, options.ca_bundle_pem.as_deref())?,
-            allowed_hosts: options.allowed_hosts,
+            host_policy: options.host_policy,
+            any_assertion_audience: options.any_assertion_audience,
             discovered: Mutex::new(HashMap::new()),
         })
     }
 
     fn check_host(&self, url: &url::Url) -> Result<(), Error> {
-        let host = url.host_str().unwrap_or_default();
-        if crate::authserver::host_allowed(host, &self.allowed_hosts) {
+        if self.host_policy.allows(url) {
             Ok(())
         } else {
             Err(Error::HostNotAllowed {
-                host: host.to_string(),
+                host: url.host_str().unwrap_or_default().to_string(),
+                local: is_local_url(url),
             })
         }
+    }
+
+    fn check_audience(&self, server: &ResolvedServer) -> Result<(), Error> {
+        if self.any_assertion_audience {
+            return Ok(());
+        }
+        check_assertion_audience(&server.assertion_audience, &server.token_endpoint)
+            .map_err(Error::ServerConfig)
     }
 
     /// The token endpoint and assertion audience for a plan, asking the issuer when needed.
     pub async fn resolve(&self, plan: &ServerPlan) -> Result<ResolvedServer, Error> {
         let (issuer, audience_override) = match plan {
-            ServerPlan::Known(resolved) => return Ok(resolved.clone()),
+            // The default audiences of known servers are on the token endpoint's host.
+            ServerPlan::Known(resolved) => {
+                self.check_audience(resolved)?;
+                return Ok(resolved.clone());
+            }
             ServerPlan::Discover {
                 issuer,
                 audience_override,
@@ -160,6 +180,10 @@ impl TokenClient {
                 source,
             })?;
         self.check_host(&resolved.token_endpoint)?;
+        // Without an override the audience is the issuer, which may live on another host.
+        if audience_override.is_some() {
+            self.check_audience(&resolved)?;
+        }
         self.discovered
             .lock()
             .expect("lock")
@@ -223,5 +247,152 @@ impl TokenClient {
                 parse_token_answer(&answer, &[&secret.0, &authorization]).map_err(token_error)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use url::Url;
+
+    use super::*;
+
+    fn client(patterns: &[&str]) -> TokenClient {
+        TokenClient::new(TokenClientOptions {
+            timeout: Duration::from_secs(5),
+            host_policy: HostPolicy::from_patterns(patterns).unwrap(),
+            ..TokenClientOptions::default()
+        })
+        .unwrap()
+    }
+
+    fn known(endpoint: &str, audience: &str) -> ServerPlan {
+        ServerPlan::Known(ResolvedServer {
+            token_endpoint: Url::parse(endpoint).unwrap(),
+            assertion_audience: audience.into(),
+            always_send_kid: false,
+        })
+    }
+
+    /// Serves one discovery document on 127.0.0.1; returns the issuer.
+    async fn discovery_server(token_endpoint: &str) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let issuer = format!("http://{}/op", listener.local_addr().unwrap());
+        let body =
+            serde_json::json!({"issuer": issuer, "token_endpoint": token_endpoint}).to_string();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            }
+        });
+        issuer
+    }
+
+    fn discover(issuer: &str, audience: Option<&str>) -> ServerPlan {
+        ServerPlan::Discover {
+            issuer: Url::parse(issuer).unwrap(),
+            audience_override: audience.map(str::to_string),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_audience_on_another_host_is_an_invalid_spec() {
+        let tokens = client(&["127.0.0.1"]);
+        let foreign = known(
+            "http://127.0.0.1:9/token",
+            "https://authenticatie.vlaanderen.be/op",
+        );
+        let error = tokens.resolve(&foreign).await.unwrap_err();
+        assert_eq!(error.reason(), "InvalidSpec");
+        assert!(!error.is_transient());
+        assert!(error.to_string().contains("\"127.0.0.1\""), "{error}");
+        let home = known("http://127.0.0.1:9/token", "http://127.0.0.1:9");
+        assert!(tokens.resolve(&home).await.is_ok());
+        // The `token` command: its user holds the key and may name any audience.
+        let cli = TokenClient::new(TokenClientOptions {
+            host_policy: HostPolicy::Unrestricted,
+            any_assertion_audience: true,
+            ..TokenClientOptions::default()
+        })
+        .unwrap();
+        assert!(cli.resolve(&foreign).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn discovery_results_pass_the_host_policy_and_the_audience_rule() {
+        let tokens = client(&["127.0.0.1"]);
+        // The issuer is checked before anything is asked of it.
+        let error = tokens
+            .resolve(&discover("https://idp.example/op", None))
+            .await
+            .unwrap_err();
+        assert_eq!(error.reason(), "TokenHostNotAllowed");
+
+        let elsewhere = discovery_server("http://localhost:9/token").await;
+        let error = tokens
+            .resolve(&discover(&elsewhere, None))
+            .await
+            .unwrap_err();
+        assert_eq!(error.reason(), "TokenHostNotAllowed");
+        let message = error.to_string();
+        assert!(
+            message.contains("\"localhost\"") && message.contains("names it"),
+            "{message}"
+        );
+
+        let issuer = discovery_server("http://127.0.0.1:9/token").await;
+        let resolved = tokens.resolve(&discover(&issuer, None)).await.unwrap();
+        assert_eq!(resolved.assertion_audience, issuer);
+        assert!(
+            tokens
+                .resolve(&discover(&issuer, Some(&issuer)))
+                .await
+                .is_ok()
+        );
+        // Checked after discovery, against the discovered token endpoint.
+        let error = tokens
+            .resolve(&discover(
+                &issuer,
+                Some("https://authenticatie.vlaanderen.be/op"),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(error.reason(), "InvalidSpec");
+        assert!(error.to_string().contains("\"127.0.0.1\""), "{error}");
+    }
+
+    #[tokio::test]
+    async fn credentials_go_only_to_allowed_hosts() {
+        let tokens = client(&["*"]);
+        let key = Credential::ClientSecret {
+            secret: ClientSecretValue::new("s3cr3t".into()),
+            version: String::new(),
+        };
+        let server = ResolvedServer {
+            token_endpoint: Url::parse("http://127.0.0.1:9/token").unwrap(),
+            assertion_audience: "http://127.0.0.1".into(),
+            always_send_kid: false,
+        };
+        let error = tokens
+            .request_token(
+                "c",
+                &server,
+                &TokenParams::default(),
+                &key,
+                Timestamp::now(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(error.reason(), "TokenHostNotAllowed");
+        assert!(
+            error.to_string().contains("`*` does not include it"),
+            "{error}"
+        );
     }
 }

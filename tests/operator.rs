@@ -30,7 +30,7 @@ use kube::{
 };
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::{Map, Value, json};
-use support::{ControlPlane, Idp, Operator, eventually};
+use support::{ControlPlane, Idp, LOCAL_IDP_HOSTS, Operator, eventually};
 
 struct Env {
     rt: tokio::runtime::Runtime,
@@ -85,8 +85,13 @@ impl Case {
         }
     }
 
+    /// An operator for this namespace, allowed to send to the local IdP unless `extra` gives
+    /// its own `--allowed-token-hosts`.
     fn start_operator(env: &Env, ns: &str, extra: &[&str]) -> Operator {
         let mut args = vec!["--watch-namespace", ns, "--min-refresh-interval", "2s"];
+        if !extra.iter().any(|a| a.starts_with("--allowed-token-hosts")) {
+            args.extend_from_slice(&LOCAL_IDP_HOSTS);
+        }
         args.extend_from_slice(extra);
         Operator::start(&env.plane.operator_kubeconfig, &args)
     }
@@ -1657,6 +1662,8 @@ async fn one_operator_serves_several_namespaces_and_no_others(env: &Env) {
             &format!("{a},{b}"),
             "--min-refresh-interval",
             "2s",
+            LOCAL_IDP_HOSTS[0],
+            LOCAL_IDP_HOSTS[1],
         ],
     );
     let in_a = Case {
@@ -1727,7 +1734,15 @@ async fn namespaced_mode_touches_only_its_namespaces(env: &Env) {
         )
         .await;
 
-    let operator = Operator::start(&kubeconfig, &["--watch-namespaces", &format!("{a},{b}")]);
+    let operator = Operator::start(
+        &kubeconfig,
+        &[
+            "--watch-namespaces",
+            &format!("{a},{b}"),
+            LOCAL_IDP_HOSTS[0],
+            LOCAL_IDP_HOSTS[1],
+        ],
+    );
     let in_a = Case {
         ns: a.clone(),
         admin: env.plane.admin().await,
@@ -1759,7 +1774,15 @@ async fn namespaced_mode_touches_only_its_namespaces(env: &Env) {
     let in_c = Case {
         ns: c.clone(),
         admin: env.plane.admin().await,
-        operator: Operator::start(&kubeconfig, &["--watch-namespaces", &format!("{a},{c}")]),
+        operator: Operator::start(
+            &kubeconfig,
+            &[
+                "--watch-namespaces",
+                &format!("{a},{c}"),
+                LOCAL_IDP_HOSTS[0],
+                LOCAL_IDP_HOSTS[1],
+            ],
+        ),
     };
     let (client_id, _) = keyed_client(env, &in_c, "z", None, None).await;
     eventually(
@@ -1774,13 +1797,16 @@ async fn namespaced_mode_touches_only_its_namespaces(env: &Env) {
     drop(in_b);
 }
 
+/// Where credentials may go: by default only to the IDV hosts; `*` is any host but loopback;
+/// a loopback host only when named; a discovered token endpoint passes the same policy.
 async fn allowed_token_hosts_keep_assertions_home(env: &Env) {
-    let case = Case::new(
-        env,
-        "allowlist",
-        &["--allowed-token-hosts", "*.vlaanderen.be,idp.example"],
-    )
-    .await;
+    let ns = create_namespace(env, "allowlist").await;
+    // No --allowed-token-hosts: the default.
+    let mut case = Case {
+        operator: Operator::start(&env.plane.operator_kubeconfig, &["--watch-namespace", &ns]),
+        ns,
+        admin: env.plane.admin().await,
+    };
     let private = private_key(KeygenAlgorithm::Es256);
     let client_id = env.idp.register(&[public_key(&private)], None).await;
     case.put_secret(
@@ -1788,6 +1814,10 @@ async fn allowed_token_hosts_keep_assertions_home(env: &Env) {
         &[("jwk.json", &serde_json::to_vec(&private).unwrap())],
     )
     .await;
+    let (secret_client_id, client_secret) = env.idp.register_with_secret().await;
+    case.put_secret("client-secret", &[("secret", client_secret.as_bytes())])
+        .await;
+    let names = ["endpoint", "issuer", "basic"];
     for (name, server) in [
         ("endpoint", json!({"tokenEndpoint": env.idp.token_endpoint})),
         ("issuer", json!({"issuer": env.idp.issuer})),
@@ -1801,19 +1831,131 @@ async fn allowed_token_hosts_keep_assertions_home(env: &Env) {
             }),
         )
         .await;
+    }
+    case.put_client(
+        "basic",
+        json!({
+            "clientId": secret_client_id,
+            "authServer": {"tokenEndpoint": env.idp.token_endpoint},
+            "clientSecret": {"secretRef": {"name": "client-secret", "key": "secret"}},
+        }),
+    )
+    .await;
+    for name in names {
         let condition = case.wait_not_ready(name, "TokenHostNotAllowed").await;
         assert!(
             condition.message.contains("\"127.0.0.1\"")
-                && condition.message.contains("--allowed-token-hosts"),
+                && condition.message.contains("--allowed-token-hosts")
+                && condition.message.contains("default: the IDV hosts"),
             "{}",
             condition.message
         );
     }
-    assert_eq!(
-        env.idp.stats(&client_id).await.0,
-        0,
-        "no assertion left for a host outside the list"
+    let started = case.operator.output();
+    assert!(
+        started.contains("assertions and client secrets are sent only to these hosts")
+            && started.contains("authenticatie.vlaanderen.be,authenticatie-ti.vlaanderen.be,oauth.vlaanderen.be,beta.oauth.vlaanderen.be"),
+        "the effective policy is logged at start:\n{}",
+        case.operator.tail(40)
     );
+
+    // `*` does not include loopback: still refused, and the message says why.
+    case.operator = Case::start_operator(env, &case.ns, &["--allowed-token-hosts", "*"]);
+    for name in names {
+        case.wait_client(name, "refused with the loopback hint", |c| {
+            ready(c).is_some_and(|r| {
+                r.reason == "TokenHostNotAllowed" && r.message.contains("`*` does not include it")
+            })
+        })
+        .await;
+    }
+    assert_eq!(env.idp.stats(&client_id).await.0, 0, "no assertion left");
+    assert_eq!(
+        env.idp.stats(&secret_client_id).await.0,
+        0,
+        "no client secret left"
+    );
+
+    // Named literally, the local IdP is allowed...
+    case.operator = Case::start_operator(env, &case.ns, &[]);
+    for name in names {
+        case.wait_ready(name).await;
+    }
+    // ...but not a token endpoint that discovery names by another host.
+    case.put_client(
+        "discovered",
+        json!({
+            "clientId": client_id,
+            "authServer": {"issuer": format!("{}/__test/issuer-via-localhost", env.idp.issuer)},
+            "privateKey": {"secretRef": {"name": "jwk", "key": "jwk.json"}},
+        }),
+    )
+    .await;
+    let condition = case
+        .wait_not_ready("discovered", "TokenHostNotAllowed")
+        .await;
+    assert!(
+        condition.message.contains("\"localhost\""),
+        "{}",
+        condition.message
+    );
+    let sent = env.idp.assertions(&client_id).await;
+    assert_eq!(sent.len(), 2, "one assertion per allowed client: {sent:?}");
+    let mut secrets = key_material(&private);
+    secrets.push(client_secret);
+    case.assert_no_leaks(&secrets).await;
+}
+
+/// An assertionAudience names the server the assertion is sent to, or nothing is sent.
+async fn an_assertion_audience_points_only_at_its_own_server(env: &Env) {
+    let case = Case::new(env, "audience", &[]).await;
+    let private = private_key(KeygenAlgorithm::Es256);
+    let client_id = env.idp.register(&[public_key(&private)], None).await;
+    case.put_secret(
+        "jwk",
+        &[("jwk.json", &serde_json::to_vec(&private).unwrap())],
+    )
+    .await;
+    let acm = "https://authenticatie.vlaanderen.be/op";
+    let cases = [
+        (
+            "endpoint-acm",
+            json!({"tokenEndpoint": env.idp.token_endpoint, "assertionAudience": acm}),
+        ),
+        (
+            "issuer-acm",
+            json!({"issuer": env.idp.issuer, "assertionAudience": acm}),
+        ),
+        (
+            "endpoint-home",
+            json!({"tokenEndpoint": env.idp.token_endpoint, "assertionAudience": env.idp.issuer}),
+        ),
+    ];
+    for (name, server) in &cases {
+        case.put_client(
+            name,
+            json!({
+                "clientId": client_id,
+                "authServer": server,
+                "privateKey": {"secretRef": {"name": "jwk", "key": "jwk.json"}},
+            }),
+        )
+        .await;
+    }
+    for name in ["endpoint-acm", "issuer-acm"] {
+        let condition = case.wait_not_ready(name, "InvalidSpec").await;
+        assert!(
+            condition.message.contains("assertionAudience")
+                && condition.message.contains("\"127.0.0.1\""),
+            "{}",
+            condition.message
+        );
+    }
+    case.wait_ready("endpoint-home").await;
+    let sent = env.idp.assertions(&client_id).await;
+    assert_eq!(sent.len(), 1, "only the home audience was sent: {sent:?}");
+    assert_eq!(sent[0]["payload"]["aud"], json!(env.idp.issuer));
+    case.assert_no_leaks(&key_material(&private)).await;
 }
 
 async fn kubectl_apply_k_installs_everything(env: &Env) {
@@ -2326,6 +2468,7 @@ fn main() {
         one_operator_serves_several_namespaces_and_no_others,
         namespaced_mode_touches_only_its_namespaces,
         allowed_token_hosts_keep_assertions_home,
+        an_assertion_audience_points_only_at_its_own_server,
         kubectl_apply_k_installs_everything,
         a_hanging_token_endpoint_does_not_starve_other_clients,
         a_credential_secret_must_be_labelled,

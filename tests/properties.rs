@@ -707,30 +707,63 @@ proptest! {
     ) {
         let suffix = suffix_labels.join(".");
         let below = format!("{}.{suffix}", labels.join("."));
-        let spelled = |h: &str| {
+        let at = |h: &str| {
             let h = if upper { h.to_uppercase() } else { h.to_string() };
-            if trailing_dot { h + "." } else { h }
+            let h = if trailing_dot { h + "." } else { h };
+            Url::parse(&format!("https://{h}/token")).ok()
         };
-        let wildcard = [format!("*.{suffix}")];
-        prop_assert!(authserver::host_allowed(&spelled(&below), &wildcard));
-        prop_assert!(authserver::host_allowed(&spelled(&below), std::slice::from_ref(&below)));
-        prop_assert!(!authserver::host_allowed(&spelled(&suffix), &wildcard), "the apex is not below itself");
+        let policy = |patterns: &[String]| authserver::HostPolicy::from_patterns(patterns).unwrap();
+        let wildcard = policy(&[format!("*.{suffix}")]);
+        let exact = policy(std::slice::from_ref(&below));
+        let Some(below_url) = at(&below) else { return Ok(()) };
+        prop_assert!(wildcard.allows(&below_url));
+        prop_assert!(exact.allows(&below_url));
+        if let Some(apex) = at(&suffix) {
+            prop_assert!(!wildcard.allows(&apex), "the apex is not below itself");
+        }
         let outside = [
             format!("{}{suffix}", labels[0]),
             format!("{suffix}.attacker-9z"),
             format!("{below}.attacker-9z"),
+            format!("x{below}"),
         ];
         for host in &outside {
-            prop_assert!(!authserver::host_allowed(host, &wildcard), "{} admitted by {:?}", host, wildcard);
+            if let Some(url) = at(host) {
+                prop_assert!(!wildcard.allows(&url) || host.ends_with(&format!(".{suffix}")), "{} admitted by *.{}", host, suffix);
+                prop_assert!(!exact.allows(&url), "{} admitted by {}", host, below);
+            }
         }
-        let longer = format!("x{below}");
-        prop_assert!(!authserver::host_allowed(&longer, std::slice::from_ref(&below)), "{} admitted", longer);
-        prop_assert!(authserver::host_allowed(&other, &[]), "no patterns, no restriction");
-        // Whatever the host, a wildcard admits it only when it ends in ".suffix".
-        if authserver::host_allowed(&other, &wildcard) {
-            let dotted = format!(".{suffix}");
-            prop_assert!(other.trim_end_matches('.').to_ascii_lowercase().ends_with(&dotted), "{} admitted", other);
+        if let Ok(url) = Url::parse(&format!("https://{other}/t")) {
+            prop_assert!(authserver::HostPolicy::Unrestricted.allows(&url), "unrestricted admits everything");
+            // Whatever the host, a wildcard admits it only when it ends in ".suffix".
+            if wildcard.allows(&url) {
+                let dotted = format!(".{suffix}");
+                prop_assert!(url.host_str().unwrap().trim_end_matches('.').ends_with(&dotted), "{} admitted", other);
+            }
+            // The default admits only the IDV hosts.
+            if policy(&[]).allows(&url) {
+                prop_assert!(url.host_str().unwrap().trim_end_matches('.').ends_with(".vlaanderen.be"), "{} admitted", other);
+            }
         }
+    }
+
+    #[test]
+    fn any_host_is_never_a_local_one(
+        v4 in any::<[u8; 4]>(),
+        v6 in any::<[u16; 8]>(),
+    ) {
+        let any = authserver::HostPolicy::from_patterns(&["*"]).unwrap();
+        let ip4 = std::net::Ipv4Addr::from(v4);
+        let local4 = ip4.is_loopback() || ip4.is_link_local() || v4[0] == 0;
+        prop_assert_eq!(any.allows(&Url::parse(&format!("https://{ip4}/t")).unwrap()), !local4, "{}", ip4);
+        let ip6 = std::net::Ipv6Addr::from(v6);
+        let local6 = ip6.is_loopback() || ip6.is_unspecified() || (v6[0] & 0xffc0) == 0xfe80;
+        if local6 {
+            prop_assert!(!any.allows(&Url::parse(&format!("https://[{ip6}]/t")).unwrap()), "{}", ip6);
+        }
+        // An IPv4 address in IPv6 clothing is judged as the IPv4 address.
+        let mapped = ip4.to_ipv6_mapped();
+        prop_assert_eq!(any.allows(&Url::parse(&format!("https://[{mapped}]/t")).unwrap()), !local4, "{}", mapped);
     }
 }
 

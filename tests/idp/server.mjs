@@ -217,6 +217,7 @@ const provider = new Provider(issuer, configuration);
 provider.proxy = false;
 
 const TOKEN_PATH = new URL(provider.urlFor('token')).pathname;
+const ELSEWHERE_ISSUER_PATH = '/__test/issuer-via-localhost';
 
 // ---------------------------------------------------------------------------------------------
 // Test control routes and token endpoint instrumentation. Put in front of the provider's own
@@ -325,6 +326,15 @@ async function testRoutes(ctx, next) {
     totals.token_requests = 0;
     totals.token_successes = 0;
     json(ctx, 200, { reset: true });
+    return;
+  }
+
+  // An issuer whose discovery document names this server's token endpoint by another host
+  // name (localhost instead of 127.0.0.1): same server, a host outside a `127.0.0.1` policy.
+  if (path === `${ELSEWHERE_ISSUER_PATH}/.well-known/openid-configuration` && method === 'GET') {
+    const tokenEndpoint = new URL(provider.urlFor('token'));
+    tokenEndpoint.hostname = 'localhost';
+    json(ctx, 200, { issuer: `${issuer}${ELSEWHERE_ISSUER_PATH}`, token_endpoint: tokenEndpoint.href });
     return;
   }
 

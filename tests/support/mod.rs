@@ -32,6 +32,9 @@ use serde_json::{Value, json};
 pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
 pub const OPERATOR_NAMESPACE: &str = "idv-token-operator-system";
 pub const OPERATOR_SERVICE_ACCOUNT: &str = "idv-token-operator";
+/// The operator's arguments for the local test IdP: loopback hosts are allowed only when named
+/// (the default is the IDV hosts).
+pub const LOCAL_IDP_HOSTS: [&str; 2] = ["--allowed-token-hosts", "127.0.0.1"];
 
 /// A child process that is killed when dropped.
 pub struct ChildGuard {
