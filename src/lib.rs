@@ -2,7 +2,7 @@
 //! authorization servers fresh in Kubernetes Secrets.
 //!
 //! Pure decision logic (`api`, `names`, `jwk`, `assertion`, `authserver`, `policy`,
-//! `schedule`, `resources`) sits in the middle; I/O (`oauth`'s HTTP client,
+//! `schedule`, `resources`, `liveness`) sits in the middle; I/O (`oauth`'s HTTP client,
 //! `token_client`, `reconcile`, `controller`) at the edges.
 
 pub mod api;
@@ -15,6 +15,7 @@ pub mod events;
 pub mod http;
 pub mod jwk;
 pub mod leader;
+pub mod liveness;
 pub mod metrics;
 pub mod names;
 pub mod oauth;
