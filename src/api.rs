@@ -88,7 +88,9 @@ pub mod secret_keys {
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
-    )
+    ),
+    // The default token Secret name must fit too: 253 - len("-token") = 247.
+    validation = Rule::new("(has(self.spec.secret) && has(self.spec.secret.name)) || size(self.metadata.name) <= 247").message("metadata.name is too long for the default token Secret name <metadata.name>-token (at most 253 characters): use at most 247 characters or set spec.secret.name")
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.privateKey) != has(self.clientSecret)").message("set exactly one of privateKey and clientSecret"))]
@@ -210,30 +212,57 @@ pub struct ClientSecret {
 }
 
 /// A key of a Secret in the same namespace.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, KubeSchema)]
 pub struct SecretKeyRef {
-    /// Name of the Secret.
+    /// Name of the Secret (a DNS-1123 subdomain).
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new(DNS1123_SUBDOMAIN).message("secretRef.name must be a DNS-1123 subdomain: lower-case letters, digits, '-' and '.', beginning and ending with a letter or digit"))]
     pub name: String,
     /// Key within the Secret's data.
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new(SECRET_DATA_KEY).message("secretRef.key must be a Secret data key: letters, digits, '-', '_' and '.', not '.' or '..'"))]
     pub key: String,
 }
 
+/// CEL: a DNS-1123 subdomain (what Kubernetes requires of a Secret name; the length is a
+/// `maxLength`). Names go into the apiserver's URLs: `?watch=true` or `a/b` must never pass.
+const DNS1123_SUBDOMAIN: &str =
+    "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')";
+
+/// CEL: a Secret data key, as Kubernetes' `IsConfigMapKey` checks it.
+const SECRET_DATA_KEY: &str =
+    "self.matches('^[-._a-zA-Z0-9]+$') && self != '.' && !self.startsWith('..')";
+
 /// The Secret holding the token.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenSecret {
-    /// Name of the token Secret. Default: `<metadata.name>-token`.
+    /// Name of the token Secret (a DNS-1123 subdomain). Default: `<metadata.name>-token`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new(DNS1123_SUBDOMAIN).message("secret.name must be a DNS-1123 subdomain: lower-case letters, digits, '-' and '.', beginning and ending with a letter or digit"))]
     pub name: Option<String>,
-    /// Labels copied onto the token Secret.
+    /// Labels copied onto the token Secret; not the operator's own `app.kubernetes.io/managed-by`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[x_kube(validation = Rule::new("!('app.kubernetes.io/managed-by' in self)").message("secret.labels may not set app.kubernetes.io/managed-by: the operator finds its Secrets by it"))]
     pub labels: BTreeMap<String, String>,
-    /// Annotations copied onto the token Secret.
+    /// Annotations copied onto the token Secret; none under `idv-token-operator.dev/` (the
+    /// operator's bookkeeping).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(k, !k.startsWith('idv-token-operator.dev/'))").message("secret.annotations may not set keys under idv-token-operator.dev/: they are the operator's bookkeeping"))]
     pub annotations: BTreeMap<String, String>,
+}
+
+/// Whether a label of `spec.secret.labels` is the operator's own, never copied.
+pub fn is_reserved_label(key: &str) -> bool {
+    key == MANAGED_BY_LABEL
+}
+
+/// Whether an annotation of `spec.secret.annotations` is the operator's bookkeeping, never
+/// copied.
+pub fn is_reserved_annotation(key: &str) -> bool {
+    key.strip_prefix(GROUP)
+        .is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// When to fetch the next token.
@@ -356,8 +385,39 @@ mod tests {
             "- idvc",
             "status: {}",
             "The OAuth client id",
+            "secretRef.name must be a DNS-1123 subdomain",
+            "secretRef.key must be a Secret data key",
+            "secret.name must be a DNS-1123 subdomain",
+            "secret.labels may not set app.kubernetes.io/managed-by",
+            "secret.annotations may not set keys under idv-token-operator.dev/",
         ] {
             assert!(yaml.contains(needle), "CRD lacks {needle:?}");
+        }
+        // The root rule's literal bound is the one the code checks.
+        let bound = format!(
+            "size(self.metadata.name) <= {}",
+            crate::names::MAX_NAME_WITH_DEFAULT_SECRET
+        );
+        assert!(yaml.contains(&bound), "CRD lacks {bound:?}");
+    }
+
+    #[test]
+    fn reserved_keys() {
+        assert!(is_reserved_label(MANAGED_BY_LABEL));
+        assert!(!is_reserved_label("app.kubernetes.io/name"));
+        for key in [
+            EXPIRES_AT_ANNOTATION,
+            DATA_HASH_ANNOTATION,
+            "idv-token-operator.dev/x",
+        ] {
+            assert!(is_reserved_annotation(key), "{key}");
+        }
+        for key in [
+            "idv-token-operator.dev",
+            "idv-token-operator.dev.evil/x",
+            "team",
+        ] {
+            assert!(!is_reserved_annotation(key), "{key}");
         }
     }
 

@@ -16,14 +16,16 @@ use kube::{
         watcher::{self, Config as WatcherConfig},
     },
 };
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::{
     api::{self, IdvClient},
     caches::{Caches, OwnWrites, ScopeCaches, SecretVersions, TokenSecrets},
     error::Error,
+    events::EventType,
+    liveness::Progress,
     reconcile::{self, Context},
-    resources,
+    resources, schedule,
 };
 
 /// Where and how hard to work.
@@ -33,6 +35,148 @@ pub struct RunOptions {
     pub namespaces: Vec<String>,
     /// IdvClients reconciled at the same time (per watched namespace).
     pub concurrency: u16,
+    /// Longest one reconcile may run (see `reconcile_deadline`).
+    pub reconcile_deadline: Duration,
+    /// Reports the loop's progress to `/healthz`.
+    pub progress: Arc<Progress>,
+}
+
+/// Connecting to the apiserver: a TCP and TLS handshake, normally milliseconds.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest silence while waiting for an apiserver answer, and longest a request body may take
+/// to send. A GET, create or apply answers in milliseconds; the apiserver gives up on its own
+/// after 60 s (`--request-timeout`), but a Secret name that turned the GET into a watch, or a
+/// stalled connection, would otherwise wait forever.
+pub const API_CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The watches' server-side timeout (kube-runtime's default, 290 s) plus a margin: an idle watch
+/// is ended by the apiserver (or kube-runtime's idle timeout at 295 s), never by the read
+/// timeout, which only catches a dead connection.
+const WATCH_READ_TIMEOUT: Duration = Duration::from_secs(290 + 40);
+
+/// What the apiserver calls of one reconcile may take together: a handful of calls in
+/// sequence, each normally milliseconds (`API_CALL_TIMEOUT` bounds any single one).
+const API_CALLS_BUDGET: Duration = Duration::from_secs(15);
+
+/// The longest one reconcile may hold a worker: the discovery and the token request (each
+/// bounded by the token request timeout) plus the apiserver calls. Past it, the reconcile is
+/// dropped and retried with backoff; with the defaults (10 s) that is 35 s.
+pub fn reconcile_deadline(token_request_timeout: Duration) -> Duration {
+    token_request_timeout.saturating_mul(2) + API_CALLS_BUDGET
+}
+
+/// After a shutdown request, how long in-flight reconciles may finish before they are dropped.
+/// With the 5 s for the status writer and 5 s for the final flush, shutdown stays under the
+/// kubelet's default 30 s grace period.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(15);
+
+/// The two Kubernetes clients: `calls` for everything a reconcile, the status and Event writer
+/// and leader election do (every call has a deadline); `watches` for the long-running watches.
+pub struct KubeClients {
+    pub calls: kube::Client,
+    pub watches: kube::Client,
+}
+
+pub fn kube_clients(config: kube::Config) -> Result<KubeClients, kube::Error> {
+    Ok(KubeClients {
+        calls: client_with_timeouts(&config, API_CALL_TIMEOUT)?,
+        watches: client_with_timeouts(&config, WATCH_READ_TIMEOUT)?,
+    })
+}
+
+/// kube's defaults have no read timeout at all: one silent answer holds its caller forever.
+fn client_with_timeouts(
+    config: &kube::Config,
+    read: Duration,
+) -> Result<kube::Client, kube::Error> {
+    let mut config = config.clone();
+    config.connect_timeout = Some(CONNECT_TIMEOUT);
+    config.read_timeout = Some(read);
+    config.write_timeout = Some(API_CALL_TIMEOUT);
+    // Count the read timeout from the request, not from when a pooled connection went idle.
+    config.reset_reader_on_write = true;
+    kube::Client::try_from(config)
+}
+
+/// Consecutive timed-out reconciles per IdvClient, for their backoff. Cleared by a reconcile
+/// that finishes, pruned when the IdvClient is deleted.
+#[derive(Default)]
+struct TimedOut(std::sync::Mutex<std::collections::HashMap<ObjectRef<IdvClient>, u32>>);
+
+impl TimedOut {
+    fn record(&self, client: &IdvClient) -> u32 {
+        let mut counts = self.0.lock().expect("lock");
+        let count = counts.entry(ObjectRef::from_obj(client)).or_default();
+        *count = count.saturating_add(1);
+        *count
+    }
+
+    fn clear(&self, client: &IdvClient) {
+        let mut counts = self.0.lock().expect("lock");
+        if !counts.is_empty() {
+            counts.remove(&ObjectRef::from_obj(client));
+        }
+    }
+}
+
+/// One reconcile under its deadline, counted in flight for `/healthz`.
+async fn bounded_reconcile(
+    client: Arc<IdvClient>,
+    ctx: Arc<Context>,
+    deadline: Duration,
+    progress: Arc<Progress>,
+    timed_out: Arc<TimedOut>,
+) -> Result<controller::Action, Error> {
+    let _in_flight = progress.begin(std::time::Instant::now());
+    let result = within(deadline, reconcile::reconcile(client.clone(), ctx)).await;
+    if !matches!(result, Err(Error::ReconcileTimeout { .. })) {
+        timed_out.clear(&client);
+    }
+    result
+}
+
+/// `work`, or `ReconcileTimeout` once `deadline` has passed (the work is dropped).
+async fn within<T>(
+    deadline: Duration,
+    work: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    tokio::time::timeout(deadline, work)
+        .await
+        .unwrap_or(Err(Error::ReconcileTimeout {
+            seconds: deadline.as_secs(),
+        }))
+}
+
+/// A timed-out reconcile is transient: retried with backoff, logged and reported as an Event
+/// (what is known of it is its name and the deadline: nothing secret). Other errors go to
+/// `reconcile::error_policy`.
+fn error_policy(
+    client: Arc<IdvClient>,
+    error: &Error,
+    ctx: Arc<Context>,
+    timed_out: &TimedOut,
+) -> controller::Action {
+    if !matches!(error, Error::ReconcileTimeout { .. }) {
+        return reconcile::error_policy(client, error, ctx);
+    }
+    let failures = timed_out.record(&client);
+    let delay = schedule::backoff(error.class(), failures, false, None, rand::random::<f64>());
+    ctx.metrics.reconcile_error(error.reason());
+    warn!(
+        namespace = client.namespace().unwrap_or_default(),
+        name = client.name_any(),
+        reason = error.reason(),
+        retry_in_seconds = delay.as_secs(),
+        "{error}"
+    );
+    ctx.writeback.event(
+        &client,
+        EventType::Warning,
+        error.reason(),
+        format!("{error}; next attempt in {} s", delay.as_secs()),
+    );
+    controller::Action::requeue(delay)
 }
 
 fn api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
@@ -257,11 +401,13 @@ pub async fn run(
 
     // One shutdown signal, shared by every controller.
     let shutdown = shutdown.shared();
+    let timed_out = Arc::new(TimedOut::default());
     let mut controllers = Vec::new();
     for scope in watches {
         let namespace = scope.namespace.as_deref();
         let (client_store, client_writer) = reflector::store();
         let seen = ctx.clone();
+        let forget_timeouts = timed_out.clone();
         let clients =
             watcher::watcher(api::<IdvClient>(&kube, namespace), WatcherConfig::default())
                 .backoff(watch_backoff())
@@ -270,7 +416,10 @@ pub async fn run(
                 .inspect(readiness.watch())
                 .inspect(move |event| match event {
                     Ok(watcher::Event::Apply(client)) => seen.writeback.observed(client),
-                    Ok(watcher::Event::Delete(client)) => seen.forget(client),
+                    Ok(watcher::Event::Delete(client)) => {
+                        seen.forget(client);
+                        forget_timeouts.clear(client);
+                    }
                     _ => {}
                 })
                 .applied_objects()
@@ -295,7 +444,26 @@ pub async fn run(
             // pause short (the watches back off on their own), or errors of four watches add up.
             .trigger_backoff(backoff(Duration::from_millis(100), Duration::from_secs(1)))
             .graceful_shutdown_on(shutdown.clone())
-            .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
+            .run(
+                {
+                    let (progress, timed_out) = (options.progress.clone(), timed_out.clone());
+                    let deadline = options.reconcile_deadline;
+                    move |client, ctx| {
+                        bounded_reconcile(
+                            client,
+                            ctx,
+                            deadline,
+                            progress.clone(),
+                            timed_out.clone(),
+                        )
+                    }
+                },
+                {
+                    let timed_out = timed_out.clone();
+                    move |client, error: &Error, ctx| error_policy(client, error, ctx, &timed_out)
+                },
+                ctx.clone(),
+            )
             .for_each(
                 |result: Result<_, controller::Error<Error, watcher::Error>>| {
                     match result {
@@ -309,7 +477,20 @@ pub async fn run(
     }
     let writeback = ctx.clone();
     let writer = tokio::spawn(async move { writeback.writeback.run().await });
-    futures::future::join_all(controllers).await;
+    options.progress.loop_started(options.reconcile_deadline);
+    // In-flight reconciles may finish after a shutdown request, but not for ever.
+    let drain_ended = async {
+        shutdown.clone().await;
+        tokio::time::sleep(SHUTDOWN_DRAIN).await;
+    };
+    tokio::select! {
+        _ = futures::future::join_all(controllers) => {}
+        _ = drain_ended => warn!(
+            "reconciles still running {} s after the shutdown request; stopping them",
+            SHUTDOWN_DRAIN.as_secs()
+        ),
+    }
+    options.progress.loop_stopped();
     // Let the writer finish the batch it is writing (not abort it half-way), then flush.
     ctx.writeback.stop();
     if tokio::time::timeout(Duration::from_secs(5), writer)
@@ -321,4 +502,64 @@ pub async fn run(
     // Statuses of the last reconciles, so that a restart finds them written.
     ctx.writeback.flush(Duration::from_secs(5)).await;
     info!("controller stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reconcile_deadline_covers_discovery_token_request_and_api_calls() {
+        assert_eq!(
+            reconcile_deadline(Duration::from_secs(10)),
+            Duration::from_secs(35)
+        );
+        // A shutdown drains for less than the kubelet's default grace period (30 s), with the
+        // status writer's 5 s and the final flush's 5 s.
+        assert!(SHUTDOWN_DRAIN + Duration::from_secs(10) < Duration::from_secs(30));
+        assert!(WATCH_READ_TIMEOUT > Duration::from_secs(295));
+    }
+
+    #[tokio::test]
+    async fn work_past_its_deadline_is_a_transient_timeout() {
+        let stuck = within(
+            Duration::from_millis(20),
+            futures::future::pending::<Result<(), Error>>(),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(stuck, Error::ReconcileTimeout { .. }), "{stuck}");
+        assert!(stuck.is_transient());
+        assert!(
+            within(Duration::from_secs(5), async { Ok::<_, Error>(7) })
+                .await
+                .is_ok_and(|v| v == 7)
+        );
+    }
+
+    /// An apiserver that accepts connections but never answers (what a `?watch=true` Secret
+    /// name, or a stalled connection, looked like to a reconcile).
+    async fn silent_apiserver() -> kube::Config {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        kube::Config::new(url.parse().unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_silent_apiserver_fails_the_call_instead_of_holding_it() {
+        let config = silent_apiserver().await;
+        let client = client_with_timeouts(&config, Duration::from_millis(300)).unwrap();
+        let secrets: Api<Secret> = Api::namespaced(client, "ns");
+        let answer = tokio::time::timeout(Duration::from_secs(10), secrets.get_opt("k")).await;
+        assert!(
+            matches!(answer, Ok(Err(_))),
+            "the call must fail by its read timeout, not hang: {answer:?}"
+        );
+    }
 }

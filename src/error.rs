@@ -79,6 +79,12 @@ pub enum Error {
 
     #[error("Kubernetes API error: {}", kube_message(.0))]
     Kube(#[from] kube::Error),
+
+    /// The reconcile did not finish within its deadline (an apiserver or IdP call hung).
+    #[error(
+        "the reconcile did not finish within {seconds} s and was stopped; it is retried with backoff"
+    )]
+    ReconcileTimeout { seconds: u64 },
 }
 
 fn discovery_cause(source: &TokenError) -> String {
@@ -199,6 +205,7 @@ impl Error {
                 TokenError::Transport { .. } => "IdpUnreachable",
             },
             Error::Kube(_) => "KubernetesError",
+            Error::ReconcileTimeout { .. } => "ReconcileTimedOut",
         }
     }
 
@@ -210,7 +217,8 @@ impl Error {
             Error::Token { .. }
             | Error::Discovery { .. }
             | Error::DiscoveryTransport { .. }
-            | Error::Kube(_) => FailureClass::Transient,
+            | Error::Kube(_)
+            | Error::ReconcileTimeout { .. } => FailureClass::Transient,
             _ => FailureClass::Configuration,
         }
     }
@@ -353,5 +361,8 @@ mod tests {
         assert_eq!(unavailable.reason(), "IdpUnavailable");
         assert!(!Error::KeySecretNotFound { name: "x".into() }.is_transient());
         assert!(!Error::SecretConflict { name: "x".into() }.is_transient());
+        let timeout = Error::ReconcileTimeout { seconds: 35 };
+        assert!(timeout.is_transient());
+        assert_eq!(timeout.reason(), "ReconcileTimedOut");
     }
 }

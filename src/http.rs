@@ -6,7 +6,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokio::{
@@ -15,13 +15,15 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use crate::metrics::Metrics;
+use crate::{liveness::Progress, metrics::Metrics};
 
 /// What the probes report.
 #[derive(Default)]
 pub struct Health {
     /// Watches synced (or this replica is a standby waiting for the lease).
     pub ready: AtomicBool,
+    /// Whether the reconcile loop makes progress (liveness).
+    pub progress: Arc<Progress>,
 }
 
 /// Turn `:8080` (controller-runtime style) into a bindable address.
@@ -82,7 +84,7 @@ async fn answer(mut stream: TcpStream, health: &Health, metrics: Option<&Metrics
         .split('?')
         .next()
         .unwrap_or("/");
-    let (status, content_type, body) = route(path, health, metrics);
+    let (status, content_type, body) = route(path, health, metrics, Instant::now());
     let response = format!(
         "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
@@ -95,6 +97,7 @@ fn route(
     path: &str,
     health: &Health,
     metrics: Option<&Metrics>,
+    now: Instant,
 ) -> (&'static str, &'static str, String) {
     const TEXT: &str = "text/plain; charset=utf-8";
     match (path, metrics) {
@@ -103,7 +106,10 @@ fn route(
             "text/plain; version=0.0.4; charset=utf-8",
             m.render(),
         ),
-        ("/healthz" | "/livez", _) => ("200 OK", TEXT, "ok\n".into()),
+        ("/healthz" | "/livez", _) => match health.progress.check(now) {
+            Ok(()) => ("200 OK", TEXT, "ok\n".into()),
+            Err(why) => ("503 Service Unavailable", TEXT, format!("{why}\n")),
+        },
         ("/readyz", _) if health.ready.load(Ordering::Relaxed) => ("200 OK", TEXT, "ok\n".into()),
         ("/readyz", _) => (
             "503 Service Unavailable",
@@ -122,15 +128,26 @@ mod tests {
     fn routes() {
         let health = Health::default();
         let metrics = Metrics::default();
-        assert_eq!(route("/healthz", &health, None).0, "200 OK");
-        assert_eq!(route("/readyz", &health, None).0, "503 Service Unavailable");
+        let now = Instant::now();
+        let route = |path, metrics| route(path, &health, metrics, now);
+        assert_eq!(route("/healthz", None).0, "200 OK");
+        assert_eq!(route("/readyz", None).0, "503 Service Unavailable");
         health.ready.store(true, Ordering::Relaxed);
-        assert_eq!(route("/readyz", &health, None).0, "200 OK");
-        assert_eq!(route("/metrics", &health, None).0, "404 Not Found");
+        assert_eq!(route("/readyz", None).0, "200 OK");
+        assert_eq!(route("/metrics", None).0, "404 Not Found");
         assert!(
-            route("/metrics", &health, Some(&metrics))
+            route("/metrics", Some(&metrics))
                 .2
                 .contains("idv_token_operator_reconciles_total")
+        );
+        health.progress.loop_stopped();
+        assert_eq!(
+            route("/healthz", None),
+            (
+                "503 Service Unavailable",
+                "text/plain; charset=utf-8",
+                "the reconcile loop has stopped\n".into()
+            )
         );
         assert_eq!(bind_address(":8080"), "0.0.0.0:8080");
         assert_eq!(bind_address("127.0.0.1:0"), "127.0.0.1:0");

@@ -1,9 +1,9 @@
 //! idv-token-operator: keeps OAuth2 access tokens from the Flemish government's IDV
 //! authorization servers fresh in Kubernetes Secrets.
 //!
-//! Pure decision logic (`api`, `jwk`, `assertion`, `authserver`, `policy`, `schedule`,
-//! `resources`) sits in the middle; I/O (`oauth`'s HTTP client, `token_client`, `reconcile`,
-//! `controller`) at the edges.
+//! Pure decision logic (`api`, `names`, `jwk`, `assertion`, `authserver`, `policy`,
+//! `schedule`, `resources`, `liveness`) sits in the middle; I/O (`oauth`'s HTTP client,
+//! `token_client`, `reconcile`, `controller`) at the edges.
 
 pub mod api;
 pub mod assertion;
@@ -16,7 +16,9 @@ pub mod fetcher;
 pub mod http;
 pub mod jwk;
 pub mod leader;
+pub mod liveness;
 pub mod metrics;
+pub mod names;
 pub mod oauth;
 pub mod policy;
 pub mod reconcile;

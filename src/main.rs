@@ -249,7 +249,8 @@ fn run(args: RunArgs) -> Result<(), String> {
         source,
         "assertions and client secrets are sent only to these hosts"
     );
-    runtime()?.block_on(async move {
+    let runtime = runtime()?;
+    let result = runtime.block_on(async move {
         let config = match &args.kubeconfig {
             Some(path) => {
                 let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| format!("cannot read kubeconfig {}: {e}", path.display()))?;
@@ -259,7 +260,10 @@ fn run(args: RunArgs) -> Result<(), String> {
             }
             None => kube::Config::infer().await.map_err(|e| format!("no Kubernetes configuration found: {e}"))?,
         };
-        let kube = kube::Client::try_from(config).map_err(|e| format!("cannot create a Kubernetes client: {e}"))?;
+        // Reconciles, status writes and the Lease use `kube` (every call has a deadline); the
+        // watches keep their own client, whose read timeout outlasts a watch.
+        let controller::KubeClients { calls: kube, watches } =
+            controller::kube_clients(config).map_err(|e| format!("cannot create a Kubernetes client: {e}"))?;
         let ca_bundle_pem = match &args.ca_bundle {
             Some(path) => Some(std::fs::read(path).map_err(|e| format!("cannot read the CA bundle {}: {e}", path.display()))?),
             None => None,
@@ -306,7 +310,12 @@ fn run(args: RunArgs) -> Result<(), String> {
         health.ready.store(false, Ordering::Relaxed);
 
         let settings = Settings { min_refresh_interval: args.min_refresh_interval, writeback_parallelism: usize::from(args.concurrency.max(1)), token_request_timeout: args.token_request_timeout };
-        let options = RunOptions { namespaces: args.watch_namespaces.clone(), concurrency: args.concurrency.max(1) };
+        let options = RunOptions {
+            namespaces: args.watch_namespaces.clone(),
+            concurrency: args.concurrency.max(1),
+            reconcile_deadline: controller::reconcile_deadline(args.token_request_timeout),
+            progress: health.progress.clone(),
+        };
         let max_requests = args.max_concurrent_token_requests;
         let events = EventPublisher::new(kube.clone(), "idv-token-operator", &identity);
         let lost = leadership.as_ref().map(|l| l.lost().boxed()).unwrap_or_else(|| futures::future::pending().boxed());
@@ -321,7 +330,7 @@ fn run(args: RunArgs) -> Result<(), String> {
         let kube_for_context = kube.clone();
         let ready = health.clone();
         controller::run(
-            kube,
+            watches,
             options,
             move |caches| Context::new(kube_for_context, tokens, caches, max_requests, settings, metrics, events),
             stop,
@@ -334,12 +343,19 @@ fn run(args: RunArgs) -> Result<(), String> {
         match leadership {
             Some(held) if held.is_lost() => Err("leadership lost; exiting so that a fresh start can compete again".into()),
             Some(held) => {
-                held.release().await;
+                // Releasing lets the standby take over at once; if the apiserver does not answer,
+                // the Lease expires on its own.
+                if tokio::time::timeout(controller::API_CALL_TIMEOUT, held.release()).await.is_err() {
+                    tracing::warn!("could not release the Lease in time; it expires on its own");
+                }
                 Ok(())
             }
             None => Ok(()),
         }
-    })
+    });
+    // Dropping a runtime waits for blocking tasks (a DNS lookup that hangs) without limit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 fn hostname() -> String {

@@ -25,6 +25,7 @@ use crate::{
     fetcher::{self, ClientKey, Fetched, Fetcher, Poll},
     jwk,
     metrics::Metrics,
+    names,
     oauth::TokenParams,
     policy::{self, Decision, ObservedToken, RefreshReason},
     resources::{self, TokenSecretRecord, TokenTimes},
@@ -268,6 +269,8 @@ async fn attempt(
     now: Timestamp,
     seen: &mut Seen,
 ) -> Result<Outcome, Error> {
+    // Names go into API URLs: none is used before it is known to be a name.
+    names::validate(client)?;
     let namespace = client
         .namespace()
         .ok_or_else(|| Error::InvalidSpec("the IdvClient has no namespace".into()))?;

@@ -14,6 +14,7 @@ use kube::{Resource, ResourceExt};
 
 use crate::{
     api::{self, Condition, IdvClient, IdvClientStatus, secret_keys},
+    names,
     oauth::TokenAnswer,
     policy::ObservedToken,
     schedule::RefreshPlan,
@@ -122,6 +123,23 @@ fn owner_reference(client: &IdvClient) -> OwnerReference {
     owner
 }
 
+/// The labels and annotations `spec.secret` asks for, without the operator's own keys: the
+/// CRD refuses those, and an object stored before it did must neither relabel the Secret nor
+/// forge bookkeeping (nor re-apply forever because the Secret never matches).
+fn requested_metadata(client: &IdvClient) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let secret = &client.spec.secret;
+    let keep = |reserved: fn(&str) -> bool, map: &BTreeMap<String, String>| {
+        map.iter()
+            .filter(|(k, _)| !reserved(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    (
+        keep(api::is_reserved_label, &secret.labels),
+        keep(api::is_reserved_annotation, &secret.annotations),
+    )
+}
+
 /// The token Secret as the operator wants it.
 pub fn desired_secret(
     client: &IdvClient,
@@ -130,9 +148,8 @@ pub fn desired_secret(
     inputs_hash: &str,
     times: &TokenTimes,
 ) -> Secret {
-    let mut labels = client.spec.secret.labels.clone();
+    let (mut labels, mut annotations) = requested_metadata(client);
     labels.insert(api::MANAGED_BY_LABEL.into(), api::MANAGED_BY_VALUE.into());
-    let mut annotations = client.spec.secret.annotations.clone();
     let bookkeeping = [
         (api::ISSUED_AT_ANNOTATION, times.issued_at.to_string()),
         (api::EXPIRES_AT_ANNOTATION, times.expires_at.to_string()),
@@ -259,8 +276,8 @@ impl TokenSecretRecord {
         let has_all = |have: &BTreeMap<String, String>, want: &BTreeMap<String, String>| {
             want.iter().all(|(k, v)| have.get(k) == Some(v))
         };
-        has_all(&self.labels, &client.spec.secret.labels)
-            && has_all(&self.annotations, &client.spec.secret.annotations)
+        let (labels, annotations) = requested_metadata(client);
+        has_all(&self.labels, &labels) && has_all(&self.annotations, &annotations)
     }
 }
 
@@ -450,7 +467,10 @@ pub fn failed_status(
             generation,
             now,
         )],
-        secret_name: Some(client.token_secret_name()),
+        // An invalid name is never recorded: a later rename would try to delete it by name.
+        secret_name: Some(client.token_secret_name())
+            .filter(|name| names::is_dns1123_subdomain(name))
+            .or(previous.secret_name.clone()),
         ..previous
     }
 }
@@ -639,6 +659,63 @@ mod tests {
     }
 
     #[test]
+    fn spec_metadata_cannot_set_the_operators_own_keys() {
+        let mut hostile = client();
+        hostile
+            .spec
+            .secret
+            .labels
+            .insert(api::MANAGED_BY_LABEL.into(), "someone-else".into());
+        hostile.spec.secret.annotations = [
+            (api::EXPIRES_AT_ANNOTATION, "2099-01-01T00:00:00Z"),
+            (api::INPUTS_HASH_ANNOTATION, "forged"),
+            (CACHED_DATA_HASH_ANNOTATION, "forged"),
+            ("idv-token-operator.dev/anything", "x"),
+            ("team", "roads"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let data = token_data(
+            &TokenAnswer {
+                access_token: AccessToken::new("tok".into()),
+                token_type: "Bearer".into(),
+                expires_in: 3600,
+                scope: None,
+            },
+            at(3600),
+            &[],
+        );
+        let times = TokenTimes {
+            issued_at: at(0),
+            expires_at: at(3600),
+            refresh_at: at(2400),
+        };
+        let s = desired_secret(&hostile, data.data, &data.hash, "inputs", &times);
+        let (labels, annotations) = (
+            s.metadata.labels.clone().unwrap(),
+            s.metadata.annotations.clone().unwrap(),
+        );
+        assert_eq!(labels[api::MANAGED_BY_LABEL], api::MANAGED_BY_VALUE);
+        assert_eq!(
+            annotations[api::EXPIRES_AT_ANNOTATION],
+            at(3600).to_string()
+        );
+        assert_eq!(annotations[api::INPUTS_HASH_ANNOTATION], "inputs");
+        assert_eq!(annotations["team"], "roads");
+        for key in [
+            CACHED_DATA_HASH_ANNOTATION,
+            "idv-token-operator.dev/anything",
+        ] {
+            assert!(!annotations.contains_key(key), "{key} was copied");
+        }
+        // What was written matches the spec: no re-apply on every reconcile.
+        let mut cached = s.clone();
+        strip_token_data(&mut cached);
+        assert!(TokenSecretRecord::of(&cached).metadata_matches(&hostile));
+    }
+
+    #[test]
     fn observe_round_trips_and_notices_edits() {
         let s = secret();
         let observed = observe(&s);
@@ -747,5 +824,24 @@ mod tests {
             ready,
             "same inputs, same status"
         );
+    }
+
+    #[test]
+    fn an_invalid_secret_name_is_never_recorded_in_status() {
+        let mut c = client();
+        c.status = Some(failed_status(
+            &c,
+            false,
+            "KeySecretNotFound",
+            "m".into(),
+            at(0),
+        ));
+        assert_eq!(
+            c.status.as_ref().unwrap().secret_name.as_deref(),
+            Some("gipod-token")
+        );
+        c.spec.secret.name = Some("?watch=true".into());
+        let status = failed_status(&c, false, "InvalidSpec", "m".into(), at(1));
+        assert_eq!(status.secret_name.as_deref(), Some("gipod-token"));
     }
 }

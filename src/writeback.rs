@@ -340,20 +340,31 @@ impl Writeback {
                     return true;
                 };
                 let (namespace, name) = key.split_once('/').unwrap_or_default();
+                // Counted as written from now on: a reconcile while the write is under way
+                // decides on this status, not on the older cached one.
+                let written = serde_json::from_str(&status.json).map(|s| fingerprint(&s));
+                self.state.lock().expect("lock").written.insert(
+                    key.clone(),
+                    (
+                        written.unwrap_or_default(),
+                        status.json.clone(),
+                        Instant::now(),
+                    ),
+                );
+                let not_written = || {
+                    self.state.lock().expect("lock").written.remove(&key);
+                };
                 match self.patch_status(namespace, name, &status).await {
-                    Ok(()) => {
-                        let written = serde_json::from_str(&status.json).map(|s| fingerprint(&s));
-                        self.state.lock().expect("lock").written.insert(
-                            key,
-                            (written.unwrap_or_default(), status.json, Instant::now()),
-                        );
+                    Ok(()) => true,
+                    // Deleted meanwhile: nothing to report on.
+                    Err(kube::Error::Api(e)) if e.code == 404 => {
+                        not_written();
                         true
                     }
-                    // Deleted meanwhile: nothing to report on.
-                    Err(kube::Error::Api(e)) if e.code == 404 => true,
                     // Refused (another object of that name: uid mismatch; forbidden; invalid):
                     // retrying would not help. The next reconcile computes a new status.
                     Err(kube::Error::Api(e)) if (400..500).contains(&e.code) && e.code != 429 => {
+                        not_written();
                         warn!(
                             namespace,
                             name,
@@ -371,6 +382,7 @@ impl Writeback {
                             crate::error::kube_message(&error)
                         );
                         // Retry later, unless a newer status was queued meanwhile.
+                        not_written();
                         let mut state = self.state.lock().expect("lock");
                         if !state.pending.contains_key(&key) {
                             state.pending.insert(key.clone(), status);

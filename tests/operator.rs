@@ -936,6 +936,67 @@ async fn the_crd_rejects_invalid_specs(env: &Env) {
             with(&["privateKey"], Value::Null),
             "exactly one of privateKey and clientSecret",
         ),
+        // Names are not paths: each of these reached the apiserver URL as written.
+        (
+            with(&["privateKey", "secretRef", "name"], json!("?x=1")),
+            "secretRef.name must be a DNS-1123 subdomain",
+        ),
+        (
+            with(&["privateKey", "secretRef", "name"], json!("?watch=true")),
+            "secretRef.name must be a DNS-1123 subdomain",
+        ),
+        (
+            with(&["privateKey", "secretRef", "name"], json!("Upper")),
+            "secretRef.name must be a DNS-1123 subdomain",
+        ),
+        (
+            {
+                let mut spec = with(&["privateKey"], Value::Null);
+                spec["clientSecret"] = json!({"secretRef": {"name": "a/b", "key": "k"}});
+                spec
+            },
+            "secretRef.name must be a DNS-1123 subdomain",
+        ),
+        (
+            with(&["privateKey", "secretRef", "key"], json!("a/b")),
+            "secretRef.key must be a Secret data key",
+        ),
+        (
+            with(&["privateKey", "secretRef", "key"], json!("..")),
+            "secretRef.key must be a Secret data key",
+        ),
+        (
+            with(&["secret"], json!({"name": ".."})),
+            "secret.name must be a DNS-1123 subdomain",
+        ),
+        (
+            with(&["secret"], json!({"name": "?watch=true"})),
+            "secret.name must be a DNS-1123 subdomain",
+        ),
+        (
+            with(&["secret"], json!({"name": "Gipod-Token"})),
+            "secret.name must be a DNS-1123 subdomain",
+        ),
+        (with(&["secret"], json!({"name": "a".repeat(254)})), "253"),
+        (
+            with(&["privateKey", "secretRef", "name"], json!("k".repeat(254))),
+            "253",
+        ),
+        // The operator's own label and bookkeeping annotations are not the spec's to set.
+        (
+            with(
+                &["secret"],
+                json!({"labels": {"app.kubernetes.io/managed-by": "someone-else"}}),
+            ),
+            "secret.labels may not set app.kubernetes.io/managed-by",
+        ),
+        (
+            with(
+                &["secret"],
+                json!({"annotations": {"idv-token-operator.dev/expires-at": "2099-01-01T00:00:00Z"}}),
+            ),
+            "secret.annotations may not set keys under idv-token-operator.dev/",
+        ),
     ];
     // Untyped, so that values the Rust types would refuse reach the apiserver.
     let resource = kube::api::ApiResource::erase::<IdvClient>(&());
@@ -955,6 +1016,35 @@ async fn the_crd_rejects_invalid_specs(env: &Env) {
             error.to_string().contains(expected),
             "{error} lacks {expected:?}"
         );
+    }
+    // The default token Secret name `<metadata.name>-token` must fit 253 characters.
+    let named = |name: String, spec: Value| -> kube::api::DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "idv-token-operator.dev/v1alpha1", "kind": "IdvClient",
+            "metadata": {"name": name}, "spec": spec,
+        }))
+        .unwrap()
+    };
+    let error = raw
+        .create(
+            &PostParams::default(),
+            &named("n".repeat(248), base.clone()),
+        )
+        .await
+        .expect_err("a name too long for <name>-token");
+    assert!(
+        error
+            .to_string()
+            .contains("too long for the default token Secret name"),
+        "{error}"
+    );
+    for (name, spec) in [
+        ("n".repeat(247), base.clone()),
+        ("m".repeat(253), with(&["secret"], json!({"name": "short"}))),
+    ] {
+        raw.create(&PostParams::default(), &named(name, spec))
+            .await
+            .expect("the token Secret name fits");
     }
     let good: IdvClient = serde_json::from_value(json!({
         "apiVersion": "idv-token-operator.dev/v1alpha1", "kind": "IdvClient",
@@ -1061,9 +1151,10 @@ async fn metrics_probes_and_events(env: &Env) {
     assert!(metrics.contains(&gauge), "{metrics}");
     assert!(metrics.contains("idv_token_operator_token_request_duration_seconds_bucket"));
     assert!(metrics.contains("idv_token_operator_reconciles_total"));
+    // Liveness: ok while the loop runs and reconciles finish (here: after two of them).
     assert_eq!(
-        op.get(op.health_port(), "/healthz").await.map(|r| r.0),
-        Some(200),
+        op.get(op.health_port(), "/healthz").await,
+        Some((200, "ok\n".to_string())),
         "healthz on {} (metrics {}):\n{}",
         op.health_port(),
         op.metrics_port(),
@@ -2036,6 +2127,134 @@ async fn the_operator_survives_an_apiserver_restart(env: &Env) {
     assert!(case.operator.process.is_running());
 }
 
+/// The CRD as `crds/` has it, but without its CEL rules: what objects stored under an older CRD
+/// (or on an apiserver without CEL) got past.
+async fn install_crd_without_cel(env: &Env) {
+    fn strip(value: &mut Value) {
+        match value {
+            Value::Object(map) => {
+                map.remove("x-kubernetes-validations");
+                map.values_mut().for_each(strip);
+            }
+            Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/idvclients.yaml"))
+            .unwrap();
+    let mut crd: Value = serde_yaml::from_str(text.trim_start_matches("---\n")).unwrap();
+    strip(&mut crd);
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(env.plane.admin().await);
+    crds.patch(
+        crd["metadata"]["name"].as_str().unwrap(),
+        // The manager `install_crds` uses: its next apply restores the rules.
+        &PatchParams::apply("envtest").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .unwrap();
+}
+
+/// Secret names that are URL syntax, in IdvClients stored before the CRD refused them: the
+/// operator refuses them before any API call (`?watch=true` once held a worker for ever, and
+/// `?x=1` listed every Secret of the namespace into the log), and a good IdvClient next to them
+/// still gets its token.
+async fn names_that_got_past_admission_never_reach_the_apiserver(env: &Env) {
+    let mut case = Case::new(env, "old-names", &["--log-format", "json"]).await;
+    let password = format!("other-teams-password-{}", uuid::Uuid::new_v4());
+    case.put_secret("database", &[("password", password.as_bytes())])
+        .await;
+    install_crd_without_cel(env).await;
+    let key = |name: &str| json!({"secretRef": {"name": name, "key": "jwk.json"}});
+    let spec = |private_key: Value, secret: Value| {
+        json!({
+            "clientId": "c",
+            "authServer": {"tokenEndpoint": env.idp.token_endpoint},
+            "privateKey": private_key,
+            "secret": secret,
+        })
+    };
+    // More `?watch=true` clients than reconcile workers (--concurrency 4).
+    let mut hostile = vec![
+        (
+            "list",
+            spec(key("?x=1"), json!({})),
+            "spec.privateKey.secretRef.name",
+        ),
+        (
+            "slash",
+            spec(key("a/b"), json!({})),
+            "spec.privateKey.secretRef.name",
+        ),
+        (
+            "token-watch",
+            spec(key("k"), json!({"name": "?watch=true"})),
+            "spec.secret.name",
+        ),
+    ];
+    for i in 0..5 {
+        hostile.push((
+            ["watch-0", "watch-1", "watch-2", "watch-3", "watch-4"][i],
+            spec(key("?watch=true"), json!({})),
+            "spec.privateKey.secretRef.name",
+        ));
+    }
+    let raw: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        case.admin.clone(),
+        &case.ns,
+        &kube::api::ApiResource::erase::<IdvClient>(&()),
+    );
+    for (name, spec, _) in &hostile {
+        let object: kube::api::DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "idv-token-operator.dev/v1alpha1", "kind": "IdvClient",
+            "metadata": {"name": name}, "spec": spec,
+        }))
+        .unwrap();
+        // The apiserver takes the new schema a moment after the CRD update.
+        eventually(
+            WAIT,
+            "the CRD without CEL rules to be in effect",
+            || async { raw.create(&PostParams::default(), &object).await.ok() },
+        )
+        .await;
+    }
+    let started = Instant::now();
+    keyed_client(env, &case, "good", None, None).await;
+    for (name, _, field) in &hostile {
+        let condition = case.wait_not_ready(name, "InvalidSpec").await;
+        assert!(
+            condition.message.contains(field),
+            "{name}: {}",
+            condition.message
+        );
+        assert!(
+            !condition.message.contains('?'),
+            "{name}: {}",
+            condition.message
+        );
+    }
+    case.wait_ready("good").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the good client waited {:?}",
+        started.elapsed()
+    );
+    let op = &case.operator;
+    assert_eq!(
+        op.get(op.health_port(), "/healthz").await,
+        Some((200, "ok\n".to_string()))
+    );
+    env.plane.install_crds().await;
+    let leaked = [password.clone(), STANDARD_B64.encode(&password)];
+    case.assert_no_leaks(&leaked).await;
+    assert!(
+        case.operator.process.terminate(Duration::from_secs(10)),
+        "SIGTERM stops the operator"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 
 type Scenario =
@@ -2479,8 +2698,11 @@ fn main() {
         a_secret_with_a_copied_owner_reference_is_not_adopted,
     ];
     // Disruptive scenarios run alone, after the others.
-    let disruptive: Vec<(&'static str, Scenario)> =
-        scenarios![the_operator_survives_an_apiserver_restart];
+    let disruptive: Vec<(&'static str, Scenario)> = scenarios![
+        the_operator_survives_an_apiserver_restart,
+        // Changes the CRD for a while.
+        names_that_got_past_admission_never_reach_the_apiserver,
+    ];
     if args.list {
         let trials = list
             .iter()
