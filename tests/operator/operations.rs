@@ -1,0 +1,737 @@
+//! Running the operator: the CRD, probes and metrics, HA, namespaces, install, apiserver trouble.
+
+use crate::case::*;
+
+pub(crate) async fn the_crd_rejects_invalid_specs(env: &Env) {
+    let case = Case::new(env, "schema", &[]).await;
+    let base = json!({
+        "clientId": "c",
+        "authServer": {"tokenEndpoint": "https://idp.example/token"},
+        "privateKey": {"secretRef": {"name": "k", "key": "jwk.json"}},
+    });
+    let with = |path: &[&str], value: Value| {
+        let mut spec = base.clone();
+        let mut target = &mut spec;
+        for p in &path[..path.len() - 1] {
+            target = &mut target[*p];
+        }
+        target[path[path.len() - 1]] = value;
+        spec
+    };
+    let cases = [
+        (
+            with(&["authServer", "issuer"], json!("https://idp.example")),
+            "exactly one of environment, issuer or tokenEndpoint",
+        ),
+        (
+            with(&["authServer"], json!({})),
+            "exactly one of environment, issuer or tokenEndpoint",
+        ),
+        (
+            with(
+                &["authServer", "tokenEndpoint"],
+                json!("http://idp.example/token"),
+            ),
+            "must be an https URL",
+        ),
+        (
+            with(&["clientId"], json!("  ")),
+            "clientId must not be empty",
+        ),
+        (
+            with(&["scopes"], json!(["has space"])),
+            "a scope is printable ASCII",
+        ),
+        (
+            with(&["refresh"], json!({"beforeExpiry": "soon"})),
+            "beforeExpiry is a duration",
+        ),
+        (
+            with(&["authServer"], json!({"environment": "acm-nowhere"})),
+            "Unsupported value",
+        ),
+        (
+            with(
+                &["clientSecret"],
+                json!({"secretRef": {"name": "s", "key": "k"}}),
+            ),
+            "exactly one of privateKey and clientSecret",
+        ),
+        (
+            with(&["privateKey"], Value::Null),
+            "exactly one of privateKey and clientSecret",
+        ),
+        // Names are not paths: each of these reached the apiserver URL as written.
+        (
+            with(&["privateKey", "secretRef", "name"], json!("?x=1")),
+            "secretRef.name must be a DNS-1123 subdomain",
+        ),
+        (
+            with(&["privateKey", "secretRef", "name"], json!("?watch=true")),
+            "secretRef.name must be a DNS-1123 subdomain",
+        ),
+        (
+            with(&["privateKey", "secretRef", "name"], json!("Upper")),
+            "secretRef.name must be a DNS-1123 subdomain",
+        ),
+        (
+            {
+                let mut spec = with(&["privateKey"], Value::Null);
+                spec["clientSecret"] = json!({"secretRef": {"name": "a/b", "key": "k"}});
+                spec
+            },
+            "secretRef.name must be a DNS-1123 subdomain",
+        ),
+        (
+            with(&["privateKey", "secretRef", "key"], json!("a/b")),
+            "secretRef.key must be a Secret data key",
+        ),
+        (
+            with(&["privateKey", "secretRef", "key"], json!("..")),
+            "secretRef.key must be a Secret data key",
+        ),
+        (
+            with(&["secret"], json!({"name": ".."})),
+            "secret.name must be a DNS-1123 subdomain",
+        ),
+        (
+            with(&["secret"], json!({"name": "?watch=true"})),
+            "secret.name must be a DNS-1123 subdomain",
+        ),
+        (
+            with(&["secret"], json!({"name": "Gipod-Token"})),
+            "secret.name must be a DNS-1123 subdomain",
+        ),
+        (with(&["secret"], json!({"name": "a".repeat(254)})), "253"),
+        (
+            with(&["privateKey", "secretRef", "name"], json!("k".repeat(254))),
+            "253",
+        ),
+        // The operator's own label and bookkeeping annotations are not the spec's to set.
+        (
+            with(
+                &["secret"],
+                json!({"labels": {"app.kubernetes.io/managed-by": "someone-else"}}),
+            ),
+            "secret.labels may not set app.kubernetes.io/managed-by",
+        ),
+        (
+            with(
+                &["secret"],
+                json!({"annotations": {"idv-token-operator.dev/expires-at": "2099-01-01T00:00:00Z"}}),
+            ),
+            "secret.annotations may not set keys under idv-token-operator.dev/",
+        ),
+    ];
+    // Untyped, so that values the Rust types would refuse reach the apiserver.
+    let resource = kube::api::ApiResource::erase::<IdvClient>(&());
+    let raw: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(case.admin.clone(), &case.ns, &resource);
+    for (i, (spec, expected)) in cases.into_iter().enumerate() {
+        let object: kube::api::DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "idv-token-operator.dev/v1alpha1", "kind": "IdvClient",
+            "metadata": {"name": format!("bad-{i}")}, "spec": spec,
+        }))
+        .unwrap();
+        let error = raw
+            .create(&PostParams::default(), &object)
+            .await
+            .expect_err(expected);
+        assert!(
+            error.to_string().contains(expected),
+            "{error} lacks {expected:?}"
+        );
+    }
+    // The default token Secret name `<metadata.name>-token` must fit 253 characters.
+    let named = |name: String, spec: Value| -> kube::api::DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "idv-token-operator.dev/v1alpha1", "kind": "IdvClient",
+            "metadata": {"name": name}, "spec": spec,
+        }))
+        .unwrap()
+    };
+    let error = raw
+        .create(
+            &PostParams::default(),
+            &named("n".repeat(248), base.clone()),
+        )
+        .await
+        .expect_err("a name too long for <name>-token");
+    assert!(
+        error
+            .to_string()
+            .contains("too long for the default token Secret name"),
+        "{error}"
+    );
+    for (name, spec) in [
+        ("n".repeat(247), base.clone()),
+        ("m".repeat(253), with(&["secret"], json!({"name": "short"}))),
+    ] {
+        raw.create(&PostParams::default(), &named(name, spec))
+            .await
+            .expect("the token Secret name fits");
+    }
+    let good: IdvClient = serde_json::from_value(json!({
+        "apiVersion": "idv-token-operator.dev/v1alpha1", "kind": "IdvClient",
+        "metadata": {"name": "good"}, "spec": with(&["authServer", "tokenEndpoint"], json!("http://127.0.0.1:9/token")),
+    }))
+    .unwrap();
+    case.clients()
+        .create(&PostParams::default(), &good)
+        .await
+        .expect("http to loopback is allowed");
+}
+
+pub(crate) async fn metrics_probes_and_events(env: &Env) {
+    let case = Case::new(env, "observe", &["--log-format", "json"]).await;
+    let (_, private) = ready_client(env, &case, "good", None).await;
+    // JSON logs: every line an object; one line per token issued, with who and until when.
+    let output = case.operator.output();
+    let lines: Vec<Value> = output
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let issued = lines
+        .iter()
+        .find(|l| l["message"] == json!("token issued"))
+        .expect("a 'token issued' line");
+    assert_eq!(issued["namespace"], json!(case.ns));
+    assert_eq!(issued["name"], json!("good"));
+    assert_eq!(issued["key_id"], private["kid"]);
+    assert!(issued["expires_at"].as_str().is_some());
+    case.put_client(
+        "broken",
+        json!({
+            "clientId": "c",
+            "authServer": {"tokenEndpoint": env.idp.token_endpoint},
+            "privateKey": {"secretRef": {"name": "absent", "key": "jwk.json"}},
+        }),
+    )
+    .await;
+    case.wait_not_ready("broken", "KeySecretNotFound").await;
+
+    let op = &case.operator;
+    let metrics = eventually(
+        WAIT,
+        "metrics with the issued token and the error",
+        || async {
+            let (status, body) = op.get(op.metrics_port(), "/metrics").await?;
+            (status == 200
+                && body.contains("idv_token_operator_token_requests_total{result=\"success\"} 1")
+                && body.contains(
+                    "idv_token_operator_reconcile_errors_total{category=\"KeySecretNotFound\"}",
+                ))
+            .then_some(body)
+        },
+    )
+    .await;
+    let gauge = format!(
+        "idv_token_operator_token_expiry_timestamp_seconds{{namespace=\"{}\",name=\"good\"}}",
+        case.ns
+    );
+    assert!(metrics.contains(&gauge), "{metrics}");
+    assert!(metrics.contains("idv_token_operator_token_request_duration_seconds_bucket"));
+    assert!(metrics.contains("idv_token_operator_reconciles_total"));
+    // Liveness: ok while the loop runs and reconciles finish (here: after two of them).
+    assert_eq!(
+        op.get(op.health_port(), "/healthz").await,
+        Some((200, "ok\n".to_string())),
+        "healthz on {} (metrics {}):\n{}",
+        op.health_port(),
+        op.metrics_port(),
+        op.tail(5)
+    );
+    eventually(
+        WAIT,
+        "/readyz to answer 200 once the watches have synced",
+        || async { (op.get(op.health_port(), "/readyz").await?.0 == 200).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        op.get(op.health_port(), "/metrics").await.map(|r| r.0),
+        Some(404)
+    );
+
+    let events = eventually(
+        WAIT,
+        "a TokenIssued and a KeySecretNotFound event",
+        || async {
+            let events = case.events().await;
+            let has = |name: &str, type_: &str, reason: &str| {
+                events.iter().any(|e| {
+                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+                        && e.type_.as_deref() == Some(type_)
+                        && e.reason.as_deref() == Some(reason)
+                })
+            };
+            (has("good", "Normal", "TokenIssued") && has("broken", "Warning", "KeySecretNotFound"))
+                .then_some(events)
+        },
+    )
+    .await;
+    let warning = events
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("KeySecretNotFound"))
+        .unwrap();
+    assert!(
+        warning
+            .note
+            .as_deref()
+            .unwrap_or_default()
+            .contains("next attempt at"),
+        "{warning:?}"
+    );
+    let token = text(
+        &case.secrets().get("good-token").await.unwrap(),
+        "access_token",
+    );
+    let mut secrets = key_material(&private);
+    secrets.push(token);
+    case.assert_no_leaks(&secrets).await;
+}
+
+pub(crate) async fn a_standby_takes_over_from_a_dead_leader(env: &Env) {
+    let mut case = Case::new(env, "ha", &[]).await;
+    let lease = format!("lease-{}", case.ns);
+    let ha = [
+        "--leader-elect",
+        "--leader-election-id",
+        &lease,
+        "--leader-election-lease-duration",
+        "4s",
+        "--leader-election-retry-period",
+        "500ms",
+    ];
+    // Replace the plain operator with two electing replicas.
+    case.operator.process.kill();
+    let first = Case::start_operator(env, &case.ns, &ha);
+    let waited = tokio::time::timeout(
+        WAIT,
+        eventually(WAIT, "the first replica to lead", || async {
+            first.output().contains("leadership acquired").then_some(())
+        }),
+    )
+    .await;
+    assert!(
+        waited.is_ok(),
+        "first replica never led:\n{}",
+        first.tail(30)
+    );
+    let second = Case::start_operator(env, &case.ns, &ha);
+    eventually(WAIT, "the second replica to stand by", || async {
+        second
+            .output()
+            .contains("waiting for leadership")
+            .then_some(())
+    })
+    .await;
+    case.operator = first;
+    ready_client(env, &case, "before", None).await;
+    assert!(
+        !second.output().contains("leadership acquired"),
+        "only one leader"
+    );
+    assert_eq!(
+        second
+            .get(second.health_port(), "/readyz")
+            .await
+            .map(|r| r.0),
+        Some(200),
+        "a standby is ready"
+    );
+
+    case.operator.process.kill(); // SIGKILL: no release, the lease must expire
+    let killed_at = Instant::now();
+    case.operator = second;
+    ready_client(env, &case, "after", None).await;
+    let takeover = killed_at.elapsed();
+    assert!(
+        takeover < Duration::from_secs(15),
+        "takeover took {takeover:?}"
+    );
+
+    // SIGTERM releases the lease: a new replica leads at once, well within the lease duration.
+    let third = Case::start_operator(env, &case.ns, &ha);
+    eventually(WAIT, "the third replica to stand by", || async {
+        third
+            .output()
+            .contains("waiting for leadership")
+            .then_some(())
+    })
+    .await;
+    let terminated_at = Instant::now();
+    assert!(
+        case.operator.process.terminate(Duration::from_secs(10)),
+        "SIGTERM stops the leader"
+    );
+    assert!(
+        case.operator.output().contains("leadership released"),
+        "{}",
+        case.operator.tail(10)
+    );
+    eventually(WAIT, "the third replica to lead", || async {
+        third.output().contains("leadership acquired").then_some(())
+    })
+    .await;
+    assert!(
+        terminated_at.elapsed() < Duration::from_secs(4),
+        "handover after release took {:?}",
+        terminated_at.elapsed()
+    );
+    case.operator = third;
+}
+
+pub(crate) async fn one_operator_serves_several_namespaces_and_no_others(env: &Env) {
+    let admin = env.plane.admin().await;
+    let (a, b, c) = (
+        create_namespace(env, "multi-a").await,
+        create_namespace(env, "multi-b").await,
+        create_namespace(env, "multi-c").await,
+    );
+    let operator = Operator::start(
+        &env.plane.operator_kubeconfig,
+        &[
+            "--watch-namespaces",
+            &format!("{a},{b}"),
+            "--min-refresh-interval",
+            "2s",
+            LOCAL_IDP_HOSTS[0],
+            LOCAL_IDP_HOSTS[1],
+        ],
+    );
+    let in_a = Case {
+        ns: a,
+        admin: admin.clone(),
+        operator,
+    };
+    ready_client(env, &in_a, "x", None).await;
+    let in_b = Case {
+        ns: b,
+        admin: admin.clone(),
+        operator: in_a.operator,
+    };
+    ready_client(env, &in_b, "y", None).await;
+    let in_c = Case {
+        ns: c.clone(),
+        admin,
+        operator: in_b.operator,
+    };
+    let (client_id, _) = keyed_client(env, &in_c, "z", None, None).await;
+    // Give the operator time it would need to act (it acted within this in a and b).
+    let window = Instant::now();
+    while window.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        in_c.clients().get("z").await.unwrap().status.is_none(),
+        "a namespace outside --watch-namespaces was touched"
+    );
+    assert!(in_c.secrets().get_opt("z-token").await.unwrap().is_none());
+    assert_eq!(env.idp.stats(&client_id).await.0, 0);
+    assert!(
+        !in_c.operator.output().contains(&c),
+        "the operator never mentions the unwatched namespace"
+    );
+}
+
+pub(crate) async fn namespaced_mode_touches_only_its_namespaces(env: &Env) {
+    let (a, b, c) = (
+        create_namespace(env, "team-a").await,
+        create_namespace(env, "team-b").await,
+        create_namespace(env, "team-c").await,
+    );
+    // deploy/namespaced/roles.yaml for namespaces a and b, bound to a ServiceAccount that has no
+    // cluster-wide rights at all.
+    let account = "idv-token-operator-namespaced";
+    env.plane
+        .apply_yaml(&format!(
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {account}, namespace: {}}}\n",
+            support::OPERATOR_NAMESPACE
+        ))
+        .await;
+    let roles = std::fs::read_to_string(format!("{}/deploy/namespaced/roles.yaml", support::REPO))
+        .unwrap()
+        .replace("namespace: team-a", &format!("namespace: {a}"))
+        .replace("namespace: team-b", &format!("namespace: {b}"))
+        .replace(
+            "  - kind: ServiceAccount\n    name: idv-token-operator\n",
+            &format!("  - kind: ServiceAccount\n    name: {account}\n"),
+        );
+    env.plane.apply_yaml(&roles).await;
+    let kubeconfig = env
+        .plane
+        .service_account_kubeconfig(
+            support::OPERATOR_NAMESPACE,
+            account,
+            &format!("{account}.kubeconfig"),
+        )
+        .await;
+
+    let operator = Operator::start(
+        &kubeconfig,
+        &[
+            "--watch-namespaces",
+            &format!("{a},{b}"),
+            LOCAL_IDP_HOSTS[0],
+            LOCAL_IDP_HOSTS[1],
+        ],
+    );
+    let in_a = Case {
+        ns: a.clone(),
+        admin: env.plane.admin().await,
+        operator,
+    };
+    ready_client(env, &in_a, "x", None).await;
+    let in_b = Case {
+        ns: b,
+        admin: env.plane.admin().await,
+        operator: in_a.operator,
+    };
+    ready_client(env, &in_b, "y", None).await;
+    let output = in_b.operator.output().to_lowercase();
+    assert!(
+        // Not a bare "403": resourceVersions in logged URLs contain it by chance.
+        !output.contains("forbidden") && !output.contains("code: 403"),
+        "permission errors in namespaced mode:\n{}",
+        in_b.operator.tail(20)
+    );
+
+    // The identity itself cannot reach into another namespace...
+    let restricted = support::client_from(&kubeconfig).await;
+    let elsewhere: Api<Secret> = Api::namespaced(restricted.clone(), &c);
+    match elsewhere.list(&Default::default()).await {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 403),
+        other => panic!("listing Secrets in {c} should be forbidden: {other:?}"),
+    }
+    // ...and an operator told to watch it anyway gets refused there and touches nothing.
+    let in_c = Case {
+        ns: c.clone(),
+        admin: env.plane.admin().await,
+        operator: Operator::start(
+            &kubeconfig,
+            &[
+                "--watch-namespaces",
+                &format!("{a},{c}"),
+                LOCAL_IDP_HOSTS[0],
+                LOCAL_IDP_HOSTS[1],
+            ],
+        ),
+    };
+    let (client_id, _) = keyed_client(env, &in_c, "z", None, None).await;
+    eventually(
+        WAIT,
+        "the operator to report that it may not watch the other namespace",
+        || async { in_c.operator.output().contains("403").then_some(()) },
+    )
+    .await;
+    assert!(in_c.clients().get("z").await.unwrap().status.is_none());
+    assert!(in_c.secrets().get_opt("z-token").await.unwrap().is_none());
+    assert_eq!(env.idp.stats(&client_id).await.0, 0);
+    drop(in_b);
+}
+
+pub(crate) async fn kubectl_apply_k_installs_everything(env: &Env) {
+    let built = std::process::Command::new("kubectl")
+        .args(["kustomize", &format!("{}/deploy/namespaced", support::REPO)])
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "kubectl kustomize deploy/namespaced: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let applied = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&env.plane.admin_kubeconfig)
+        .args([
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-k",
+            &format!("{}/deploy", support::REPO),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&applied.stdout);
+    assert!(
+        applied.status.success(),
+        "kubectl apply -k deploy/: {}{}",
+        stdout,
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    for object in [
+        "customresourcedefinition.apiextensions.k8s.io/idvclients.idv-token-operator.dev",
+        "namespace/idv-token-operator-system",
+        "serviceaccount/idv-token-operator",
+        "clusterrole.rbac.authorization.k8s.io/idv-token-operator",
+        "clusterrolebinding.rbac.authorization.k8s.io/idv-token-operator",
+        "role.rbac.authorization.k8s.io/idv-token-operator-leader-election",
+        "deployment.apps/idv-token-operator",
+        // The users' roles. Their aggregation into view/edit/admin is done by
+        // kube-controller-manager, which this control plane does not run (tests/deploy.rs
+        // checks the labels instead).
+        "clusterrole.rbac.authorization.k8s.io/idv-token-operator:view",
+        "clusterrole.rbac.authorization.k8s.io/idv-token-operator:edit",
+    ] {
+        assert!(stdout.contains(object), "{object} not applied:\n{stdout}");
+    }
+    // kubectl explain shows the doc comments of the Rust types.
+    let explain = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&env.plane.admin_kubeconfig)
+        .args(["explain", "idvclient.spec.refresh.beforeExpiry"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&explain.stdout);
+    assert!(
+        explain.status.success() && text.contains("Refresh this long before the token expires"),
+        "{text}"
+    );
+}
+
+pub(crate) async fn the_operator_survives_an_apiserver_restart(env: &Env) {
+    let case = Case::new(env, "restart-api", &[]).await;
+    ready_client(env, &case, "before", None).await;
+    env.plane.stop_apiserver();
+    env.plane.start_apiserver().await;
+    let mut case = Case {
+        admin: env.plane.admin().await,
+        ..case
+    };
+    let restarted = Instant::now();
+    ready_client(env, &case, "after", None).await;
+    assert!(
+        restarted.elapsed() < Duration::from_secs(30),
+        "served {:?} after the restart",
+        restarted.elapsed()
+    );
+    assert!(case.operator.process.is_running());
+}
+
+/// The CRD as `crds/` has it, but without its CEL rules: what objects stored under an older CRD
+/// (or on an apiserver without CEL) got past.
+pub(crate) async fn install_crd_without_cel(env: &Env) {
+    fn strip(value: &mut Value) {
+        match value {
+            Value::Object(map) => {
+                map.remove("x-kubernetes-validations");
+                map.values_mut().for_each(strip);
+            }
+            Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/idvclients.yaml"))
+            .unwrap();
+    let mut crd: Value = serde_yaml::from_str(text.trim_start_matches("---\n")).unwrap();
+    strip(&mut crd);
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(env.plane.admin().await);
+    crds.patch(
+        crd["metadata"]["name"].as_str().unwrap(),
+        // The manager `install_crds` uses: its next apply restores the rules.
+        &PatchParams::apply("envtest").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .unwrap();
+}
+
+/// Secret names that are URL syntax, in IdvClients stored before the CRD refused them: the
+/// operator refuses them before any API call (`?watch=true` once held a worker for ever, and
+/// `?x=1` listed every Secret of the namespace into the log), and a good IdvClient next to them
+/// still gets its token.
+pub(crate) async fn names_that_got_past_admission_never_reach_the_apiserver(env: &Env) {
+    let mut case = Case::new(env, "old-names", &["--log-format", "json"]).await;
+    let password = format!("other-teams-password-{}", uuid::Uuid::new_v4());
+    case.put_secret("database", &[("password", password.as_bytes())])
+        .await;
+    install_crd_without_cel(env).await;
+    let key = |name: &str| json!({"secretRef": {"name": name, "key": "jwk.json"}});
+    let spec = |private_key: Value, secret: Value| {
+        json!({
+            "clientId": "c",
+            "authServer": {"tokenEndpoint": env.idp.token_endpoint},
+            "privateKey": private_key,
+            "secret": secret,
+        })
+    };
+    // More `?watch=true` clients than reconcile workers (--concurrency 4).
+    let mut hostile = vec![
+        (
+            "list",
+            spec(key("?x=1"), json!({})),
+            "spec.privateKey.secretRef.name",
+        ),
+        (
+            "slash",
+            spec(key("a/b"), json!({})),
+            "spec.privateKey.secretRef.name",
+        ),
+        (
+            "token-watch",
+            spec(key("k"), json!({"name": "?watch=true"})),
+            "spec.secret.name",
+        ),
+    ];
+    for i in 0..5 {
+        hostile.push((
+            ["watch-0", "watch-1", "watch-2", "watch-3", "watch-4"][i],
+            spec(key("?watch=true"), json!({})),
+            "spec.privateKey.secretRef.name",
+        ));
+    }
+    let raw: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        case.admin.clone(),
+        &case.ns,
+        &kube::api::ApiResource::erase::<IdvClient>(&()),
+    );
+    for (name, spec, _) in &hostile {
+        let object: kube::api::DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "idv-token-operator.dev/v1alpha1", "kind": "IdvClient",
+            "metadata": {"name": name}, "spec": spec,
+        }))
+        .unwrap();
+        // The apiserver takes the new schema a moment after the CRD update.
+        eventually(
+            WAIT,
+            "the CRD without CEL rules to be in effect",
+            || async { raw.create(&PostParams::default(), &object).await.ok() },
+        )
+        .await;
+    }
+    let started = Instant::now();
+    keyed_client(env, &case, "good", None, None).await;
+    for (name, _, field) in &hostile {
+        let condition = case.wait_not_ready(name, "InvalidSpec").await;
+        assert!(
+            condition.message.contains(field),
+            "{name}: {}",
+            condition.message
+        );
+        assert!(
+            !condition.message.contains('?'),
+            "{name}: {}",
+            condition.message
+        );
+    }
+    case.wait_ready("good").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the good client waited {:?}",
+        started.elapsed()
+    );
+    let op = &case.operator;
+    assert_eq!(
+        op.get(op.health_port(), "/healthz").await,
+        Some((200, "ok\n".to_string()))
+    );
+    env.plane.install_crds().await;
+    let leaked = [password.clone(), STANDARD_B64.encode(&password)];
+    case.assert_no_leaks(&leaked).await;
+    assert!(
+        case.operator.process.terminate(Duration::from_secs(10)),
+        "SIGTERM stops the operator"
+    );
+}
