@@ -808,7 +808,9 @@ async fn remove_renamed_secret(
     else {
         return Ok(());
     };
-    if Some(old) == status.secret_name.as_deref() {
+    // The status is the operator's record, but not only the operator can write it: a name
+    // that is no Secret name never reaches a URL.
+    if Some(old) == status.secret_name.as_deref() || !crate::names::is_dns1123_subdomain(old) {
         return Ok(());
     }
     let namespace = client.namespace().unwrap_or_default();
