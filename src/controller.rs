@@ -112,6 +112,15 @@ impl TimedOut {
         *count
     }
 
+    /// After a relist of `scope`: keep the counts of the IdvClients still there.
+    fn retain(&self, scope: Option<&str>, live: &[Arc<IdvClient>]) {
+        let alive: std::collections::HashSet<_> =
+            live.iter().map(|c| ObjectRef::from_obj(&**c)).collect();
+        self.0.lock().expect("lock").retain(|key, _| {
+            scope.is_some_and(|s| key.namespace.as_deref() != Some(s)) || alive.contains(key)
+        });
+    }
+
     fn clear(&self, client: &IdvClient) {
         let mut counts = self.0.lock().expect("lock");
         if !counts.is_empty() {
@@ -408,6 +417,7 @@ pub async fn run(
         let (client_store, client_writer) = reflector::store();
         let seen = ctx.clone();
         let forget_timeouts = timed_out.clone();
+        let (listed, scope_name) = (client_store.clone(), scope.namespace.clone());
         let clients =
             watcher::watcher(api::<IdvClient>(&kube, namespace), WatcherConfig::default())
                 .backoff(watch_backoff())
@@ -419,6 +429,13 @@ pub async fn run(
                     Ok(watcher::Event::Delete(client)) => {
                         seen.forget(client);
                         forget_timeouts.clear(client);
+                    }
+                    // A (re)list is complete: whatever was deleted while the watch was down
+                    // sent no Delete event; forget it now.
+                    Ok(watcher::Event::InitDone) => {
+                        let live = listed.state();
+                        seen.prune(scope_name.as_deref(), &live);
+                        forget_timeouts.retain(scope_name.as_deref(), &live);
                     }
                     _ => {}
                 })

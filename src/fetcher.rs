@@ -189,6 +189,11 @@ impl Fetcher {
         self.jobs.lock().expect("lock").remove(key);
     }
 
+    /// Keep only the requests of these IdvClients (after a relist).
+    pub fn retain(&self, keep: impl Fn(&ClientKey) -> bool) {
+        self.jobs.lock().expect("lock").retain(|key, _| keep(key));
+    }
+
     fn wake(&self, key: ClientKey) {
         let namespace = key.namespace.clone().unwrap_or_default();
         let wakers = self.wakers.lock().expect("lock");

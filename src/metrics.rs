@@ -33,6 +33,8 @@ pub struct Metrics {
     token_requests: Family<ResultLabel, Counter>,
     token_request_duration: Histogram,
     token_expiry: Family<ClientLabels, Gauge>,
+    /// The IdvClients with a `token_expiry` series (a Family cannot list its series).
+    clients: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
     reconciles: Counter,
     reconcile_errors: Family<CategoryLabel, Counter>,
 }
@@ -72,6 +74,7 @@ impl Default for Metrics {
             token_requests,
             token_request_duration,
             token_expiry,
+            clients: Default::default(),
             reconciles,
             reconcile_errors,
         }
@@ -89,6 +92,10 @@ impl Metrics {
     }
 
     pub fn token_expiry(&self, namespace: &str, name: &str, expires_at_unix: i64) {
+        self.clients
+            .lock()
+            .expect("lock")
+            .insert((namespace.into(), name.into()));
         self.token_expiry
             .get_or_create(&ClientLabels {
                 namespace: namespace.into(),
@@ -99,9 +106,28 @@ impl Metrics {
 
     /// A deleted IdvClient's series must go, or alerts would fire on it.
     pub fn forget_client(&self, namespace: &str, name: &str) {
+        self.clients
+            .lock()
+            .expect("lock")
+            .remove(&(namespace.to_string(), name.to_string()));
         self.token_expiry.remove(&ClientLabels {
             namespace: namespace.into(),
             name: name.into(),
+        });
+    }
+
+    /// Keep only the series of these IdvClients (`keep(namespace, name)`), after a relist.
+    pub fn retain_clients(&self, keep: impl Fn(&str, &str) -> bool) {
+        let mut clients = self.clients.lock().expect("lock");
+        clients.retain(|(namespace, name)| {
+            let kept = keep(namespace, name);
+            if !kept {
+                self.token_expiry.remove(&ClientLabels {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                });
+            }
+            kept
         });
     }
 
@@ -128,6 +154,23 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn series_of_clients_gone_meanwhile_are_pruned() {
+        let m = Metrics::default();
+        m.token_expiry("ns", "kept", 1);
+        m.token_expiry("ns", "gone", 2);
+        m.token_expiry("other", "gone", 3);
+        m.retain_clients(|namespace, name| namespace != "ns" || name == "kept");
+        let text = m.render();
+        assert!(text.contains("name=\"kept\""));
+        assert!(text.contains("namespace=\"other\""), "another scope is left alone");
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("idv_token_operator_token_expiry_timestamp_seconds{"))
+            .count();
+        assert_eq!(series, 2, "{text}");
+    }
 
     #[test]
     fn exposition_has_the_documented_names() {

@@ -56,8 +56,16 @@ pub struct Context {
     pub settings: Settings,
     /// Parsed credentials by (namespace, Secret, key, kind, keyId), each with the Secret's
     /// resourceVersion it was parsed from: a new version replaces the old one in place.
-    keys: Mutex<HashMap<u64, (String, Credential)>>,
+    keys: Mutex<HashMap<u64, ParsedCredential>>,
     failures: Mutex<HashMap<ClientKey, Failure>>,
+}
+
+/// A parsed credential in `Context::keys`, with the namespace and the resourceVersion of the
+/// Secret it was parsed from.
+struct ParsedCredential {
+    namespace: String,
+    version: String,
+    credential: Credential,
 }
 
 /// Backoff bookkeeping for one IdvClient. `inputs` fingerprints what the failed attempt saw:
@@ -109,6 +117,36 @@ impl Context {
         }
         self.writeback.forget(&namespace, &name);
         self.metrics.forget_client(&namespace, &name);
+    }
+
+    /// After a (re)list of the IdvClients of `scope` (a namespace, or all): forget every
+    /// IdvClient of that scope that is not in `live`, also those whose Delete event was missed
+    /// while the watch was down. The one place where per-IdvClient memory is pruned besides
+    /// `forget`.
+    pub fn prune(&self, scope: Option<&str>, live: &[Arc<IdvClient>]) {
+        let in_scope = |namespace: &str| scope.is_none_or(|s| s == namespace);
+        let alive: std::collections::HashSet<ClientKey> =
+            live.iter().map(|c| ObjectRef::from_obj(&**c)).collect();
+        let keep = |key: &ClientKey| {
+            !in_scope(key.namespace.as_deref().unwrap_or_default()) || alive.contains(key)
+        };
+        let keep_named = |namespace: &str, name: &str| {
+            !in_scope(namespace) || alive.contains(&ObjectRef::new(name).within(namespace))
+        };
+        self.failures
+            .lock()
+            .expect("lock")
+            .retain(|key, _| keep(key));
+        self.fetcher.retain(keep);
+        self.writeback.retain(keep_named);
+        self.metrics.retain_clients(keep_named);
+        // Parsed keys are shared by the clients that name them: keep those still named.
+        let named: std::collections::HashSet<u64> =
+            live.iter().filter_map(|c| key_cache_key(c)).collect();
+        self.keys
+            .lock()
+            .expect("lock")
+            .retain(|key, parsed| named.contains(key) || !in_scope(&parsed.namespace));
     }
 
     /// Queue an Event on the IdvClient; failing to publish never fails a reconcile.
@@ -636,8 +674,8 @@ async fn load_credential(
             .lock()
             .expect("lock")
             .get(&cache_key)
-            .filter(|(parsed_from, _)| parsed_from == version)
-            .map(|(_, key)| key.clone())
+            .filter(|parsed| parsed.version == version)
+            .map(|parsed| parsed.credential.clone())
     };
     // The watch of labelled Secrets knows the Secret's version: a key parsed from that version
     // is reused without reading the Secret again.
@@ -716,10 +754,14 @@ async fn load_credential(
         Credential::PrivateKey(Arc::new(parsed))
     };
     // Replaces the key parsed from an older version of the Secret.
-    ctx.keys
-        .lock()
-        .expect("lock")
-        .insert(cache_key, (version.clone(), key.clone()));
+    ctx.keys.lock().expect("lock").insert(
+        cache_key,
+        ParsedCredential {
+            namespace: namespace.to_string(),
+            version: version.clone(),
+            credential: key.clone(),
+        },
+    );
     Ok((key, version))
 }
 

@@ -247,6 +247,17 @@ impl Writeback {
         state.written.remove(&key);
     }
 
+    /// Keep only what concerns these IdvClients (`keep(namespace, name)`), after a relist.
+    pub fn retain(&self, keep: impl Fn(&str, &str) -> bool) {
+        let wanted = |path: &Path| {
+            let (namespace, name) = path.split_once('/').unwrap_or_default();
+            keep(namespace, name)
+        };
+        let mut state = self.state.lock().expect("lock");
+        state.pending.retain(|path, _| wanted(path));
+        state.written.retain(|path, _| wanted(path));
+    }
+
     /// Writes queued by reconciles, oldest first.
     pub fn queued(&self) -> usize {
         self.state.lock().expect("lock").jobs.len()

@@ -84,6 +84,7 @@ fn main() {
     // Disruptive scenarios run alone, after the others.
     let disruptive: Vec<(&'static str, Scenario)> = scenarios![
         the_operator_survives_an_apiserver_restart,
+        a_client_deleted_while_the_watch_was_down_is_forgotten,
         // Changes the CRD for a while.
         names_that_got_past_admission_never_reach_the_apiserver,
     ];

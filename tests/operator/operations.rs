@@ -735,3 +735,78 @@ pub(crate) async fn names_that_got_past_admission_never_reach_the_apiserver(env:
         "SIGTERM stops the operator"
     );
 }
+
+/// An IdvClient deleted while the operator's watch was down sends no Delete event: the relist
+/// that follows must still make the operator forget it (metric series, retries).
+pub(crate) async fn a_client_deleted_while_the_watch_was_down_is_forgotten(env: &Env) {
+    let case = Case::new(env, "missed-delete", &[]).await;
+    ready_client(env, &case, "kept", None).await;
+    let (gone_id, _) = keyed_client(
+        env,
+        &case,
+        "gone",
+        None,
+        Some(
+            json!({"mode": "respond", "status": 503, "content_type": "text/plain", "body": "down"}),
+        ),
+    )
+    .await;
+    case.wait_not_ready("gone", "IdpUnavailable").await;
+    // A token for "gone" first, so that it has a metric series: the IdP recovers once.
+    env.idp
+        .fault(json!({"client_id": gone_id, "mode": "none"}))
+        .await;
+    case.wait_ready("gone").await;
+    env.idp
+        .fault(json!({"client_id": gone_id, "mode": "respond", "status": 503, "content_type": "text/plain", "body": "down"}))
+        .await;
+    let port = case.operator.metrics_port();
+    assert_eq!(
+        expiry_series(&case.operator, port, "gone").await,
+        Some(true)
+    );
+
+    // Freeze the operator, restart the apiserver (its watch history starts anew), delete the
+    // client, then let the operator go on: its watch resumes from before the restart, must
+    // relist, and never sees the Delete.
+    let pid = case.operator.process.pid() as i32;
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    env.plane.stop_apiserver();
+    env.plane.start_apiserver().await;
+    let case = Case {
+        admin: env.plane.admin().await,
+        ..case
+    };
+    let deleted = case
+        .clients()
+        .delete("gone", &DeleteParams::default())
+        .await;
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    deleted.unwrap();
+    eventually(
+        WAIT,
+        "the deleted client's series to leave /metrics",
+        || async {
+            (expiry_series(&case.operator, port, "gone").await == Some(false)).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        expiry_series(&case.operator, port, "kept").await,
+        Some(true),
+        "the live client's series stays"
+    );
+    // Nothing is retried for it: its IdP counter stays put while a new client gets a token.
+    let before = env.idp.stats(&gone_id).await;
+    ready_client(env, &case, "later", None).await;
+    assert_eq!(env.idp.stats(&gone_id).await, before);
+}
+
+/// Whether /metrics has a token expiry series for the IdvClient `name` (None: no answer).
+async fn expiry_series(operator: &Operator, port: u16, name: &str) -> Option<bool> {
+    let (_, body) = operator.get(port, "/metrics").await?;
+    Some(body.lines().any(|l| {
+        l.starts_with("idv_token_operator_token_expiry_timestamp_seconds")
+            && l.contains(&format!("name=\"{name}\""))
+    }))
+}
