@@ -37,6 +37,28 @@ pub fn is_credential(labels: &BTreeMap<String, String>) -> bool {
     labels.get(CREDENTIAL_LABEL).map(String::as_str) == Some("true")
 }
 
+/// The reasons of the Ready condition (and of Events, and the `category` metric label),
+/// in one place, as cert-manager exports its own. docs/troubleshooting.md has one section each.
+pub mod reasons {
+    pub const TOKEN_ISSUED: &str = "TokenIssued";
+    pub const SUSPENDED: &str = "Suspended";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const KEY_SECRET_NOT_FOUND: &str = "KeySecretNotFound";
+    pub const KEY_NOT_FOUND: &str = "KeyNotFound";
+    pub const CREDENTIAL_NOT_LABELLED: &str = "CredentialNotLabelled";
+    pub const SECRET_NOT_WRITABLE: &str = "SecretNotWritable";
+    pub const INVALID_KEY: &str = "InvalidKey";
+    pub const SECRET_CONFLICT: &str = "SecretConflict";
+    pub const TOKEN_HOST_NOT_ALLOWED: &str = "TokenHostNotAllowed";
+    pub const DISCOVERY_FAILED: &str = "DiscoveryFailed";
+    pub const TOKEN_REQUEST_REJECTED: &str = "TokenRequestRejected";
+    pub const IDP_UNAVAILABLE: &str = "IdpUnavailable";
+    pub const INVALID_TOKEN_RESPONSE: &str = "InvalidTokenResponse";
+    pub const IDP_UNREACHABLE: &str = "IdpUnreachable";
+    pub const KUBERNETES_ERROR: &str = "KubernetesError";
+    pub const RECONCILE_TIMED_OUT: &str = "ReconcileTimedOut";
+}
+
 /// Keys of the token Secret.
 pub mod secret_keys {
     pub const ACCESS_TOKEN: &str = "access_token";
@@ -418,6 +440,38 @@ mod tests {
             "team",
         ] {
             assert!(!is_reserved_annotation(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn every_reason_has_a_troubleshooting_section() {
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/troubleshooting.md"
+        ))
+        .unwrap();
+        for reason in [
+            reasons::SUSPENDED,
+            reasons::INVALID_SPEC,
+            reasons::KEY_SECRET_NOT_FOUND,
+            reasons::KEY_NOT_FOUND,
+            reasons::CREDENTIAL_NOT_LABELLED,
+            reasons::SECRET_NOT_WRITABLE,
+            reasons::INVALID_KEY,
+            reasons::SECRET_CONFLICT,
+            reasons::TOKEN_HOST_NOT_ALLOWED,
+            reasons::DISCOVERY_FAILED,
+            reasons::TOKEN_REQUEST_REJECTED,
+            reasons::IDP_UNAVAILABLE,
+            reasons::INVALID_TOKEN_RESPONSE,
+            reasons::IDP_UNREACHABLE,
+            reasons::KUBERNETES_ERROR,
+            reasons::RECONCILE_TIMED_OUT,
+        ] {
+            assert!(
+                doc.contains(&format!("## {reason}\n")),
+                "docs/troubleshooting.md has no section for {reason}"
+            );
         }
     }
 

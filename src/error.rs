@@ -2,6 +2,7 @@
 //! the status condition reason and the metric label; messages never carry secrets.
 
 use crate::{
+    api::reasons,
     assertion::SignError,
     authserver::{DiscoveryError, ServerConfigError},
     jwk::KeyError,
@@ -187,25 +188,27 @@ impl Error {
     /// CamelCase reason for conditions and events; also the metric label.
     pub fn reason(&self) -> &'static str {
         match self {
-            Error::InvalidSpec(_) | Error::ServerConfig(_) => "InvalidSpec",
-            Error::KeySecretNotFound { .. } => "KeySecretNotFound",
-            Error::KeyNotInSecret { .. } => "KeyNotFound",
-            Error::CredentialNotLabelled { .. } => "CredentialNotLabelled",
-            Error::SecretNotWritable { .. } => "SecretNotWritable",
-            Error::InvalidKey { .. } | Error::Sign(_) => "InvalidKey",
-            Error::SecretConflict { .. } => "SecretConflict",
-            Error::HostNotAllowed { .. } => "TokenHostNotAllowed",
-            Error::Discovery { .. } | Error::DiscoveryTransport { .. } => "DiscoveryFailed",
+            Error::InvalidSpec(_) | Error::ServerConfig(_) => reasons::INVALID_SPEC,
+            Error::KeySecretNotFound { .. } => reasons::KEY_SECRET_NOT_FOUND,
+            Error::KeyNotInSecret { .. } => reasons::KEY_NOT_FOUND,
+            Error::CredentialNotLabelled { .. } => reasons::CREDENTIAL_NOT_LABELLED,
+            Error::SecretNotWritable { .. } => reasons::SECRET_NOT_WRITABLE,
+            Error::InvalidKey { .. } | Error::Sign(_) => reasons::INVALID_KEY,
+            Error::SecretConflict { .. } => reasons::SECRET_CONFLICT,
+            Error::HostNotAllowed { .. } => reasons::TOKEN_HOST_NOT_ALLOWED,
+            Error::Discovery { .. } | Error::DiscoveryTransport { .. } => reasons::DISCOVERY_FAILED,
             Error::Token { source, .. } => match source {
                 TokenError::Refused { .. } if source.is_configuration_error() => {
-                    "TokenRequestRejected"
+                    reasons::TOKEN_REQUEST_REJECTED
                 }
-                TokenError::Refused { .. } | TokenError::Unavailable { .. } => "IdpUnavailable",
-                TokenError::BadAnswer { .. } => "InvalidTokenResponse",
-                TokenError::Transport { .. } => "IdpUnreachable",
+                TokenError::Refused { .. } | TokenError::Unavailable { .. } => {
+                    reasons::IDP_UNAVAILABLE
+                }
+                TokenError::BadAnswer { .. } => reasons::INVALID_TOKEN_RESPONSE,
+                TokenError::Transport { .. } => reasons::IDP_UNREACHABLE,
             },
-            Error::Kube(_) => "KubernetesError",
-            Error::ReconcileTimeout { .. } => "ReconcileTimedOut",
+            Error::Kube(_) => reasons::KUBERNETES_ERROR,
+            Error::ReconcileTimeout { .. } => reasons::RECONCILE_TIMED_OUT,
         }
     }
 

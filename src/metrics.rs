@@ -164,7 +164,10 @@ mod tests {
         m.retain_clients(|namespace, name| namespace != "ns" || name == "kept");
         let text = m.render();
         assert!(text.contains("name=\"kept\""));
-        assert!(text.contains("namespace=\"other\""), "another scope is left alone");
+        assert!(
+            text.contains("namespace=\"other\""),
+            "another scope is left alone"
+        );
         let series = text
             .lines()
             .filter(|l| l.starts_with("idv_token_operator_token_expiry_timestamp_seconds{"))

@@ -27,7 +27,7 @@ use crate::{
     metrics::Metrics,
     names,
     oauth::TokenParams,
-    policy::{self, Decision, ObservedToken, RefreshReason},
+    policy::{self, Decision, Facts, FetchState, ObservedToken, Step},
     resources::{self, TokenSecretRecord, TokenTimes},
     schedule::{self, BeforeExpiry},
     token_client::{ClientSecretValue, Credential, TokenClient},
@@ -191,7 +191,7 @@ pub async fn reconcile(client: Arc<IdvClient>, ctx: Arc<Context>) -> Result<Acti
         let status = resources::failed_status(
             &client,
             false,
-            "Suspended",
+            api::reasons::SUSPENDED,
             "spec.suspend is true: no tokens are fetched; the token Secret is left as it is".into(),
             now,
         );
@@ -242,7 +242,12 @@ async fn handle_failure(
     error: Error,
 ) -> Result<Action, Error> {
     ctx.metrics.reconcile_error(error.reason());
-    let holds_valid_token = seen.observed.as_ref().is_some_and(|o| o.is_valid_at(now));
+    let valid_until = seen
+        .observed
+        .as_ref()
+        .filter(|o| o.is_valid_at(now))
+        .and_then(|o| o.expires_at);
+    let holds_valid_token = valid_until.is_some();
     let delay = {
         let mut failures = ctx.failures.lock().expect("lock");
         let failure = failures.entry(ObjectRef::from_obj(client)).or_default();
@@ -261,12 +266,7 @@ async fn handle_failure(
             retry_after,
             rand::random::<f64>(),
         );
-        // A token still in the Secret bounds the wait: when it expires, the next attempt
-        // comes (and reports the client unready if it fails), whatever Retry-After said.
-        let delay = match seen.observed.as_ref().filter(|o| o.is_valid_at(now)) {
-            Some(observed) => delay.min(until(now, observed.expires_at.unwrap_or(now))),
-            None => delay,
-        };
+        let delay = policy::retry_delay(delay, valid_until, now);
         failure.not_before =
             Some(now + SignedDuration::try_from(delay).unwrap_or(SignedDuration::from_secs(60)));
         delay
@@ -281,20 +281,13 @@ async fn handle_failure(
         "token refresh failed: {error}"
     );
     let mut message = format!("{error}; next attempt at {retry_at}");
-    if let Some(expires) = seen
-        .observed
-        .as_ref()
-        .filter(|o| o.is_valid_at(now))
-        .and_then(|o| o.expires_at)
-    {
+    if let Some(expires) = valid_until {
         message.push_str(&format!(
             "; the current token stays in the Secret until it expires at {expires}"
         ));
     }
     ctx.event(client, EventType::Warning, error.reason(), message.clone());
-    // A transient failure while a good token is in place does not make the client unready:
-    // workloads are fine, and the next attempt comes before the token expires.
-    if !(error.is_transient() && holds_valid_token) {
+    if policy::failure_flips_ready(error.is_transient(), holds_valid_token) {
         let status = resources::failed_status(client, false, error.reason(), message, now);
         ctx.writeback.set_status(client, status);
     }
@@ -363,12 +356,37 @@ async fn attempt(
     seen.inputs.push_str(&key_version);
     let inputs_hash = resources::inputs_hash(client, &key);
 
-    match policy::decide(&inputs_hash, seen.observed.as_ref(), now) {
-        Decision::Wait { until } => {
-            let secret = existing.expect("a Wait decision implies an observed Secret");
+    let decision = policy::decide(&inputs_hash, seen.observed.as_ref(), now);
+    let client_key = ObjectRef::from_obj(client);
+    // The request's outcome is taken only when a token is wanted.
+    let (fetch, outcome) = match decision {
+        Decision::Wait { .. } => (FetchState::Idle, None),
+        Decision::Refresh(_) => match ctx.fetcher.poll(&client_key, &inputs_hash) {
+            Poll::Idle => (FetchState::Idle, None),
+            Poll::Running => (FetchState::Running, None),
+            Poll::Done(Ok(fetched)) if fetched.is_worth_storing_at(now) => {
+                (FetchState::Answered, Some(Ok(fetched)))
+            }
+            Poll::Done(Ok(_)) => (FetchState::Stale, None),
+            Poll::Done(Err(error)) => (FetchState::Failed, Some(Err(error))),
+        },
+    };
+    let step = policy::next_step(&Facts {
+        decision,
+        fetch,
+        not_before: failed_until(ctx, client, &seen.inputs),
+        secret_exists: existing.is_some(),
+        metadata_matches: existing.as_ref().is_none_or(|r| r.metadata_matches(client)),
+        now,
+    });
+    match step {
+        Step::Keep {
+            until,
+            repair_metadata,
+        } => {
+            let secret = existing.expect("a kept token implies an observed Secret");
             let observed = seen.observed.clone().expect("observed with the Secret");
-            if !secret.metadata_matches(client) {
-                // Labels or annotations in the spec changed: re-apply, same token, no IdP call.
+            if repair_metadata {
                 // The cache holds no token data: read it.
                 let current = secrets
                     .get_opt(&secret_name)
@@ -401,24 +419,22 @@ async fn attempt(
                 next: until,
             })
         }
-        Decision::Refresh(reason) => {
-            let client_key = ObjectRef::from_obj(client);
-            let fetched = match ctx.fetcher.poll(&client_key, &inputs_hash) {
-                Poll::Running => return Ok(Outcome::Fetching),
-                Poll::Done(Ok(fetched)) if fetched.is_worth_storing_at(now) => fetched,
-                Poll::Done(Err(error)) => return Err(error),
-                Poll::Idle | Poll::Done(Ok(_)) => {
-                    if let Some(not_before) = held_back(ctx, client, &seen.inputs, now) {
-                        return Ok(Outcome::HeldBack { until: not_before });
-                    }
-                    if existing.is_none() {
-                        // Ask before the IdP is asked: a Secret that cannot be stored (a name
-                        // taken by someone else, a quota, a terminating namespace) costs no token.
-                        check_creatable(&secrets, client, &inputs_hash, now).await?;
-                    }
-                    start_fetch(ctx, client, client_key, inputs_hash, &plan, key);
-                    return Ok(Outcome::Fetching);
-                }
+        Step::AwaitFetch => Ok(Outcome::Fetching),
+        Step::HoldBack { until } => Ok(Outcome::HeldBack { until }),
+        Step::StartFetch { dry_run } => {
+            if dry_run {
+                check_creatable(&secrets, client, &inputs_hash, now).await?;
+            }
+            start_fetch(ctx, client, client_key, inputs_hash, &plan, key);
+            Ok(Outcome::Fetching)
+        }
+        Step::ReportFailure => match outcome {
+            Some(Err(error)) => Err(error),
+            _ => unreachable!("a failed request has its error"),
+        },
+        Step::Store => {
+            let (Some(Ok(fetched)), Decision::Refresh(reason)) = (outcome, decision) else {
+                unreachable!("an answered request has its token, and a token was wanted")
             };
             let issued_at = schedule::whole_seconds(fetched.requested_at);
             let answer = &fetched.answer;
@@ -466,18 +482,16 @@ async fn attempt(
                 why = reason.describe(),
                 "token issued"
             );
-            // A routine refresh is not news (at 10,000 clients it would be ~4 Events a second,
-            // forever); a first token, a replaced one, or a recovery is.
             let recovered = ctx
                 .failures
                 .lock()
                 .expect("lock")
                 .contains_key(&ObjectRef::from_obj(client));
-            if reason != RefreshReason::Due || recovered {
+            if policy::token_is_news(reason, recovered) {
                 ctx.event(
                     client,
                     EventType::Normal,
-                    "TokenIssued",
+                    api::reasons::TOKEN_ISSUED,
                     format!(
                         "token issued ({}) with key {}; expires at {expires_at}, refresh at {}",
                         reason.describe(),
@@ -623,11 +637,10 @@ fn clamp_note(
 }
 
 /// When the last attempt with the same inputs failed, the time before which not to retry.
-fn held_back(ctx: &Context, client: &IdvClient, inputs: &str, now: Timestamp) -> Option<Timestamp> {
+fn failed_until(ctx: &Context, client: &IdvClient, inputs: &str) -> Option<Timestamp> {
     let failures = ctx.failures.lock().expect("lock");
     let failure = failures.get(&ObjectRef::from_obj(client))?;
-    let not_before = failure.not_before?;
-    (failure.inputs == inputs && now < not_before).then_some(not_before)
+    failure.not_before.filter(|_| failure.inputs == inputs)
 }
 
 /// Where the parsed credential of this IdvClient is kept in `Context::keys`: by namespace,

@@ -433,7 +433,7 @@ pub fn ready_status(
         conditions: vec![ready_condition(
             client.status.as_ref(),
             true,
-            "TokenIssued",
+            api::reasons::TOKEN_ISSUED,
             message,
             generation,
             now,
