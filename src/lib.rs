@@ -10,6 +10,7 @@ pub mod assertion;
 pub mod authserver;
 pub mod caches;
 pub mod controller;
+pub mod credential;
 pub mod error;
 pub mod events;
 pub mod fetcher;

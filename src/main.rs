@@ -19,6 +19,7 @@ use idv_token_operator::{
     api::{self, Environment},
     authserver::{self, HostPolicy, ServerPlan},
     controller::{self, RunOptions},
+    credential,
     events::EventPublisher,
     http::{self, Health},
     jwk::{self, KeygenAlgorithm},
@@ -28,7 +29,7 @@ use idv_token_operator::{
     reconcile::{Context, Settings},
     schedule,
     telemetry::{self, LogFormat},
-    token_client::{ClientSecretValue, Credential, TokenClient, TokenClientOptions},
+    token_client::{TokenClient, TokenClientOptions},
 };
 use jiff::{SignedDuration, Timestamp};
 
@@ -405,25 +406,24 @@ fn token(args: TokenArgs) -> Result<(), String> {
         }
         other => other.to_string(),
     })?;
-    let credential = match (&args.key, &args.client_secret_file) {
-        (Some(path), _) => {
-            let bytes = std::fs::read(path)
-                .map_err(|e| format!("cannot read the key file {}: {e}", path.display()))?;
-            let key = jwk::parse_signing_key(&bytes, args.key_id.as_deref())
-                .map_err(|e| format!("the key in {} is unusable: {e}", path.display()))?;
-            Credential::PrivateKey(std::sync::Arc::new(key))
-        }
-        (None, Some(path)) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                format!("cannot read the client secret file {}: {e}", path.display())
-            })?;
-            Credential::ClientSecret {
-                secret: ClientSecretValue::new(text.trim_end_matches(['\r', '\n']).to_string()),
-                version: String::new(),
-            }
-        }
+    let (kind, path) = match (&args.key, &args.client_secret_file) {
+        (Some(path), _) => (credential::Kind::PrivateKey, path),
+        (None, Some(path)) => (credential::Kind::ClientSecret, path),
         (None, None) => return Err("give --key or --client-secret-file".into()),
     };
+    let what = match kind {
+        credential::Kind::PrivateKey => "key file",
+        credential::Kind::ClientSecret => "client secret file",
+    };
+    let bytes = std::fs::read(path)
+        .map_err(|e| format!("cannot read the {what} {}: {e}", path.display()))?;
+    let credential = credential::parse(kind, bytes, args.key_id.as_deref(), String::new())
+        .map_err(|e| match e {
+            credential::CredentialError::Key(e) => {
+                format!("the key in {} is unusable: {e}", path.display())
+            }
+            other => format!("the {what} {}: {other}", path.display()),
+        })?;
     let params = TokenParams {
         scopes: args.scopes.clone(),
         audience: args.audience.clone(),

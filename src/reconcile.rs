@@ -20,17 +20,17 @@ use crate::{
     api::{self, IdvClient, IdvClientStatus},
     authserver::{self, ServerPlan},
     caches::{Caches, OwnWrites},
+    credential::{self, Credential},
     error::Error,
     events::{EventPublisher, EventType},
     fetcher::{self, ClientKey, Fetched, Fetcher, Poll},
-    jwk,
     metrics::Metrics,
     names,
     oauth::TokenParams,
     policy::{self, Decision, Facts, FetchState, ObservedToken, Step},
     resources::{self, TokenSecretRecord, TokenTimes},
     schedule::{self, BeforeExpiry},
-    token_client::{ClientSecretValue, Credential, TokenClient},
+    token_client::TokenClient,
     writeback::Writeback,
 };
 
@@ -744,28 +744,24 @@ async fn load_credential(
             name: reference.name.clone(),
             key: reference.key.clone(),
         })?;
-    let key = if client.spec.client_secret.is_some() {
-        let text = String::from_utf8(bytes).map_err(|_| {
-            Error::InvalidSpec(format!(
+    let kind = if client.spec.client_secret.is_some() {
+        credential::Kind::ClientSecret
+    } else {
+        credential::Kind::PrivateKey
+    };
+    let uid = secret.metadata.uid.clone().unwrap_or_default();
+    let key = credential::parse(kind, bytes, key_id.as_deref(), format!("{uid}/{version}"))
+        .map_err(|error| match error {
+            credential::CredentialError::NotUtf8 => Error::InvalidSpec(format!(
                 "the client secret in Secret {:?} is not UTF-8",
                 reference.name
-            ))
-        })?;
-        let uid = secret.metadata.uid.clone().unwrap_or_default();
-        Credential::ClientSecret {
-            secret: ClientSecretValue::new(text.trim_end_matches(['\r', '\n']).to_string()),
-            version: format!("{uid}/{version}"),
-        }
-    } else {
-        let parsed = jwk::parse_signing_key(&bytes, key_id.as_deref()).map_err(|source| {
-            Error::InvalidKey {
+            )),
+            credential::CredentialError::Key(source) => Error::InvalidKey {
                 name: reference.name.clone(),
                 key: reference.key.clone(),
                 source,
-            }
+            },
         })?;
-        Credential::PrivateKey(Arc::new(parsed))
-    };
     // Replaces the key parsed from an older version of the Secret.
     ctx.keys.lock().expect("lock").insert(
         cache_key,

@@ -14,11 +14,11 @@ use kube::{Resource, ResourceExt};
 
 use crate::{
     api::{self, Condition, IdvClient, IdvClientStatus, secret_keys},
+    credential::Credential,
     names,
     oauth::TokenAnswer,
     policy::ObservedToken,
     schedule::RefreshPlan,
-    token_client::Credential,
 };
 
 pub const READY: &str = "Ready";

@@ -3,8 +3,7 @@
 
 use std::{
     collections::HashMap,
-    fmt,
-    sync::{Arc, Mutex},
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -18,64 +17,13 @@ use crate::{
         is_local_url, resolve_discovered,
     },
     error::Error,
-    jwk::SigningKey,
     oauth::{
         HttpClient, TokenAnswer, TokenError, TokenParams, basic_authorization, parse_token_answer,
         token_form, token_form_without_assertion,
     },
 };
 
-/// How the client proves who it is.
-#[derive(Clone, Debug)]
-pub enum Credential {
-    /// private_key_jwt: a signed assertion per request.
-    PrivateKey(Arc<SigningKey>),
-    /// client_secret_basic. `version` identifies the Secret's content without hashing the
-    /// secret itself (a weak secret's hash could be guessed).
-    ClientSecret {
-        secret: ClientSecretValue,
-        version: String,
-    },
-}
-
-impl Credential {
-    /// What error messages and status call this credential.
-    pub fn key_id(&self) -> Option<&str> {
-        match self {
-            Credential::PrivateKey(key) => Some(key.key_id()),
-            Credential::ClientSecret { .. } => None,
-        }
-    }
-
-    /// Changes when the credential changes: part of the token's inputs hash.
-    pub fn fingerprint(&self) -> String {
-        match self {
-            Credential::PrivateKey(key) => format!(
-                "key:{}:{}:{:?}",
-                key.thumbprint,
-                key.kid.as_deref().unwrap_or_default(),
-                key.algorithm
-            ),
-            Credential::ClientSecret { version, .. } => format!("secret:{version}"),
-        }
-    }
-}
-
-/// A client secret. Its `Debug` never shows it.
-#[derive(Clone)]
-pub struct ClientSecretValue(String);
-
-impl ClientSecretValue {
-    pub fn new(secret: String) -> Self {
-        Self(secret)
-    }
-}
-
-impl fmt::Debug for ClientSecretValue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ClientSecretValue([redacted])")
-    }
-}
+pub use crate::credential::{ClientSecretValue, Credential};
 
 /// How long a discovered token endpoint is trusted before asking again.
 const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
@@ -236,7 +184,7 @@ impl TokenClient {
                 parse_token_answer(&answer, &[signed.expose()]).map_err(token_error)
             }
             Credential::ClientSecret { secret, .. } => {
-                let authorization = basic_authorization(client_id, &secret.0);
+                let authorization = basic_authorization(client_id, secret.expose());
                 let form = token_form_without_assertion(params);
                 let answer = self
                     .http
@@ -244,7 +192,7 @@ impl TokenClient {
                     .await
                     .map_err(token_error)?;
                 // The secret, and the header value that carries it (base64 of `id:secret`).
-                parse_token_answer(&answer, &[&secret.0, &authorization]).map_err(token_error)
+                parse_token_answer(&answer, &[secret.expose(), &authorization]).map_err(token_error)
             }
         }
     }
