@@ -25,6 +25,7 @@ use idv_token_operator::{
     jwk::{self, KeygenAlgorithm},
     leader::{self, LeaseSettings},
     metrics::Metrics,
+    names,
     oauth::TokenParams,
     reconcile::{Context, Settings},
     schedule,
@@ -473,14 +474,16 @@ fn keygen(args: KeygenArgs) -> Result<(), String> {
         Alg::Es384 => KeygenAlgorithm::Es384,
     };
     if let Some(name) = &args.secret_name
-        && !is_dns1123_subdomain(name)
+        && !names::is_dns1123_subdomain(name)
     {
         return Err(format!(
             "--secret-name {name:?} is not a valid Secret name (lower-case letters, digits, '-' and '.', at most 253 characters)"
         ));
     }
     if let Some(namespace) = &args.namespace
-        && !(namespace.len() <= 63 && !namespace.contains('.') && is_dns1123_subdomain(namespace))
+        && !(namespace.len() <= 63
+            && !namespace.contains('.')
+            && names::is_dns1123_subdomain(namespace))
     {
         return Err(format!(
             "--namespace {namespace:?} is not a valid namespace name (lower-case letters, digits and '-', at most 63 characters)"
@@ -525,21 +528,6 @@ fn keygen(args: KeygenArgs) -> Result<(), String> {
             Ok(())
         }
     }
-}
-
-/// RFC 1123 subdomain, as Kubernetes checks object names: lower-case alphanumerics, '-' and
-/// '.', each dot-separated part starting and ending alphanumeric, 253 characters at most.
-fn is_dns1123_subdomain(name: &str) -> bool {
-    name.len() <= 253
-        && name.split('.').all(|part| {
-            let bytes = part.as_bytes();
-            !bytes.is_empty()
-                && bytes
-                    .iter()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-                && bytes[0] != b'-'
-                && bytes[bytes.len() - 1] != b'-'
-        })
 }
 
 /// Create a file that must not exist yet, with the given mode from the start.
