@@ -465,7 +465,7 @@ impl HttpClient {
             .user_agent(concat!("idv-token-operator/", env!("CARGO_PKG_VERSION")))
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
-            .map_err(|e| format!("cannot create the HTTP client: {e}"))?;
+            .map_err(|e| client_build_error(&e))?;
         Ok(Self { client })
     }
 
@@ -544,6 +544,25 @@ impl HttpClient {
             retry_after,
             body,
         })
+    }
+}
+
+/// Why the HTTP client could not be built; reqwest's own Display is only "builder error".
+fn client_build_error(error: &reqwest::Error) -> String {
+    let mut detail = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(s) = source {
+        detail = format!("{detail}: {s}");
+        source = s.source();
+    }
+    // rustls-platform-verifier's words when the trust store gave no certificate at all.
+    if detail.contains("No CA certificates were loaded") {
+        "no CA certificates to verify IdPs with: the system trust store (SSL_CERT_FILE and \
+         SSL_CERT_DIR when set, else the distribution's files such as \
+         /etc/ssl/certs/ca-certificates.crt) holds none, and no --ca-bundle was given"
+            .into()
+    } else {
+        format!("cannot create the HTTP client: {detail}")
     }
 }
 

@@ -1145,7 +1145,13 @@ async fn https_with_a_ca_bundle_obtains_a_token(env: &Env) {
 async fn the_system_trust_store_is_honoured(env: &Env) {
     let dir = tempfile::tempdir().unwrap();
     let (client_id, key) = https_client(env, dir.path()).await;
-    let ca_dir = env.tls.ca_dir.to_str().unwrap();
+    // SSL_CERT_DIR is a list: an empty folder, then the CA's.
+    let empty = tempfile::tempdir().unwrap();
+    let ca_dir = format!(
+        "{}:{}",
+        path_arg(empty.path()),
+        env.tls.ca_dir.to_str().unwrap()
+    );
     let key_path = path_arg(&key.path);
     let args = [
         "token",
@@ -1158,7 +1164,7 @@ async fn the_system_trust_store_is_honoured(env: &Env) {
     ];
     for variable in [
         ("SSL_CERT_FILE", env.tls.ca_path()),
-        ("SSL_CERT_DIR", ca_dir),
+        ("SSL_CERT_DIR", ca_dir.as_str()),
     ] {
         let run = cli_with_env(args, &[variable]).await;
         let token = printed_token(&run);
@@ -1174,6 +1180,39 @@ async fn the_system_trust_store_is_honoured(env: &Env) {
             "the server's certificate is not trusted",
         ],
         &key.secrets(),
+    );
+}
+
+/// An empty trust store and no --ca-bundle: the command says so before it sends anything.
+async fn an_empty_trust_store_is_named(env: &Env) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "jwk.json", "ES256").await;
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let key_path = path_arg(&key.path);
+    let args = [
+        "token",
+        "--client-id",
+        "c",
+        "--key",
+        &key_path,
+        "--token-endpoint",
+        &env.https.token_endpoint,
+    ];
+    let run = cli_with_env(args, &[("SSL_CERT_FILE", &path_arg(&empty))]).await;
+    assert_failed(
+        &run,
+        FAIL_FAST,
+        &["no CA certificates to verify IdPs with", "--ca-bundle"],
+        &key.secrets(),
+    );
+    // The bundle alone is enough.
+    let mut with_bundle = args.to_vec();
+    with_bundle.extend(["--ca-bundle", env.tls.ca_path()]);
+    let run = cli_with_env(with_bundle, &[("SSL_CERT_FILE", &path_arg(&empty))]).await;
+    assert!(
+        run.stderr.contains("invalid_client") && !run.stderr.contains("TLS"),
+        "a TLS connection, then the IdP's answer: {run}"
     );
 }
 
@@ -1405,6 +1444,7 @@ fn main() {
         issuer_without_discovery_fails_clearly,
         https_with_a_ca_bundle_obtains_a_token,
         the_system_trust_store_is_honoured,
+        an_empty_trust_store_is_named,
         an_untrusted_certificate_is_named,
         a_certificate_for_another_host_is_named,
         an_expired_certificate_is_named,
