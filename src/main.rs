@@ -163,6 +163,9 @@ struct TokenArgs {
     output: Output,
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     timeout: Duration,
+    /// PEM file of extra CA certificates to trust for the IdP (private PKI), as for `run`.
+    #[arg(long)]
+    ca_bundle: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -266,10 +269,7 @@ fn run(args: RunArgs) -> Result<(), String> {
         // watches keep their own client, whose read timeout outlasts a watch.
         let controller::KubeClients { calls: kube, watches } =
             controller::kube_clients(config).map_err(|e| format!("cannot create a Kubernetes client: {e}"))?;
-        let ca_bundle_pem = match &args.ca_bundle {
-            Some(path) => Some(std::fs::read(path).map_err(|e| format!("cannot read the CA bundle {}: {e}", path.display()))?),
-            None => None,
-        };
+        let ca_bundle_pem = read_ca_bundle(args.ca_bundle.as_deref())?;
         let tokens = TokenClient::new(TokenClientOptions {
             timeout: args.token_request_timeout,
             host_policy,
@@ -360,6 +360,14 @@ fn run(args: RunArgs) -> Result<(), String> {
     result
 }
 
+fn read_ca_bundle(path: Option<&std::path::Path>) -> Result<Option<Vec<u8>>, String> {
+    path.map(|path| {
+        std::fs::read(path)
+            .map_err(|e| format!("cannot read the CA bundle {}: {e}", path.display()))
+    })
+    .transpose()
+}
+
 fn hostname() -> String {
     std::env::var("HOSTNAME")
         .ok()
@@ -430,13 +438,14 @@ fn token(args: TokenArgs) -> Result<(), String> {
         audience: args.audience.clone(),
         resource: args.resource.clone(),
     };
+    let ca_bundle_pem = read_ca_bundle(args.ca_bundle.as_deref())?;
     let answer = runtime()?.block_on(async {
         let tokens = TokenClient::new(TokenClientOptions {
             timeout: args.timeout,
             // Its user holds the key: any host, any audience.
             host_policy: HostPolicy::Unrestricted,
             any_assertion_audience: true,
-            ..TokenClientOptions::default()
+            ca_bundle_pem,
         })?;
         let resolved = tokens.resolve(&plan).await.map_err(|e| e.to_string())?;
         let now = Timestamp::now();

@@ -465,7 +465,7 @@ impl HttpClient {
             .user_agent(concat!("idv-token-operator/", env!("CARGO_PKG_VERSION")))
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
-            .map_err(|e| format!("cannot create the HTTP client: {e}"))?;
+            .map_err(|e| client_build_error(&e))?;
         Ok(Self { client })
     }
 
@@ -547,10 +547,31 @@ impl HttpClient {
     }
 }
 
+/// Why the HTTP client could not be built; reqwest's own Display is only "builder error".
+fn client_build_error(error: &reqwest::Error) -> String {
+    let mut detail = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(s) = source {
+        detail = format!("{detail}: {s}");
+        source = s.source();
+    }
+    // rustls-platform-verifier's words when the trust store gave no certificate at all.
+    if detail.contains("No CA certificates were loaded") {
+        "no CA certificates to verify IdPs with: the system trust store (SSL_CERT_FILE and \
+         SSL_CERT_DIR when set, else the distribution's files such as \
+         /etc/ssl/certs/ca-certificates.crt) holds none, and no --ca-bundle was given"
+            .into()
+    } else {
+        format!("cannot create the HTTP client: {detail}")
+    }
+}
+
 /// A short reason without the URL (reqwest's Display includes it, with query strings).
 fn transport_what(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         "the request timed out".into()
+    } else if let Some(reason) = tls_failure(e) {
+        format!("TLS handshake failed: {reason}")
     } else if e.is_connect() {
         let mut source = std::error::Error::source(e);
         let mut detail = String::from("connection failed");
@@ -566,6 +587,121 @@ fn transport_what(e: &reqwest::Error) -> String {
     } else {
         "the request failed".into()
     }
+}
+
+/// Why a TLS handshake failed, when a rustls error is among `error`'s sources (reqwest ->
+/// hyper -> io::Error -> io::Error -> rustls::Error). An io::Error's `source()` skips the
+/// error it wraps, so the walk steps into it with `get_ref` instead.
+pub fn tls_failure(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut next = Some(error);
+    // Bounded: a chain that loops (a buggy `source`) cannot hang a reconcile.
+    for _ in 0..16 {
+        let current = next?;
+        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+            return Some(describe_tls(tls));
+        }
+        next = match current
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => current.source(),
+        };
+    }
+    None
+}
+
+/// A rustls error in words: what is wrong and, where it helps, what to do. The server's
+/// certificate is public, but its names are the server's text: printable and cut short.
+pub fn describe_tls(error: &rustls::Error) -> String {
+    use rustls::{CertificateError as Cert, Error as Tls};
+    let time = |t: &rustls::pki_types::UnixTime| {
+        jiff::Timestamp::from_second(i64::try_from(t.as_secs()).unwrap_or(i64::MAX))
+            .map(|t| t.to_string())
+            .unwrap_or_else(|_| format!("{} (UNIX time)", t.as_secs()))
+    };
+    match error {
+        Tls::InvalidCertificate(certificate) => match certificate {
+            Cert::UnknownIssuer => "the server's certificate is not trusted: no trusted CA signed it \
+                 (for a private CA: --ca-bundle, or the system trust store)"
+                .into(),
+            Cert::BadSignature => {
+                "the server's certificate is not trusted: its signature does not verify".into()
+            }
+            Cert::NotValidForName => "the server's certificate is for another host".into(),
+            Cert::NotValidForNameContext {
+                expected,
+                presented,
+            } => format!(
+                "the server's certificate is for another host: it names {}, not {}",
+                certificate_names(presented),
+                printable(expected.to_str().as_ref(), 64)
+            ),
+            Cert::Expired => "the server's certificate expired".into(),
+            Cert::ExpiredContext { not_after, .. } => {
+                format!("the server's certificate expired at {}", time(not_after))
+            }
+            Cert::NotValidYet => {
+                "the server's certificate is not valid yet (check the clocks)".into()
+            }
+            Cert::NotValidYetContext { not_before, .. } => format!(
+                "the server's certificate is not valid before {} (check the clocks)",
+                time(not_before)
+            ),
+            Cert::Revoked => "the server's certificate is revoked".into(),
+            Cert::InvalidPurpose | Cert::InvalidPurposeContext { .. } => {
+                "the server's certificate is not meant for a TLS server (extended key usage)".into()
+            }
+            Cert::BadEncoding => "the server's certificate cannot be parsed".into(),
+            other => format!(
+                "the server's certificate was rejected ({})",
+                printable(&other.to_string(), 200)
+            ),
+        },
+        Tls::InvalidMessage(_)
+        | Tls::InappropriateMessage { .. }
+        | Tls::InappropriateHandshakeMessage { .. } => {
+            "the server does not speak TLS on this port (plain HTTP? then the URL starts with http://)"
+                .into()
+        }
+        Tls::AlertReceived(alert) => {
+            format!("the server ended the handshake (TLS alert {alert:?})")
+        }
+        Tls::PeerIncompatible(why) => {
+            format!("the server offers no TLS version or cipher suite in common ({why:?})")
+        }
+        Tls::NoCertificatesPresented => "the server presented no certificate".into(),
+        other => format!("TLS error: {}", printable(&other.to_string(), 200)),
+    }
+}
+
+/// The subject names rustls quotes (`DnsName("a.example")`, `IpAddress(10.0.0.1)`), readable.
+fn certificate_names(presented: &[String]) -> String {
+    if presented.is_empty() {
+        return "no host at all".into();
+    }
+    let readable = |name: &String| {
+        let plain = name
+            .strip_prefix("DnsName(\"")
+            .and_then(|n| n.strip_suffix("\")"))
+            .or_else(|| {
+                name.strip_prefix("IpAddress(")
+                    .and_then(|n| n.strip_suffix(')'))
+            })
+            .unwrap_or(name);
+        printable(plain, 64)
+    };
+    const SHOWN: usize = 4;
+    let mut names: Vec<String> = presented.iter().take(SHOWN).map(readable).collect();
+    if presented.len() > SHOWN {
+        names.push(format!("{} more", presented.len() - SHOWN));
+    }
+    names.join(", ")
+}
+
+/// At most `max` characters, without control characters.
+fn printable(text: &str, max: usize) -> String {
+    text.chars().filter(|c| !c.is_control()).take(max).collect()
 }
 
 #[cfg(test)]
@@ -924,6 +1060,243 @@ mod tests {
         )
         .err();
         assert!(error.is_some_and(|e| e.contains("invalid CA bundle")));
+    }
+
+    #[test]
+    fn tls_failures_are_named_from_the_rustls_error() {
+        use rustls::{CertificateError as Cert, Error as Tls, pki_types::UnixTime};
+        let at = |s: u64| UnixTime::since_unix_epoch(Duration::from_secs(s));
+        let cases: Vec<(Tls, &str)> = vec![
+            (Cert::UnknownIssuer.into(), "certificate is not trusted"),
+            (Cert::BadSignature.into(), "certificate is not trusted"),
+            (
+                Cert::NotValidForName.into(),
+                "certificate is for another host",
+            ),
+            (
+                Cert::NotValidForNameContext {
+                    expected: "127.0.0.1".try_into().unwrap(),
+                    presented: vec![
+                        "DnsName(\"idp.example\")".into(),
+                        "IpAddress(10.0.0.1)".into(),
+                    ],
+                }
+                .into(),
+                "for another host: it names idp.example, 10.0.0.1, not 127.0.0.1",
+            ),
+            (
+                Cert::ExpiredContext {
+                    time: at(1_600_000_000),
+                    not_after: at(1_577_836_800),
+                }
+                .into(),
+                "certificate expired at 2020-01-01T00:00:00Z",
+            ),
+            (Cert::Expired.into(), "certificate expired"),
+            (
+                Cert::NotValidYetContext {
+                    time: at(1_577_836_800),
+                    not_before: at(1_600_000_000),
+                }
+                .into(),
+                "not valid before 2020-09-13T12:26:40Z (check the clocks)",
+            ),
+            (Cert::Revoked.into(), "revoked"),
+            (Cert::InvalidPurpose.into(), "not meant for a TLS server"),
+            (
+                Tls::InvalidMessage(rustls::InvalidMessage::InvalidContentType),
+                "does not speak TLS",
+            ),
+            (
+                Tls::AlertReceived(rustls::AlertDescription::HandshakeFailure),
+                "TLS alert HandshakeFailure",
+            ),
+            (Tls::NoCertificatesPresented, "presented no certificate"),
+        ];
+        for (error, expected) in cases {
+            let reason = describe_tls(&error);
+            assert!(reason.contains(expected), "{error:?}: {reason:?}");
+        }
+        // A hostile certificate's names: printable, few, short.
+        let presented: Vec<String> = (0..9)
+            .map(|i| format!("DnsName(\"host{i}\\r\\n{}\")", "x".repeat(100)))
+            .collect();
+        let reason = describe_tls(
+            &Cert::NotValidForNameContext {
+                expected: "127.0.0.1".try_into().unwrap(),
+                presented,
+            }
+            .into(),
+        );
+        assert!(!reason.chars().any(char::is_control), "{reason:?}");
+        assert!(reason.contains("5 more") && reason.len() < 400, "{reason}");
+    }
+
+    #[test]
+    fn the_tls_reason_is_found_wherever_the_chain_hides_it() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl fmt::Display for Outer {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("error sending request")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let tls = || rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let io = || std::io::Error::new(std::io::ErrorKind::InvalidData, tls());
+        // As is; inside an io::Error (whose `source()` skips it); an io::Error further down.
+        assert!(tls_failure(&tls()).is_some());
+        assert!(tls_failure(&io()).is_some());
+        assert!(tls_failure(&Outer(io())).is_some());
+        let nested = std::io::Error::other(Outer(io()));
+        assert!(tls_failure(&nested).unwrap().contains("not trusted"));
+        // Not TLS at all.
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(tls_failure(&Outer(refused)), None);
+    }
+
+    /// Certificates for the TLS tests: a trusted CA and leaves that are wrong in one way each.
+    struct TestPki {
+        ca_pem: String,
+        good: (String, String),
+        untrusted: (String, String),
+        wrong_host: (String, String),
+        expired: (String, String),
+    }
+
+    fn test_pki() -> TestPki {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let ca = |name: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+        };
+        let (trusted, other) = (ca("trusted test CA"), ca("untrusted test CA"));
+        let leaf = |names: &[&str], issuer: &CertifiedIssuer<'_, KeyPair>, expired: bool| {
+            let key = KeyPair::generate().unwrap();
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let mut params = CertificateParams::new(names).unwrap();
+            if expired {
+                params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+                params.not_after = rcgen::date_time_ymd(2020, 1, 1);
+            }
+            let cert = params.signed_by(&key, issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        TestPki {
+            ca_pem: trusted.pem(),
+            good: leaf(&["127.0.0.1"], &trusted, false),
+            untrusted: leaf(&["127.0.0.1"], &other, false),
+            wrong_host: leaf(&["idp.example"], &trusted, false),
+            expired: leaf(&["127.0.0.1"], &trusted, true),
+        }
+    }
+
+    /// A TLS server on 127.0.0.1 with this certificate, answering every request with a token.
+    async fn tls_server((cert, key): &(String, String)) -> Url {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("https://{}/token", listener.local_addr().unwrap())).unwrap();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(socket).await else {
+                        return;
+                    };
+                    let mut request = [0u8; 4096];
+                    let _ = tls.read(&mut request).await;
+                    let body = r#"{"access_token":"t","token_type":"Bearer"}"#;
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tls.write_all(answer.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn tls_failures_through_reqwest_name_their_reason() {
+        let pki = test_pki();
+        let client = HttpClient::new(Duration::from_secs(5), Some(pki.ca_pem.as_bytes())).unwrap();
+        let good = client.get(&tls_server(&pki.good).await).await.unwrap();
+        assert_eq!(good.status, 200);
+        for (cert, expected) in [
+            (&pki.untrusted, "the server's certificate is not trusted"),
+            (
+                &pki.wrong_host,
+                "the server's certificate is for another host: it names idp.example, not 127.0.0.1",
+            ),
+            (
+                &pki.expired,
+                "the server's certificate expired at 2020-01-01T00:00:00Z",
+            ),
+        ] {
+            let url = tls_server(cert).await;
+            let error = client.get(&url).await.unwrap_err();
+            assert!(
+                matches!(&error, TokenError::Transport { timeout: false, .. }),
+                "{error:?}"
+            );
+            let message = error.to_string();
+            assert!(
+                message.contains(
+                    "cannot reach the token endpoint at 127.0.0.1: TLS handshake failed: "
+                ) && message.contains(expected),
+                "{message}"
+            );
+        }
+        // Without the CA, the good certificate is not trusted either.
+        let plain = HttpClient::new(Duration::from_secs(5), None).unwrap();
+        let message = plain
+            .get(&tls_server(&pki.good).await)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("not trusted"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn https_to_a_plain_http_port_says_so() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("https://{}/token", listener.local_addr().unwrap())).unwrap();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut hello = [0u8; 4096];
+                let _ = socket.read(&mut hello).await;
+                let _ = socket
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        let client = HttpClient::new(Duration::from_secs(5), None).unwrap();
+        let message = client.get(&url).await.unwrap_err().to_string();
+        assert!(message.contains("does not speak TLS"), "{message}");
     }
 
     #[test]

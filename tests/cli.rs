@@ -16,11 +16,14 @@ use std::{
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::{Map, Value, json};
-use support::Idp;
+use support::{Idp, IdpTls};
 
 struct Env {
     rt: tokio::runtime::Runtime,
     idp: Idp,
+    /// An HTTPS IdP (tests/support: `IdpTls`), and its certificates.
+    https: Idp,
+    tls: IdpTls,
 }
 
 const BIN: &str = env!("CARGO_BIN_EXE_idv-token-operator");
@@ -54,6 +57,16 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    cli_with_env(args, &[]).await
+}
+
+/// `cli` with these environment variables; the trust-store ones (`SSL_CERT_FILE`,
+/// `SSL_CERT_DIR`) only when given.
+async fn cli_with_env<I, S>(args: I, env: &[(&str, &str)]) -> Run
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let args: Vec<_> = args
         .into_iter()
         .map(|a| a.as_ref().to_os_string())
@@ -61,6 +74,9 @@ where
     let started = Instant::now();
     let child = tokio::process::Command::new(BIN)
         .args(&args)
+        .env_remove("SSL_CERT_FILE")
+        .env_remove("SSL_CERT_DIR")
+        .envs(env.iter().copied())
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -1095,6 +1111,189 @@ async fn issuer_without_discovery_fails_clearly(env: &Env) {
     );
 }
 
+// --------------------------------------------------------------------------------------------
+// token: HTTPS
+
+/// A key registered at the HTTPS IdP: (client id, key).
+async fn https_client(env: &Env, dir: &Path) -> (String, Key) {
+    let key = keygen(dir, "jwk.json", "ES256").await;
+    let client_id = env
+        .https
+        .register(std::slice::from_ref(&key.public), None)
+        .await;
+    (client_id, key)
+}
+
+async fn https_with_a_ca_bundle_obtains_a_token(env: &Env) {
+    let dir = tempfile::tempdir().unwrap();
+    let (client_id, key) = https_client(env, dir.path()).await;
+    let ca = ["--ca-bundle", env.tls.ca_path()];
+    // Discovery and the token request over HTTPS; then the token endpoint named directly.
+    for server in [
+        ["--issuer", env.https.issuer.as_str()],
+        ["--token-endpoint", env.https.token_endpoint.as_str()],
+    ] {
+        let run = run_token(&client_id, &key.path, &server, &ca).await;
+        let token = printed_token(&run);
+        let introspection = env.https.introspect(&token).await;
+        assert_eq!(introspection["active"], true, "{introspection}");
+        assert_eq!(introspection["client_id"], client_id.as_str());
+    }
+}
+
+/// reqwest reads the system store from SSL_CERT_FILE or SSL_CERT_DIR when set.
+async fn the_system_trust_store_is_honoured(env: &Env) {
+    let dir = tempfile::tempdir().unwrap();
+    let (client_id, key) = https_client(env, dir.path()).await;
+    // SSL_CERT_DIR is a list: an empty folder, then the CA's.
+    let empty = tempfile::tempdir().unwrap();
+    let ca_dir = format!(
+        "{}:{}",
+        path_arg(empty.path()),
+        env.tls.ca_dir.to_str().unwrap()
+    );
+    let key_path = path_arg(&key.path);
+    let args = [
+        "token",
+        "--client-id",
+        &client_id,
+        "--key",
+        &key_path,
+        "--token-endpoint",
+        &env.https.token_endpoint,
+    ];
+    for variable in [
+        ("SSL_CERT_FILE", env.tls.ca_path()),
+        ("SSL_CERT_DIR", ca_dir.as_str()),
+    ] {
+        let run = cli_with_env(args, &[variable]).await;
+        let token = printed_token(&run);
+        assert_eq!(env.https.introspect(&token).await["active"], true);
+    }
+    // Neither: the test CA is not in the system store.
+    let run = cli(args).await;
+    assert_failed(
+        &run,
+        FAIL_FAST,
+        &[
+            "cannot reach the token endpoint at 127.0.0.1: TLS handshake failed",
+            "the server's certificate is not trusted",
+        ],
+        &key.secrets(),
+    );
+}
+
+/// An empty trust store and no --ca-bundle: the command says so before it sends anything.
+async fn an_empty_trust_store_is_named(env: &Env) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "jwk.json", "ES256").await;
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let key_path = path_arg(&key.path);
+    let args = [
+        "token",
+        "--client-id",
+        "c",
+        "--key",
+        &key_path,
+        "--token-endpoint",
+        &env.https.token_endpoint,
+    ];
+    let run = cli_with_env(args, &[("SSL_CERT_FILE", &path_arg(&empty))]).await;
+    assert_failed(
+        &run,
+        FAIL_FAST,
+        &["no CA certificates to verify IdPs with", "--ca-bundle"],
+        &key.secrets(),
+    );
+    // The bundle alone is enough.
+    let mut with_bundle = args.to_vec();
+    with_bundle.extend(["--ca-bundle", env.tls.ca_path()]);
+    let run = cli_with_env(with_bundle, &[("SSL_CERT_FILE", &path_arg(&empty))]).await;
+    assert!(
+        run.stderr.contains("invalid_client") && !run.stderr.contains("TLS"),
+        "a TLS connection, then the IdP's answer: {run}"
+    );
+}
+
+/// `token` at the HTTPS listener with this wrong certificate, trusting the test CA: one
+/// attempt, refused at the handshake, and the reason on stderr.
+async fn tls_failure_case(env: &Env, listener: &str, expected: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "jwk.json", "ES256").await;
+    let (_, before) = env.https.tls_handshakes(listener).await;
+    let endpoint = env.https.endpoint_with(listener);
+    let run = run_token(
+        &unique_client(listener),
+        &key.path,
+        &["--token-endpoint", &endpoint],
+        &["--ca-bundle", env.tls.ca_path()],
+    )
+    .await;
+    let mut all = vec!["TLS handshake failed"];
+    all.extend_from_slice(expected);
+    assert_failed(&run, FAIL_FAST, &all, &key.secrets());
+    assert!(!run.stderr.contains("error sending request"), "{run}");
+    let (handshakes, after) = env.https.tls_handshakes(listener).await;
+    assert_eq!(
+        (handshakes, after.len() - before.len()),
+        (0, 1),
+        "one refused handshake, no retry"
+    );
+    // The same words when discovery meets it.
+    let issuer = endpoint.trim_end_matches("/token");
+    let run = run_token(
+        "c",
+        &key.path,
+        &["--issuer", issuer],
+        &["--ca-bundle", env.tls.ca_path()],
+    )
+    .await;
+    let mut all = vec!["OIDC discovery", "TLS handshake failed"];
+    all.extend_from_slice(expected);
+    assert_failed(&run, FAIL_FAST, &all, &key.secrets());
+}
+
+async fn an_untrusted_certificate_is_named(env: &Env) {
+    tls_failure_case(
+        env,
+        "untrusted",
+        &["the server's certificate is not trusted", "--ca-bundle"],
+    )
+    .await;
+}
+
+async fn a_certificate_for_another_host_is_named(env: &Env) {
+    tls_failure_case(
+        env,
+        "wrong-host",
+        &["the server's certificate is for another host: it names localhost, not 127.0.0.1"],
+    )
+    .await;
+}
+
+async fn an_expired_certificate_is_named(env: &Env) {
+    tls_failure_case(
+        env,
+        "expired",
+        &["the server's certificate expired at 2024-01-02T00:00:00Z"],
+    )
+    .await;
+}
+
+async fn https_to_a_plain_http_port_says_it_is_not_tls(env: &Env) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "jwk.json", "ES256").await;
+    let endpoint = env.idp.token_endpoint.replacen("http://", "https://", 1);
+    let run = run_token("c", &key.path, &["--token-endpoint", &endpoint], &[]).await;
+    assert_failed(
+        &run,
+        FAIL_FAST,
+        &["TLS handshake failed", "does not speak TLS", "http://"],
+        &key.secrets(),
+    );
+}
+
 async fn server_arguments_are_validated(_env: &Env) {
     let dir = tempfile::tempdir().unwrap();
     let key = keygen(dir.path(), "jwk.json", "ES256").await;
@@ -1243,6 +1442,13 @@ fn main() {
         redirect_is_not_followed,
         connection_refused_names_the_host,
         issuer_without_discovery_fails_clearly,
+        https_with_a_ca_bundle_obtains_a_token,
+        the_system_trust_store_is_honoured,
+        an_empty_trust_store_is_named,
+        an_untrusted_certificate_is_named,
+        a_certificate_for_another_host_is_named,
+        an_expired_certificate_is_named,
+        https_to_a_plain_http_port_says_it_is_not_tls,
         server_arguments_are_validated,
         unusable_key_files_give_clear_messages,
     ];
@@ -1262,8 +1468,15 @@ fn main() {
         .unwrap();
     let started = Instant::now();
     let idp = Idp::start();
-    eprintln!("test IdP up in {:.1}s", started.elapsed().as_secs_f64());
-    let env = Arc::new(Env { rt, idp });
+    let tls = IdpTls::generate();
+    let https = Idp::start_with(Some(&tls));
+    eprintln!("test IdPs up in {:.1}s", started.elapsed().as_secs_f64());
+    let env = Arc::new(Env {
+        rt,
+        idp,
+        https,
+        tls,
+    });
     let trials = list
         .into_iter()
         .map(|(name, scenario)| {
@@ -1279,8 +1492,15 @@ fn main() {
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
     match Arc::try_unwrap(env) {
-        Ok(Env { rt, idp }) => {
+        Ok(Env {
+            rt,
+            idp,
+            https,
+            tls,
+        }) => {
             drop(idp);
+            drop(https);
+            drop(tls);
             drop(rt);
         }
         Err(_) => eprintln!("environment still shared; the IdP ends with this process"),

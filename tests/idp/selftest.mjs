@@ -173,7 +173,8 @@ async function run() {
   must(ready.token_endpoint === `${ready.issuer}/token`, 'ready line: token_endpoint', ready);
   check(ready.introspection_endpoint === `${ready.issuer}/token/introspection`, 'ready line: introspection_endpoint', ready);
   check(ready.registration_endpoint === `${ready.issuer}/reg`, 'ready line: registration_endpoint', ready);
-  check(Object.keys(ready).sort().join() === 'introspection_endpoint,issuer,port,registration_endpoint,token_endpoint', 'ready line: exactly the five keys', ready);
+  check(Object.keys(ready).sort().join() === 'control,introspection_endpoint,issuer,port,registration_endpoint,tls_ports,token_endpoint', 'ready line: exactly the seven keys', ready);
+  check(ready.control === ready.issuer && JSON.stringify(ready.tls_ports) === '{}', 'ready line: without IDP_TLS, control is the issuer and there are no TLS ports', ready);
 
   const rsa = await newKey('RS256');
   const ec = await newKey('ES256');

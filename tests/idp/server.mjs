@@ -5,14 +5,23 @@
 //
 //   {"issuer":"http://127.0.0.1:PORT","token_endpoint":"http://127.0.0.1:PORT/token",
 //    "introspection_endpoint":"http://127.0.0.1:PORT/token/introspection",
-//    "registration_endpoint":"http://127.0.0.1:PORT/reg","port":PORT}
+//    "registration_endpoint":"http://127.0.0.1:PORT/reg","port":PORT,
+//    "control":"http://127.0.0.1:PORT","tls_ports":{}}
+//
+// With IDP_TLS set (JSON: {"cert":PEM file,"key":PEM file,"extra":{"NAME":{"cert":…,"key":…}}})
+// the issuer is https://127.0.0.1:PORT with that certificate, every "extra" certificate gets
+// an HTTPS listener of its own (same provider; "tls_ports" names their ports), and "control"
+// is a plain-HTTP listener for the harness (same provider and /__test/ routes), which keeps
+// working whatever certificate the HTTPS listeners present.
 //
 // It exits when its stdin reaches EOF / closes (the parent holds the pipe), and on SIGTERM/SIGINT.
 // Everything else goes to stderr; set IDP_DEBUG=1 for a line per request and oidc-provider's
 // own notices. See README.md in this folder for the /__test/ control routes.
 
 import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
 import * as http from 'node:http';
+import * as https from 'node:https';
 
 // ---------------------------------------------------------------------------------------------
 // Quiet by default. oidc-provider prints NOTICEs (console.info, i.e. stdout!) and WARNINGs
@@ -131,13 +140,48 @@ function json(ctx, status, body) {
 // ---------------------------------------------------------------------------------------------
 // Provider
 // ---------------------------------------------------------------------------------------------
-const server = http.createServer();
-await new Promise((resolve, reject) => {
-  server.once('error', reject);
-  server.listen(0, '127.0.0.1', resolve);
-});
-const { port } = server.address();
-const issuer = `http://127.0.0.1:${port}`;
+const TLS = process.env.IDP_TLS ? JSON.parse(process.env.IDP_TLS) : undefined;
+const readPair = ({ cert, key }) => ({ cert: fs.readFileSync(cert), key: fs.readFileSync(key) });
+
+// HTTPS listeners by name ("main" is the issuer's), and what their TLS handshakes did.
+const tlsListeners = new Map(); // name -> https.Server
+const tlsStats = new Map(); // name -> { handshakes, failures: [{ at_ms, error }] }
+const MAX_FAILURES_KEPT = 100;
+
+function httpsListener(name, pair) {
+  const listener = https.createServer(readPair(pair));
+  const counts = { handshakes: 0, failures: [] };
+  listener.on('secureConnection', () => { counts.handshakes += 1; });
+  // The client refused the certificate (it sends an alert) or spoke no TLS.
+  listener.on('tlsClientError', (err, socket) => {
+    counts.failures.push({ at_ms: Date.now(), error: String(err?.code ?? err?.message ?? err) });
+    if (counts.failures.length > MAX_FAILURES_KEPT) counts.failures.shift();
+    socket.destroy();
+  });
+  tlsListeners.set(name, listener);
+  tlsStats.set(name, counts);
+  return listener;
+}
+
+async function listen(listener) {
+  await new Promise((resolve, reject) => {
+    listener.once('error', reject);
+    listener.listen(0, '127.0.0.1', resolve);
+  });
+  return listener.address().port;
+}
+
+const server = TLS ? httpsListener('main', TLS) : http.createServer();
+const port = await listen(server);
+const issuer = `${TLS ? 'https' : 'http'}://127.0.0.1:${port}`;
+// The harness's own way in: plain HTTP, also while the HTTPS certificate is a bad one.
+const controlServer = TLS ? http.createServer() : server;
+const controlPort = TLS ? await listen(controlServer) : port;
+const control = `http://127.0.0.1:${controlPort}`;
+const tlsPorts = {};
+for (const [name, pair] of Object.entries(TLS?.extra ?? {})) {
+  tlsPorts[name] = await listen(httpsListener(name, pair));
+}
 
 // Signing key for the provider itself (published at /jwks, never used for the opaque access
 // tokens). Generated per run so that no development keys are used. An EC key, because generating
@@ -318,6 +362,38 @@ async function testRoutes(ctx, next) {
     return;
   }
 
+  if (path === '/__test/tls' && method === 'GET') {
+    json(ctx, 200, Object.fromEntries(tlsStats));
+    return;
+  }
+
+  // Swap a listener's certificate. Open connections are closed and earlier session tickets
+  // stop working, so that every client does a full handshake with the new certificate.
+  if (path === '/__test/tls' && method === 'POST') {
+    let body;
+    try {
+      body = JSON.parse((await readRaw(ctx.req)).toString('utf8'));
+    } catch (e) {
+      json(ctx, 400, { error: `invalid JSON body: ${e.message}` });
+      return;
+    }
+    const listener = tlsListeners.get(body?.listener ?? 'main');
+    if (!listener || typeof body.cert !== 'string' || typeof body.key !== 'string') {
+      json(ctx, 400, { error: 'listener (a TLS listener name), cert and key (PEM files) are required' });
+      return;
+    }
+    try {
+      listener.setSecureContext(readPair(body));
+    } catch (e) {
+      json(ctx, 400, { error: `unusable certificate or key: ${e.message}` });
+      return;
+    }
+    listener.setTicketKeys(crypto.randomBytes(48));
+    listener.closeAllConnections();
+    json(ctx, 200, { listener: body.listener ?? 'main', cert: body.cert });
+    return;
+  }
+
   if (path === '/__test/reset' && method === 'POST') {
     stats.clear();
     faults.clear();
@@ -457,13 +533,33 @@ if (DEBUG) {
   }
 }
 
-server.on('request', provider.callback());
+const callback = provider.callback();
+for (const listener of new Set([server, controlServer, ...tlsListeners.values()])) {
+  listener.on('request', callback);
+}
 
-// Discovery is the source of truth for the advertised endpoints.
-const discovery = await fetch(`${issuer}/.well-known/openid-configuration`).then((r) => {
-  if (!r.ok) throw new Error(`discovery failed: ${r.status}`);
-  return r.json();
-});
+// Discovery is the source of truth for the advertised endpoints. Asked over the issuer's own
+// listener (oidc-provider builds some endpoint URLs from the request's origin). Over HTTPS
+// this process asks itself without checking its certificate: it does not know the test CA.
+async function discover() {
+  const url = `${issuer}/.well-known/openid-configuration`;
+  if (!TLS) {
+    const r = await fetch(url);
+    if (!r.ok) throw new Error(`discovery failed: ${r.status}`);
+    return r.json();
+  }
+  return new Promise((resolve, reject) => {
+    https.get(url, { rejectUnauthorized: false }, (r) => {
+      const chunks = [];
+      r.on('data', (c) => chunks.push(c));
+      r.on('end', () => {
+        if (r.statusCode !== 200) reject(new Error(`discovery failed: ${r.statusCode}`));
+        else resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')));
+      });
+    }).on('error', reject);
+  });
+}
+const discovery = await discover();
 
 const ready = {
   issuer: discovery.issuer,
@@ -471,5 +567,7 @@ const ready = {
   introspection_endpoint: discovery.introspection_endpoint,
   registration_endpoint: discovery.registration_endpoint,
   port,
+  control,
+  tls_ports: tlsPorts,
 };
 process.stdout.write(`${JSON.stringify(ready)}\n`);

@@ -86,12 +86,22 @@ impl Case {
     /// An operator for this namespace, allowed to send to the local IdP unless `extra` gives
     /// its own `--allowed-token-hosts`.
     pub(crate) fn start_operator(env: &Env, ns: &str, extra: &[&str]) -> Operator {
+        Self::start_operator_with_env(env, ns, extra, &[])
+    }
+
+    /// `start_operator` with these environment variables (e.g. `SSL_CERT_FILE`).
+    pub(crate) fn start_operator_with_env(
+        env: &Env,
+        ns: &str,
+        extra: &[&str],
+        vars: &[(&str, &str)],
+    ) -> Operator {
         let mut args = vec!["--watch-namespace", ns, "--min-refresh-interval", "2s"];
         if !extra.iter().any(|a| a.starts_with("--allowed-token-hosts")) {
             args.extend_from_slice(&LOCAL_IDP_HOSTS);
         }
         args.extend_from_slice(extra);
-        Operator::start(&env.plane.operator_kubeconfig, &args)
+        Operator::start_with_env(&env.plane.operator_kubeconfig, &args, vars)
     }
 
     pub(crate) fn clients(&self) -> Api<IdvClient> {

@@ -11,6 +11,7 @@ mod failures;
 mod issuing;
 mod operations;
 mod tenancy;
+mod tls;
 
 use case::*;
 use drift::*;
@@ -18,6 +19,7 @@ use failures::*;
 use issuing::*;
 use operations::*;
 use tenancy::*;
+use tls::*;
 
 macro_rules! scenarios {
     ($($name:ident),* $(,)?) => {
@@ -80,6 +82,10 @@ fn main() {
         edited_bookkeeping_is_repaired_not_trusted,
         an_unwritable_secret_costs_no_tokens,
         a_secret_with_a_copied_owner_reference_is_not_adopted,
+        tokens_over_https_with_a_ca_bundle,
+        the_system_trust_store_is_honoured_without_a_flag,
+        wrong_certificates_give_idp_unreachable_with_the_reason,
+        a_certificate_gone_bad_keeps_the_token_and_says_why,
     ];
     // Disruptive scenarios run alone, after the others.
     let disruptive: Vec<(&'static str, Scenario)> = scenarios![

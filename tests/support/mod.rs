@@ -544,18 +544,133 @@ pub async fn apply_dynamic(client: &Client, object: DynamicObject) {
     .unwrap();
 }
 
+/// A certificate and its key, as PEM files.
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Certificates for an HTTPS test IdP, made per run: a CA the operator may be told to trust,
+/// a good server certificate (127.0.0.1 and localhost), and three that are wrong on purpose.
+pub struct IdpTls {
+    /// The trusted CA's certificate (PEM), alone in `ca_dir`.
+    pub ca: PathBuf,
+    /// A folder that holds only `ca`: an `SSL_CERT_DIR`.
+    pub ca_dir: PathBuf,
+    pub good: CertFiles,
+    /// Names 127.0.0.1 and localhost, but signed by a CA nobody trusts.
+    pub untrusted: CertFiles,
+    /// Signed by the trusted CA, for localhost only (the IdP is reached as 127.0.0.1).
+    pub wrong_host: CertFiles,
+    /// Signed by the trusted CA, for 127.0.0.1 and localhost, expired at 2024-01-02T00:00:00Z.
+    pub expired: CertFiles,
+    _dir: tempfile::TempDir,
+}
+
+impl IdpTls {
+    pub fn generate() -> IdpTls {
+        let dir = tempfile::Builder::new()
+            .prefix("idv-idp-tls-")
+            .tempdir()
+            .unwrap();
+        let ca = |name: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+        };
+        let trusted = ca("idv-token-operator test IdP CA");
+        let stranger = ca("a CA nobody trusts");
+        let write = |name: &str, contents: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, contents).unwrap();
+            path
+        };
+        let leaf =
+            |name: &str, sans: &[&str], issuer: &CertifiedIssuer<'_, KeyPair>, expired: bool| {
+                let key = KeyPair::generate().unwrap();
+                let mut params =
+                    CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                        .unwrap();
+                params.distinguished_name.push(DnType::CommonName, name);
+                params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+                if expired {
+                    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+                    params.not_after = rcgen::date_time_ymd(2024, 1, 2);
+                }
+                let cert = params.signed_by(&key, issuer).unwrap();
+                CertFiles {
+                    cert: write(&format!("{name}.crt"), &cert.pem()),
+                    key: write(&format!("{name}.key"), &key.serialize_pem()),
+                }
+            };
+        let here = ["127.0.0.1", "localhost"];
+        let good = leaf("good", &here, &trusted, false);
+        let untrusted = leaf("untrusted", &here, &stranger, false);
+        let wrong_host = leaf("wrong-host", &["localhost"], &trusted, false);
+        let expired = leaf("expired", &here, &trusted, true);
+        let ca_dir = dir.path().join("ca");
+        std::fs::create_dir(&ca_dir).unwrap();
+        let ca = ca_dir.join("ca.crt");
+        std::fs::write(&ca, trusted.pem()).unwrap();
+        IdpTls {
+            ca,
+            ca_dir,
+            good,
+            untrusted,
+            wrong_host,
+            expired,
+            _dir: dir,
+        }
+    }
+
+    /// `IDP_TLS` for tests/idp/server.mjs: the good certificate on the issuer's listener, each
+    /// wrong one on a listener of its own.
+    fn server_config(&self) -> String {
+        let pair = |files: &CertFiles| json!({"cert": files.cert, "key": files.key});
+        json!({
+            "cert": self.good.cert,
+            "key": self.good.key,
+            "extra": {
+                "untrusted": pair(&self.untrusted),
+                "wrong-host": pair(&self.wrong_host),
+                "expired": pair(&self.expired),
+            },
+        })
+        .to_string()
+    }
+
+    pub fn ca_path(&self) -> &str {
+        self.ca.to_str().expect("a UTF-8 temp path")
+    }
+}
+
 /// The test IdP: oidc-provider with test routes (tests/idp).
 pub struct Idp {
     pub issuer: String,
     pub token_endpoint: String,
     pub introspection_endpoint: String,
     pub registration_endpoint: String,
+    /// Plain-HTTP base URL for the harness's own calls (registration, introspection,
+    /// /__test/): the issuer itself, or for an HTTPS IdP a listener that works whatever
+    /// certificate the HTTPS ones present.
+    pub control: String,
+    /// Ports of the HTTPS listeners with a wrong certificate, by name ("untrusted",
+    /// "wrong-host", "expired"); empty for a plain-HTTP IdP.
+    pub tls_ports: std::collections::HashMap<String, u16>,
     http: reqwest::Client,
     _child: ChildGuard,
 }
 
 impl Idp {
+    /// A plain-HTTP IdP.
     pub fn start() -> Idp {
+        Self::start_with(None)
+    }
+
+    /// An HTTPS IdP when `tls` is given (issuer `https://127.0.0.1:PORT`).
+    pub fn start_with(tls: Option<&IdpTls>) -> Idp {
         let idp_dir = format!("{REPO}/tests/idp");
         if !Path::new(&idp_dir)
             .join("node_modules/oidc-provider")
@@ -568,9 +683,13 @@ impl Idp {
                 .expect("run npm ci");
             assert!(status.success(), "npm ci --prefix tests/idp failed");
         }
+        let mut command = Command::new("node");
+        if let Some(tls) = tls {
+            command.env("IDP_TLS", tls.server_config());
+        }
         let mut child = spawn(
             "idp",
-            Command::new("node")
+            command
                 .arg(format!("{idp_dir}/server.mjs"))
                 // The IdP exits when this pipe closes, i.e. when we die.
                 .stdin(Stdio::piped())
@@ -595,6 +714,9 @@ impl Idp {
             token_endpoint: text("token_endpoint"),
             introspection_endpoint: text("introspection_endpoint"),
             registration_endpoint: text("registration_endpoint"),
+            control: text("control"),
+            tls_ports: serde_json::from_value(ready["tls_ports"].clone())
+                .expect("tls_ports maps names to ports"),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
@@ -618,7 +740,7 @@ impl Idp {
         }
         let response = self
             .http
-            .post(&self.registration_endpoint)
+            .post(self.via_control(&self.registration_endpoint))
             .json(&body)
             .send()
             .await
@@ -643,7 +765,7 @@ impl Idp {
         });
         let response = self
             .http
-            .post(&self.registration_endpoint)
+            .post(self.via_control(&self.registration_endpoint))
             .json(&body)
             .send()
             .await
@@ -660,7 +782,7 @@ impl Idp {
 
     pub async fn introspect(&self, token: &str) -> Value {
         self.http
-            .post(&self.introspection_endpoint)
+            .post(self.via_control(&self.introspection_endpoint))
             .basic_auth("introspector", Some("introspector-secret"))
             .form(&[("token", token)])
             .send()
@@ -673,13 +795,63 @@ impl Idp {
 
     async fn get_json(&self, path: &str) -> Value {
         self.http
-            .get(format!("{}{path}", self.issuer))
+            .get(format!("{}{path}", self.control))
             .send()
             .await
             .unwrap()
             .json()
             .await
             .unwrap()
+    }
+
+    /// One of the IdP's own URLs, reached through the control listener.
+    fn via_control(&self, url: &str) -> String {
+        match url.strip_prefix(&self.issuer) {
+            Some(path) => format!("{}{path}", self.control),
+            None => url.to_string(),
+        }
+    }
+
+    /// The token endpoint on the HTTPS listener with this wrong certificate.
+    pub fn endpoint_with(&self, listener: &str) -> String {
+        let port = self
+            .tls_ports
+            .get(listener)
+            .unwrap_or_else(|| panic!("the IdP has no TLS listener {listener:?}"));
+        format!("https://127.0.0.1:{port}/token")
+    }
+
+    /// Present this certificate on a TLS listener ("main": the issuer's) from now on; open
+    /// connections are closed and session tickets forgotten, so every client sees it.
+    pub async fn use_certificate(&self, listener: &str, files: &CertFiles) {
+        let response = self
+            .http
+            .post(format!("{}/__test/tls", self.control))
+            .json(&json!({"listener": listener, "cert": files.cert, "key": files.key}))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "swapping the certificate failed: {}",
+            response.text().await.unwrap_or_default()
+        );
+    }
+
+    /// TLS handshakes a listener completed, and the times (ms since the epoch) of those
+    /// that failed (the client refused the certificate).
+    pub async fn tls_handshakes(&self, listener: &str) -> (u64, Vec<i64>) {
+        let all = self.get_json("/__test/tls").await;
+        let counts = &all[listener];
+        (
+            counts["handshakes"].as_u64().expect("a TLS listener"),
+            counts["failures"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["at_ms"].as_i64().unwrap())
+                .collect(),
+        )
     }
 
     /// (token requests, successes) for a client.
@@ -696,7 +868,7 @@ impl Idp {
     pub async fn fault(&self, body: Value) {
         let response = self
             .http
-            .post(format!("{}/__test/fault", self.issuer))
+            .post(format!("{}/__test/fault", self.control))
             .json(&body)
             .send()
             .await
@@ -741,10 +913,23 @@ pub struct Operator {
 
 impl Operator {
     pub fn start(kubeconfig: &Path, args: &[&str]) -> Operator {
+        Self::start_with_env(kubeconfig, args, &[])
+    }
+
+    /// With these environment variables. The trust-store variables (`SSL_CERT_FILE`,
+    /// `SSL_CERT_DIR`) are set only when given: the operator sees the system store otherwise.
+    pub fn start_with_env(kubeconfig: &Path, args: &[&str], env: &[(&str, &str)]) -> Operator {
+        let mut command = Command::new(operator_binary());
+        command
+            .env_remove("SSL_CERT_FILE")
+            .env_remove("SSL_CERT_DIR");
+        for (name, value) in env {
+            command.env(name, value);
+        }
         // Port 0: the operator picks free ports and logs them (no race with other processes).
         let mut process = spawn(
             "operator",
-            Command::new(operator_binary())
+            command
                 .arg("run")
                 .arg("--kubeconfig")
                 .arg(kubeconfig)
