@@ -291,6 +291,22 @@ async function run() {
   const slowSecrets = await getJson(`${ready.issuer}/__test/secrets?client_id=${slowId}`);
   check(slowSecrets.body.access_tokens.includes('canned-slow-token'), 'secrets: a token a fault answered with', slowSecrets.body);
 
+  // --- client secret rotation: the new secret works, the old one no longer
+  const rotated = await fetch(`${ready.issuer}/__test/rotate-secret`, {
+    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ client_id: regBasic.body.client_id }),
+  }).then(async (r) => ({ status: r.status, body: await r.json() }));
+  must(rotated.status === 200 && typeof rotated.body.client_secret === 'string' && rotated.body.client_secret !== regBasic.body.client_secret,
+    'rotate-secret gives a new client secret', rotated);
+  const oldSecret = await tokenRequest(ready, { grant_type: 'client_credentials', scope: 'api_read' }, { headers: { authorization: basicAuth } });
+  check(oldSecret.status === 401 && oldSecret.body.error === 'invalid_client', 'after rotation the old secret is refused', oldSecret.text);
+  const newAuth = `Basic ${Buffer.from(`${encodeURIComponent(regBasic.body.client_id)}:${encodeURIComponent(rotated.body.client_secret)}`).toString('base64')}`;
+  const newSecret = await tokenRequest(ready, { grant_type: 'client_credentials', scope: 'api_read' }, { headers: { authorization: newAuth } });
+  check(newSecret.status === 200, 'after rotation the new secret works', newSecret.body);
+  const rotateBad = await fetch(`${ready.issuer}/__test/rotate-secret`, {
+    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ client_id: rsaId }),
+  });
+  check(rotateBad.status === 400, 'rotate-secret of a client without a secret is 400', rotateBad.status);
+
   // --- rejected assertions: replayed jti, wrong aud, expired, wrong key
   const once = await assertion(rsa, rsaId, ready.issuer);
   const first = await tokenRequest(ready, jwtForm(once));

@@ -427,6 +427,29 @@ async function testRoutes(ctx, next) {
     return;
   }
 
+  // A new client secret for a client_secret_* client; the old one stops working at once.
+  if (path === '/__test/rotate-secret' && method === 'POST') {
+    let body;
+    try {
+      const raw = await readRaw(ctx.req);
+      body = raw.length ? JSON.parse(raw.toString('utf8')) : {};
+    } catch (e) {
+      json(ctx, 400, { error: `invalid JSON body: ${e.message}` });
+      return;
+    }
+    const clientId = body?.client_id;
+    const properties = typeof clientId === 'string' && clientId
+      ? await provider.Client.adapter.find(clientId) : undefined;
+    if (!properties?.client_secret) {
+      json(ctx, 400, { error: 'client_id must name a registered client with a client secret' });
+      return;
+    }
+    const clientSecret = crypto.randomBytes(32).toString('base64url');
+    await provider.Client.adapter.upsert(clientId, { ...properties, client_secret: clientSecret });
+    json(ctx, 200, { client_id: clientId, client_secret: clientSecret });
+    return;
+  }
+
   if (path === '/__test/reset' && method === 'POST') {
     stats.clear();
     faults.clear();

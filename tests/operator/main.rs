@@ -80,12 +80,20 @@ fn main() {
         edited_bookkeeping_is_repaired_not_trusted,
         an_unwritable_secret_costs_no_tokens,
         a_secret_with_a_copied_owner_reference_is_not_adopted,
+        a_suspended_client_asks_the_idp_nothing_until_resumed,
+        audience_and_resource_reach_the_idp,
+        a_rotated_client_secret_is_used_at_once,
+        secret_metadata_changes_are_applied_without_a_new_token,
+        a_deleted_client_leaves_its_secret_to_garbage_collection,
+        a_failed_discovery_gives_discovery_failed,
+        the_idp_sees_at_most_max_concurrent_token_requests,
     ];
     // Disruptive scenarios run alone, after the others.
     let disruptive: Vec<(&'static str, Scenario)> = scenarios![
         the_operator_survives_an_apiserver_restart,
         // Changes the CRD for a while.
         names_that_got_past_admission_never_reach_the_apiserver,
+        specs_that_got_past_admission_are_refused_by_the_operator,
     ];
     if args.list {
         let trials = list
