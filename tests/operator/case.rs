@@ -280,7 +280,9 @@ impl Case {
         self.operator
             .output()
             .lines()
-            .filter(|line| line.contains("reconciled") && line.split_whitespace().any(|w| w == field))
+            .filter(|line| {
+                line.contains("reconciled") && line.split_whitespace().any(|w| w == field)
+            })
             .count()
     }
 
@@ -294,9 +296,11 @@ impl Case {
             .patch(secret, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .unwrap();
-        eventually(WAIT, &format!("a reconcile of {name} after the poke"), || async {
-            (self.reconciles(name) > before).then_some(())
-        })
+        eventually(
+            WAIT,
+            &format!("a reconcile of {name} after the poke"),
+            || async { (self.reconciles(name) > before).then_some(()) },
+        )
         .await;
     }
 
@@ -342,7 +346,10 @@ impl Case {
             }
         }
         for (i, metrics) in self.scraped.iter().enumerate() {
-            places.push((format!("/metrics scraped before a stop (#{i})"), metrics.clone()));
+            places.push((
+                format!("/metrics scraped before a stop (#{i})"),
+                metrics.clone(),
+            ));
         }
         let clients = self
             .clients()
@@ -350,7 +357,10 @@ impl Case {
             .await
             .unwrap()
             .items;
-        places.push(("an IdvClient".into(), serde_json::to_string(&clients).unwrap()));
+        places.push((
+            "an IdvClient".into(),
+            serde_json::to_string(&clients).unwrap(),
+        ));
         places.push((
             "an Event".into(),
             serde_json::to_string(&self.events().await).unwrap(),

@@ -84,7 +84,10 @@ pub(crate) async fn a_restarted_operator_reuses_the_recorded_token(env: &Env) {
         ));
     }
     assert_eq!(env.idp.stats(&client_id).await.0, 3);
-    assert!(case.terminate_operator().await, "SIGTERM stops the operator");
+    assert!(
+        case.terminate_operator().await,
+        "SIGTERM stops the operator"
+    );
     case.replace_operator(Case::start_operator(env, &case.ns, &[]))
         .await;
     eventually(WAIT, "the new operator to reconcile all clients", || {
@@ -423,23 +426,53 @@ pub(crate) async fn secret_metadata_changes_are_applied_without_a_new_token(env:
         "the status still shows the first token"
     );
     assert_eq!(env.idp.stats(&client_id).await, (1, 1), "no new token");
+    case.assert_no_leaks(&key_material(&private)).await;
+}
 
-    // Removed from the spec: removed from the Secret.
+/// KNOWN FAILURE (the Wait branch of reconcile.rs, `TokenSecretRecord::metadata_matches` in
+/// resources.rs): a label or annotation removed from `spec.secret` stays on the token Secret.
+/// The check only asks whether every wanted one is there, so a removal looks like no change and
+/// nothing is re-applied (server-side apply would remove what the operator no longer sets).
+pub(crate) async fn secret_metadata_removed_from_the_spec_leaves_the_secret(env: &Env) {
+    let case = Case::new(env, "metadata-gone", &[]).await;
+    let (client_id, private) = keyed_client(env, &case, "tagged", None, None).await;
     let patch = json!({"spec": {"secret": {
-        "labels": {"team": "bridges", "tier": null},
-        "annotations": {"example.com/note": "second", "example.com/owner": null},
+        "labels": {"team": "roads", "tier": "gold"},
+        "annotations": {"example.com/owner": "ops"},
+    }}});
+    case.clients()
+        .patch("tagged", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let first = case
+        .wait_secret("tagged-token", "labelled and annotated", |s| {
+            s.labels().contains_key("tier") && s.annotations().contains_key("example.com/owner")
+        })
+        .await;
+    let patch = json!({"spec": {"secret": {
+        "labels": {"tier": null},
+        "annotations": {"example.com/owner": null},
     }}});
     case.clients()
         .patch("tagged", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
     let pruned = case
-        .wait_secret("tagged-token", "the removed label and annotation gone", |s| {
-            !s.labels().contains_key("tier") && !s.annotations().contains_key("example.com/owner")
-        })
+        .wait_secret(
+            "tagged-token",
+            "the removed label and annotation gone",
+            |s| {
+                !s.labels().contains_key("tier")
+                    && !s.annotations().contains_key("example.com/owner")
+            },
+        )
         .await;
-    assert_eq!(text(&pruned, "access_token"), token, "the same token");
-    assert_eq!(pruned.labels()["team"], "bridges");
+    assert_eq!(
+        text(&pruned, "access_token"),
+        text(&first, "access_token"),
+        "the same token"
+    );
+    assert_eq!(pruned.labels()["team"], "roads");
     assert_eq!(env.idp.stats(&client_id).await, (1, 1), "no new token");
     case.assert_no_leaks(&key_material(&private)).await;
 }

@@ -387,8 +387,7 @@ pub(crate) async fn stale_token_is_served_while_the_idp_is_down(env: &Env) {
     let case = Case::new(env, "stale", &[]).await;
     let (client_id, private) = ready_client(env, &case, "steady", Some(12)).await;
     let first = case.secrets().get("steady-token").await.unwrap();
-    let expires_at = text(&first, "expires_at");
-    let expires: jiff::Timestamp = expires_at.parse().unwrap();
+    let expires: jiff::Timestamp = text(&first, "expires_at").parse().unwrap();
     env.idp.fault(json!({"client_id": client_id, "mode": "respond", "status": 503, "content_type": "text/html", "body": "<html>down</html>"})).await;
     // Wait until refreshes have failed a few times.
     eventually(WAIT, "failed refreshes", || async {
@@ -410,17 +409,13 @@ pub(crate) async fn stale_token_is_served_while_the_idp_is_down(env: &Env) {
             "still ready while the token is valid"
         );
     }
-    // The outage outlasts the token: unready once it expired, and the message says so.
-    let condition = case.wait_not_ready("steady", "IdpUnavailable").await;
+    // The outage outlasts the token: unready once it expired (what the message says about
+    // it: `a_stale_token_that_expired_in_an_outage_is_named_in_the_message`).
+    case.wait_not_ready("steady", "IdpUnavailable").await;
     let flipped = jiff::Timestamp::now();
     assert!(
         flipped >= expires,
         "unready only once the token expired ({flipped} < {expires})"
-    );
-    assert!(
-        condition.message.contains("expired") && condition.message.contains(&expires_at),
-        "the message says that the token in the Secret expired at {expires_at}: {}",
-        condition.message
     );
     env.idp
         .fault(json!({"client_id": client_id, "mode": "none"}))
@@ -511,7 +506,10 @@ pub(crate) async fn a_failed_discovery_gives_discovery_failed(env: &Env) {
         (
             "mismatch",
             format!("http://localhost:{port}/__test/issuer-via-localhost"),
-            format!("names issuer \"{}/__test/issuer-via-localhost\"", env.idp.issuer),
+            format!(
+                "names issuer \"{}/__test/issuer-via-localhost\"",
+                env.idp.issuer
+            ),
         ),
         (
             "refused",
@@ -575,5 +573,26 @@ pub(crate) async fn a_failed_discovery_gives_discovery_failed(env: &Env) {
     case.wait_ready("missing").await;
     assert_eq!(env.idp.stats(&client_id).await, (1, 1));
     drop(hanging);
+    case.assert_no_leaks(&key_material(&private)).await;
+}
+
+/// KNOWN FAILURE (reconcile.rs `handle_failure`): once the token in the Secret expired during an
+/// outage, the Ready=False message names only the outage ("the token endpoint is unavailable
+/// ...; next attempt at ..."), not that the token workloads hold has expired, nor when.
+pub(crate) async fn a_stale_token_that_expired_in_an_outage_is_named_in_the_message(env: &Env) {
+    let case = Case::new(env, "expired-msg", &[]).await;
+    let (client_id, private) = ready_client(env, &case, "lapsed", Some(4)).await;
+    let secret = case.secrets().get("lapsed-token").await.unwrap();
+    let expires_at = text(&secret, "expires_at");
+    env.idp.fault(json!({"client_id": client_id, "mode": "respond", "status": 503, "content_type": "text/html", "body": "<html>down</html>"})).await;
+    let condition = case.wait_not_ready("lapsed", "IdpUnavailable").await;
+    assert!(
+        condition.message.contains("expired") && condition.message.contains(&expires_at),
+        "the message says that the token in the Secret expired at {expires_at}: {}",
+        condition.message
+    );
+    env.idp
+        .fault(json!({"client_id": client_id, "mode": "none"}))
+        .await;
     case.assert_no_leaks(&key_material(&private)).await;
 }

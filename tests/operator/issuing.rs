@@ -178,7 +178,8 @@ pub(crate) async fn short_lived_token_is_refreshed_before_it_expires(env: &Env) 
     );
     // A first token is news, a routine refresh is not. A forced token is news too: its Event,
     // queued after any the refresh would have brought, is the later event to wait for.
-    let patch = json!({"metadata": {"annotations": {api::FORCE_REFRESH_ANNOTATION: "after-refresh"}}});
+    let patch =
+        json!({"metadata": {"annotations": {api::FORCE_REFRESH_ANNOTATION: "after-refresh"}}});
     case.clients()
         .patch("short", &PatchParams::default(), &Patch::Merge(&patch))
         .await
@@ -192,7 +193,11 @@ pub(crate) async fn short_lived_token_is_refreshed_before_it_expires(env: &Env) 
     })
     .await;
     let issued = case.event_notes("TokenIssued").await;
-    assert_eq!(issued.len(), 2, "no Event for the routine refresh: {issued:?}");
+    assert_eq!(
+        issued.len(),
+        2,
+        "no Event for the routine refresh: {issued:?}"
+    );
     assert!(
         issued.iter().any(|n| n.contains("no token Secret yet")),
         "{issued:?}"
@@ -510,7 +515,11 @@ pub(crate) async fn a_suspended_client_asks_the_idp_nothing_until_resumed(env: &
         (expires - jiff::SignedDuration::from_secs(6) > held_expiry).then_some(secret)
     })
     .await;
-    assert_eq!(env.idp.stats(&paused_id).await, (0, 0), "paused: no request");
+    assert_eq!(
+        env.idp.stats(&paused_id).await,
+        (0, 0),
+        "paused: no request"
+    );
     assert_eq!(
         env.idp.stats(&held_id).await,
         (1, 1),
@@ -522,7 +531,13 @@ pub(crate) async fn a_suspended_client_asks_the_idp_nothing_until_resumed(env: &
         held.resource_version(),
         "a suspended client's Secret is left as it is"
     );
-    assert!(case.secrets().get_opt("paused-token").await.unwrap().is_none());
+    assert!(
+        case.secrets()
+            .get_opt("paused-token")
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     suspend("paused", false).await;
     suspend("held", false).await;
@@ -583,7 +598,10 @@ pub(crate) async fn audience_and_resource_reach_the_idp(env: &Env) {
     );
     let introspection = env.idp.introspect(&token).await;
     assert_eq!(
-        (introspection["active"].clone(), introspection["aud"].clone()),
+        (
+            introspection["active"].clone(),
+            introspection["aud"].clone()
+        ),
         (json!(true), json!(resource)),
         "the token is for the resource: {introspection}"
     );
@@ -591,7 +609,11 @@ pub(crate) async fn audience_and_resource_reach_the_idp(env: &Env) {
     let plain = env.idp.forms(&plain_id).await;
     assert_eq!(plain.len(), 1, "{plain:?}");
     for field in ["audience", "resource"] {
-        assert!(plain[0].get(field).is_none(), "{field} sent unasked: {}", plain[0]);
+        assert!(
+            plain[0].get(field).is_none(),
+            "{field} sent unasked: {}",
+            plain[0]
+        );
     }
     case.assert_no_leaks(&key_material(&private)).await;
 }
@@ -642,13 +664,13 @@ pub(crate) async fn a_rotated_client_secret_is_used_at_once(env: &Env) {
     );
     let sent = env.idp.secrets(Some(&client_id)).await;
     let header = idv_token_operator::oauth::basic_authorization(&client_id, &new_secret);
-    assert!(sent.contains(&header), "the new secret went in the Basic header");
+    assert!(
+        sent.contains(&header),
+        "the new secret went in the Basic header"
+    );
     case.wait_ready("rotating").await;
     let second = text(&second, "access_token");
-    assert_eq!(
-        env.idp.introspect(&second).await["active"],
-        json!(true)
-    );
+    assert_eq!(env.idp.introspect(&second).await["active"], json!(true));
     case.assert_no_leaks(&[old_secret, new_secret, first, second])
         .await;
 }

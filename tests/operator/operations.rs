@@ -714,7 +714,10 @@ pub(crate) async fn names_that_got_past_admission_never_reach_the_apiserver(env:
     env.plane.install_crds().await;
     let leaked = [password.clone(), STANDARD_B64.encode(&password)];
     case.assert_no_leaks(&leaked).await;
-    assert!(case.terminate_operator().await, "SIGTERM stops the operator");
+    assert!(
+        case.terminate_operator().await,
+        "SIGTERM stops the operator"
+    );
 }
 
 /// Specs that the CRD's rules refuse, stored before those rules existed (the CRD without its CEL
@@ -748,7 +751,11 @@ pub(crate) async fn specs_that_got_past_admission_are_refused_by_the_operator(en
         spec
     };
     let cases = [
-        ("blank-id", with("clientId", json!("  ")), "clientId must not be empty"),
+        (
+            "blank-id",
+            with("clientId", json!("  ")),
+            "clientId must not be empty",
+        ),
         (
             "two-servers",
             with(
@@ -764,7 +771,10 @@ pub(crate) async fn specs_that_got_past_admission_are_refused_by_the_operator(en
         ),
         (
             "plain-http",
-            with("authServer", json!({"tokenEndpoint": "http://idp.example/token"})),
+            with(
+                "authServer",
+                json!({"tokenEndpoint": "http://idp.example/token"}),
+            ),
             "tokenEndpoint must use https",
         ),
         (
@@ -820,7 +830,10 @@ pub(crate) async fn specs_that_got_past_admission_are_refused_by_the_operator(en
     case.put_client("good", base.clone()).await;
 
     let mut expected: Vec<(&str, &str)> = cases.iter().map(|(n, _, m)| (*n, *m)).collect();
-    expected.push(("binary-secret", "the client secret in Secret \"binary\" is not UTF-8"));
+    expected.push((
+        "binary-secret",
+        "the client secret in Secret \"binary\" is not UTF-8",
+    ));
     for (name, message) in expected {
         let condition = case.wait_not_ready(name, "InvalidSpec").await;
         assert!(

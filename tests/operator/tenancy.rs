@@ -339,8 +339,10 @@ pub(crate) async fn the_idp_sees_at_most_max_concurrent_token_requests(env: &Env
     let token = format!("limited-token-{}", uuid::Uuid::new_v4());
     let body = json!({"access_token": token, "token_type": "Bearer", "expires_in": 3600});
     env.idp
-        .fault(json!({"client_id": client_id, "mode": "respond", "status": 200,
-            "content_type": "application/json", "body": body.to_string(), "delay_ms": 1500}))
+        .fault(
+            json!({"client_id": client_id, "mode": "respond", "status": 200,
+            "content_type": "application/json", "body": body.to_string(), "delay_ms": 1500}),
+        )
         .await;
     let private = private_key(KeygenAlgorithm::Es256);
     case.put_secret(
@@ -375,7 +377,11 @@ pub(crate) async fn the_idp_sees_at_most_max_concurrent_token_requests(env: &Env
         peak, 3,
         "the IdP saw {peak} token requests at once with --max-concurrent-token-requests 3"
     );
-    assert_eq!(env.idp.stats(&client_id).await.0, 10, "one request per client");
+    assert_eq!(
+        env.idp.stats(&client_id).await.0,
+        10,
+        "one request per client"
+    );
     env.idp
         .fault(json!({"client_id": client_id, "mode": "none"}))
         .await;

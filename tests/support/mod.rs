@@ -876,7 +876,9 @@ pub async fn idp_secrets(
     issuer: &str,
     client_id: Option<&str>,
 ) -> Vec<String> {
-    let query = client_id.map(|c| format!("?client_id={c}")).unwrap_or_default();
+    let query = client_id
+        .map(|c| format!("?client_id={c}"))
+        .unwrap_or_default();
     let answer: Value = http
         .get(format!("{issuer}/__test/secrets{query}"))
         .send()
