@@ -103,12 +103,22 @@ impl Case {
         Case { ns, ..self }
     }
 
-    /// Make `next` the case's operator; the current one is kept for the leak scan (its /metrics
-    /// scraped first, if it still serves them).
+    /// Make `next` the case's operator. The current one is stopped (SIGKILL, if still running)
+    /// and kept for the leak scan, its /metrics scraped first if it still serves them.
     pub(crate) async fn replace_operator(&mut self, next: Operator) {
         self.scrape_metrics().await;
-        let previous = std::mem::replace(&mut self.operator, next);
+        let mut previous = std::mem::replace(&mut self.operator, next);
+        previous.process.kill();
         self.earlier.push(previous);
+    }
+
+    /// Stop the current operator (kept for the leak scan) and start one with `args`: never
+    /// two at once.
+    pub(crate) async fn restart_operator(&mut self, env: &Env, args: &[&str]) {
+        self.scrape_metrics().await;
+        self.operator.process.kill();
+        let next = Self::start_operator(env, &self.ns, args);
+        self.replace_operator(next).await;
     }
 
     /// Keep the current operator's /metrics for the leak scan (before it is stopped).
@@ -323,7 +333,7 @@ impl Case {
     }
 
     /// Nothing secret anywhere the case can see: the full output of every operator it ran,
-    /// their /metrics, any IdvClient (status included) and any Event of its namespace. Secret
+    /// their /metrics, any IdvClient (status included) and any Event of its namespace. Secrets
     /// are `secrets` and everything the test IdP saw at its token endpoint (the raw assertions
     /// and their signatures, Authorization headers, client secrets, the tokens it issued), of
     /// any client: none of it belongs in this case's output.

@@ -88,8 +88,7 @@ pub(crate) async fn a_restarted_operator_reuses_the_recorded_token(env: &Env) {
         case.terminate_operator().await,
         "SIGTERM stops the operator"
     );
-    case.replace_operator(Case::start_operator(env, &case.ns, &[]))
-        .await;
+    case.restart_operator(env, &[]).await;
     eventually(WAIT, "the new operator to reconcile all clients", || {
         let reconciled = case.operator.output().matches("reconciled object=").count();
         async move { (reconciled >= names.len()).then_some(()) }

@@ -62,12 +62,8 @@ pub(crate) async fn allowed_token_hosts_keep_assertions_home(env: &Env) {
     );
 
     // `*` does not include loopback: still refused, and the message says why.
-    case.replace_operator(Case::start_operator(
-        env,
-        &case.ns,
-        &["--allowed-token-hosts", "*"],
-    ))
-    .await;
+    case.restart_operator(env, &["--allowed-token-hosts", "*"])
+        .await;
     for name in names {
         case.wait_client(name, "refused with the loopback hint", |c| {
             ready(c).is_some_and(|r| {
@@ -84,8 +80,7 @@ pub(crate) async fn allowed_token_hosts_keep_assertions_home(env: &Env) {
     );
 
     // Named literally, the local IdP is allowed...
-    case.replace_operator(Case::start_operator(env, &case.ns, &[]))
-        .await;
+    case.restart_operator(env, &[]).await;
     for name in names {
         case.wait_ready(name).await;
     }
