@@ -242,6 +242,72 @@ async function run() {
   const basicStats = await stats(ready, regBasic.body.client_id);
   check(basicStats.body.token_requests === 1 && basicStats.body.token_successes === 1, 'stats identify a Basic-auth client by its user name', basicStats.body);
 
+  // --- audience and resource form fields: recorded; a resource under the test prefix is the
+  // token's audience, any other is refused
+  const resKey = await newKey('ES256');
+  const regRes = await registerJwtClient(ready, resKey);
+  must(regRes.status === 201, 'register a client for resource indicators', regRes);
+  const resId = regRes.body.client_id;
+  const resource = 'https://api.test.example/gipod';
+  const resAssertion = await assertion(resKey, resId, ready.issuer);
+  const tokRes = await tokenRequest(ready, { ...jwtForm(resAssertion), audience: 'api-client', resource });
+  check(tokRes.status === 200, 'a token for a resource under the test prefix (200)', tokRes.body);
+  const introRes = await introspect(ready, tokRes.body.access_token);
+  check(introRes.body.active === true && introRes.body.aud === resource, 'introspection: the resource is the audience', introRes.body);
+  const tokElsewhere = await tokenRequest(ready, { ...jwtForm(await assertion(resKey, resId, ready.issuer)), resource: 'https://elsewhere.example/' });
+  check(tokElsewhere.status === 400 && tokElsewhere.body.error === 'invalid_target', 'another resource gives 400 invalid_target', tokElsewhere.text);
+  const formsRes = await getJson(`${ready.issuer}/__test/forms?client_id=${encodeURIComponent(resId)}`);
+  const form0 = formsRes.body[0];
+  check(formsRes.body.length === 2 && form0.audience === 'api-client' && form0.resource === resource && form0.grant_type === 'client_credentials',
+    'forms: the fields of each request', formsRes.body);
+  check(form0.client_assertion === '(not recorded)' && !JSON.stringify(formsRes.body).includes(resAssertion.split('.')[2]),
+    'forms: no assertion value', form0);
+  const formsBasic = await getJson(`${ready.issuer}/__test/forms?client_id=${encodeURIComponent(regBasic.body.client_id)}`);
+  check(formsBasic.body.length === 1 && !JSON.stringify(formsBasic.body).includes(regBasic.body.client_secret), 'forms: no client secret', formsBasic.body);
+  check((await getJson(`${ready.issuer}/__test/forms`)).status === 400, 'forms without client_id: 400');
+
+  // --- secrets: the raw material that passed through, per client and in all
+  const secretsRes = await getJson(`${ready.issuer}/__test/secrets?client_id=${encodeURIComponent(resId)}`);
+  check(secretsRes.body.assertions.includes(resAssertion) && secretsRes.body.access_tokens.includes(tokRes.body.access_token),
+    'secrets: raw assertions and issued tokens', secretsRes.body);
+  const secretsAll = await getJson(`${ready.issuer}/__test/secrets`);
+  check(secretsAll.body.authorizations.includes(basicAuth) && secretsAll.body.client_secrets.includes(regBasic.body.client_secret)
+    && secretsAll.body.access_tokens.includes(tokBasic.body.access_token) && secretsAll.body.assertions.includes(resAssertion),
+    'secrets without client_id: the Basic header, client secret, tokens and assertions of all clients', Object.keys(secretsAll.body));
+
+  // --- concurrency: requests answered at the same time, and the peak
+  const slowId = 'slow-client';
+  const canned = JSON.stringify({ access_token: 'canned-slow-token', token_type: 'Bearer', expires_in: 60 });
+  await setFault(ready, { client_id: slowId, mode: 'respond', status: 200, content_type: 'application/json', body: canned, delay_ms: 400 });
+  const slow = () => tokenRequest(ready, { grant_type: 'client_credentials', client_id: slowId, client_secret: 'x' });
+  const during = slow();
+  const racing = [slow(), slow()];
+  await new Promise((r) => setTimeout(r, 200));
+  const mid = await stats(ready, slowId);
+  check(mid.body.in_flight === 3, 'stats: in_flight counts requests being answered', mid.body);
+  await Promise.all([during, ...racing]);
+  const slowStats = await stats(ready, slowId);
+  check(slowStats.body.in_flight === 0 && slowStats.body.peak_in_flight === 3, 'stats: peak_in_flight 3, in_flight 0 after', slowStats.body);
+  await setFault(ready, { client_id: slowId, mode: 'none' });
+  const slowSecrets = await getJson(`${ready.issuer}/__test/secrets?client_id=${slowId}`);
+  check(slowSecrets.body.access_tokens.includes('canned-slow-token'), 'secrets: a token a fault answered with', slowSecrets.body);
+
+  // --- client secret rotation: the new secret works, the old one no longer
+  const rotated = await fetch(`${ready.issuer}/__test/rotate-secret`, {
+    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ client_id: regBasic.body.client_id }),
+  }).then(async (r) => ({ status: r.status, body: await r.json() }));
+  must(rotated.status === 200 && typeof rotated.body.client_secret === 'string' && rotated.body.client_secret !== regBasic.body.client_secret,
+    'rotate-secret gives a new client secret', rotated);
+  const oldSecret = await tokenRequest(ready, { grant_type: 'client_credentials', scope: 'api_read' }, { headers: { authorization: basicAuth } });
+  check(oldSecret.status === 401 && oldSecret.body.error === 'invalid_client', 'after rotation the old secret is refused', oldSecret.text);
+  const newAuth = `Basic ${Buffer.from(`${encodeURIComponent(regBasic.body.client_id)}:${encodeURIComponent(rotated.body.client_secret)}`).toString('base64')}`;
+  const newSecret = await tokenRequest(ready, { grant_type: 'client_credentials', scope: 'api_read' }, { headers: { authorization: newAuth } });
+  check(newSecret.status === 200, 'after rotation the new secret works', newSecret.body);
+  const rotateBad = await fetch(`${ready.issuer}/__test/rotate-secret`, {
+    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ client_id: rsaId }),
+  });
+  check(rotateBad.status === 400, 'rotate-secret of a client without a secret is 400', rotateBad.status);
+
   // --- rejected assertions: replayed jti, wrong aud, expired, wrong key
   const once = await assertion(rsa, rsaId, ready.issuer);
   const first = await tokenRequest(ready, jwtForm(once));

@@ -68,19 +68,92 @@ process.stdout.on('error', () => shutdown('stdout error'));
 // ---------------------------------------------------------------------------------------------
 // Test state: per-client counters, faults and received client assertions.
 // ---------------------------------------------------------------------------------------------
-const stats = new Map(); // client_id -> { token_requests, token_successes }
-const totals = { token_requests: 0, token_successes: 0 };
+const freshStats = () => ({ token_requests: 0, token_successes: 0, in_flight: 0, peak_in_flight: 0 });
+const stats = new Map(); // client_id -> freshStats()
+const totals = freshStats();
 const faults = new Map(); // client_id | '*' -> fault
 const assertions = new Map(); // client_id -> [{ header, payload, received_at_ms }]
 const echoes = new Map(); // client_id -> [error_description sent by an `echo` fault]
+// client_id -> [form fields received, client_assertion and client_secret values left out]
+const forms = new Map();
+// client_id -> { assertions, authorizations, client_secrets, access_tokens }: the raw secret
+// material that passed through the token endpoint, for the tests' leak scans.
+const secrets = new Map();
+// Form fields whose values are credentials: never kept in `forms`.
+const CREDENTIAL_FIELDS = new Set(['client_assertion', 'client_secret']);
 
 function statsFor(clientId) {
   let s = stats.get(clientId);
   if (!s) {
-    s = { token_requests: 0, token_successes: 0 };
+    s = freshStats();
     stats.set(clientId, s);
   }
   return s;
+}
+
+// Append to a per-client list in `map`, keeping the last MAX_ASSERTIONS_PER_CLIENT entries.
+function remember(map, clientId, entry) {
+  let list = map.get(clientId);
+  if (!list) {
+    list = [];
+    map.set(clientId, list);
+  }
+  list.push(entry);
+  if (list.length > MAX_ASSERTIONS_PER_CLIENT) list.splice(0, list.length - MAX_ASSERTIONS_PER_CLIENT);
+}
+
+function secretsFor(clientId) {
+  let s = secrets.get(clientId);
+  if (!s) {
+    s = { assertions: [], authorizations: [], client_secrets: [], access_tokens: [] };
+    secrets.set(clientId, s);
+  }
+  return s;
+}
+
+function rememberSecret(clientId, kind, value) {
+  if (typeof value !== 'string' || !value) return;
+  const list = secretsFor(clientId)[kind];
+  if (list.includes(value)) return;
+  list.push(value);
+  if (list.length > MAX_ASSERTIONS_PER_CLIENT) list.splice(0, list.length - MAX_ASSERTIONS_PER_CLIENT);
+}
+
+// The form as a JSON object (a repeated field becomes an array), credential values left out.
+function recordableForm(form) {
+  const out = {};
+  for (const [k, v] of form) {
+    const value = CREDENTIAL_FIELDS.has(k) ? '(not recorded)' : v;
+    if (!(k in out)) out[k] = value;
+    else if (Array.isArray(out[k])) out[k].push(value);
+    else out[k] = [out[k], value];
+  }
+  return out;
+}
+
+// The password of an HTTP Basic header, decoded as RFC 6749 2.3.1 encodes it.
+function basicAuthPassword(header) {
+  if (typeof header !== 'string') return undefined;
+  const m = /^basic\s+(\S+)\s*$/i.exec(header);
+  if (!m) return undefined;
+  const decoded = Buffer.from(m[1], 'base64').toString('utf8');
+  const i = decoded.indexOf(':');
+  if (i === -1) return undefined;
+  const password = decoded.slice(i + 1);
+  try {
+    return decodeURIComponent(password.replace(/\+/g, ' '));
+  } catch {
+    return password;
+  }
+}
+
+// The access_token of a token answer body (an object, or JSON text), if any.
+function accessTokenOf(body) {
+  let value = body;
+  if (typeof value === 'string' || Buffer.isBuffer(value)) {
+    try { value = JSON.parse(value.toString()); } catch { return undefined; }
+  }
+  return typeof value?.access_token === 'string' ? value.access_token : undefined;
 }
 
 function b64urlJson(part) {
@@ -192,6 +265,7 @@ const providerJwks = {
 };
 
 const INTROSPECTOR_ID = 'introspector';
+const RESOURCE_PREFIX = 'https://api.test.example/';
 
 const configuration = {
   clients: [
@@ -244,6 +318,17 @@ const configuration = {
       },
     },
     revocation: { enabled: false },
+    // `resource` form field (RFC 8707): any URL under RESOURCE_PREFIX is a resource server
+    // whose tokens are opaque and carry the resource as their audience; others are refused.
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: () => undefined,
+      useGrantedResource: () => false,
+      getResourceServerInfo(ctx, resourceIndicator) {
+        if (!resourceIndicator.startsWith(RESOURCE_PREFIX)) throw new errors.InvalidTarget();
+        return { scope: 'gipod_read api_read api_write', audience: resourceIndicator, accessTokenFormat: 'opaque' };
+      },
+    },
     registration: {
       enabled: true,
       initialAccessToken: false,
@@ -273,7 +358,7 @@ async function testRoutes(ctx, next) {
   if (path === '/__test/stats' && method === 'GET') {
     const clientId = ctx.query.client_id;
     if (typeof clientId === 'string' && clientId) {
-      const s = stats.get(clientId) ?? { token_requests: 0, token_successes: 0 };
+      const s = stats.get(clientId) ?? freshStats();
       json(ctx, 200, { ...s });
     } else {
       json(ctx, 200, { ...totals });
@@ -298,6 +383,30 @@ async function testRoutes(ctx, next) {
       return;
     }
     json(ctx, 200, echoes.get(clientId) ?? []);
+    return;
+  }
+
+  if (path === '/__test/forms' && method === 'GET') {
+    const clientId = ctx.query.client_id;
+    if (typeof clientId !== 'string' || !clientId) {
+      json(ctx, 400, { error: 'client_id query parameter is required' });
+      return;
+    }
+    json(ctx, 200, forms.get(clientId) ?? []);
+    return;
+  }
+
+  if (path === '/__test/secrets' && method === 'GET') {
+    const clientId = ctx.query.client_id;
+    if (typeof clientId === 'string' && clientId) {
+      json(ctx, 200, secrets.get(clientId) ?? { assertions: [], authorizations: [], client_secrets: [], access_tokens: [] });
+      return;
+    }
+    const all = { assertions: [], authorizations: [], client_secrets: [], access_tokens: [] };
+    for (const s of secrets.values()) {
+      for (const kind of Object.keys(all)) all[kind].push(...s[kind]);
+    }
+    json(ctx, 200, all);
     return;
   }
 
@@ -394,13 +503,37 @@ async function testRoutes(ctx, next) {
     return;
   }
 
+  // A new client secret for a client_secret_* client; the old one stops working at once.
+  if (path === '/__test/rotate-secret' && method === 'POST') {
+    let body;
+    try {
+      const raw = await readRaw(ctx.req);
+      body = raw.length ? JSON.parse(raw.toString('utf8')) : {};
+    } catch (e) {
+      json(ctx, 400, { error: `invalid JSON body: ${e.message}` });
+      return;
+    }
+    const clientId = body?.client_id;
+    const properties = typeof clientId === 'string' && clientId
+      ? await provider.Client.adapter.find(clientId) : undefined;
+    if (!properties?.client_secret) {
+      json(ctx, 400, { error: 'client_id must name a registered client with a client secret' });
+      return;
+    }
+    const clientSecret = crypto.randomBytes(32).toString('base64url');
+    await provider.Client.adapter.upsert(clientId, { ...properties, client_secret: clientSecret });
+    json(ctx, 200, { client_id: clientId, client_secret: clientSecret });
+    return;
+  }
+
   if (path === '/__test/reset' && method === 'POST') {
     stats.clear();
     faults.clear();
     assertions.clear();
     echoes.clear();
-    totals.token_requests = 0;
-    totals.token_successes = 0;
+    forms.clear();
+    secrets.clear();
+    Object.assign(totals, freshStats());
     json(ctx, 200, { reset: true });
     return;
   }
@@ -453,15 +586,29 @@ async function tokenEndpoint(ctx, next) {
   s.token_requests += 1;
 
   if (decoded) {
-    let list = assertions.get(clientId);
-    if (!list) {
-      list = [];
-      assertions.set(clientId, list);
-    }
-    list.push({ header: decoded.header, payload: decoded.payload, received_at_ms: Date.now() });
-    if (list.length > MAX_ASSERTIONS_PER_CLIENT) list.splice(0, list.length - MAX_ASSERTIONS_PER_CLIENT);
+    remember(assertions, clientId, { header: decoded.header, payload: decoded.payload, received_at_ms: Date.now() });
   }
+  remember(forms, clientId, recordableForm(form));
+  rememberSecret(clientId, 'assertions', form.get('client_assertion'));
+  rememberSecret(clientId, 'client_secrets', form.get('client_secret'));
+  rememberSecret(clientId, 'authorizations', ctx.get('authorization'));
+  rememberSecret(clientId, 'client_secrets', basicAuthPassword(ctx.get('authorization')));
 
+  // Requests being answered right now, for this client and in all: from here until the answer
+  // (or the client giving up on a `hang`).
+  for (const c of [s, totals]) {
+    c.in_flight += 1;
+    c.peak_in_flight = Math.max(c.peak_in_flight, c.in_flight);
+  }
+  try {
+    await answer(ctx, next, clientId, text, s);
+  } finally {
+    for (const c of [s, totals]) c.in_flight -= 1;
+  }
+}
+
+// The answer to a token request: the client's fault if it has one, else the provider's.
+async function answer(ctx, next, clientId, text, s) {
   const faultKey = faults.has(clientId) ? clientId : (faults.has('*') ? '*' : undefined);
   if (faultKey !== undefined) {
     const fault = faults.get(faultKey);
@@ -501,6 +648,7 @@ async function tokenEndpoint(ctx, next) {
       return;
     }
     if (fault.delay_ms > 0) await new Promise((r) => setTimeout(r, fault.delay_ms));
+    if (fault.status === 200) rememberSecret(clientId, 'access_tokens', accessTokenOf(fault.body));
     ctx.status = fault.status;
     for (const [k, v] of Object.entries(fault.headers)) ctx.set(k, String(v));
     if (fault.body) {
@@ -517,6 +665,7 @@ async function tokenEndpoint(ctx, next) {
   if (ctx.status === 200) {
     totals.token_successes += 1;
     s.token_successes += 1;
+    rememberSecret(clientId, 'access_tokens', accessTokenOf(ctx.body));
   }
   log(`token request from ${clientId || '<unknown>'}: ${ctx.status}`);
 }

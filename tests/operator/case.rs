@@ -45,6 +45,12 @@ pub(crate) struct Case {
     pub(crate) ns: String,
     pub(crate) admin: Client,
     pub(crate) operator: Operator,
+    /// Operators this case ran before `operator` (restarts, replicas), kept for the leak scan.
+    pub(crate) earlier: Vec<Operator>,
+    /// /metrics of operators scraped before they stopped, for the leak scan.
+    pub(crate) scraped: Vec<String>,
+    /// The test IdP, whose record of the secrets it saw the leak scan looks for.
+    pub(crate) idp_issuer: String,
 }
 
 pub(crate) async fn create_namespace(env: &Env, label: &str) -> String {
@@ -76,11 +82,56 @@ impl Case {
     pub(crate) async fn new(env: &Env, label: &str, operator_args: &[&str]) -> Case {
         let ns = create_namespace(env, label).await;
         let operator = Self::start_operator(env, &ns, operator_args);
+        Case::with_operator(env, ns, operator).await
+    }
+
+    /// A case for namespace `ns` served by `operator`.
+    pub(crate) async fn with_operator(env: &Env, ns: String, operator: Operator) -> Case {
         Case {
             ns,
             admin: env.plane.admin().await,
             operator,
+            earlier: Vec::new(),
+            scraped: Vec::new(),
+            idp_issuer: env.idp.issuer.clone(),
         }
+    }
+
+    /// Another case in namespace `ns`, served by this case's operator (which it takes over,
+    /// with everything kept for the leak scan).
+    pub(crate) fn move_to(self, ns: String) -> Case {
+        Case { ns, ..self }
+    }
+
+    /// Make `next` the case's operator. The current one is stopped (SIGKILL, if still running)
+    /// and kept for the leak scan, its /metrics scraped first if it still serves them.
+    pub(crate) async fn replace_operator(&mut self, next: Operator) {
+        self.scrape_metrics().await;
+        let mut previous = std::mem::replace(&mut self.operator, next);
+        previous.process.kill();
+        self.earlier.push(previous);
+    }
+
+    /// Stop the current operator (kept for the leak scan) and start one with `args`: never
+    /// two at once.
+    pub(crate) async fn restart_operator(&mut self, env: &Env, args: &[&str]) {
+        self.scrape_metrics().await;
+        self.operator.process.kill();
+        let next = Self::start_operator(env, &self.ns, args);
+        self.replace_operator(next).await;
+    }
+
+    /// Keep the current operator's /metrics for the leak scan (before it is stopped).
+    pub(crate) async fn scrape_metrics(&mut self) {
+        if let Some(body) = metrics_of(&self.operator).await {
+            self.scraped.push(body);
+        }
+    }
+
+    /// SIGTERM the current operator (its /metrics scraped first); whether it exited within 10 s.
+    pub(crate) async fn terminate_operator(&mut self) -> bool {
+        self.scrape_metrics().await;
+        self.operator.process.terminate(Duration::from_secs(10))
     }
 
     /// An operator for this namespace, allowed to send to the local IdP unless `extra` gives
@@ -240,6 +291,49 @@ impl Case {
         })
     }
 
+    /// How many reconciles of IdvClient `name` the current operator logged as finished.
+    pub(crate) fn reconciles(&self, name: &str) -> usize {
+        let field = format!(
+            "object=IdvClient.v1alpha1.idv-token-operator.dev/{name}.{}",
+            self.ns
+        );
+        self.operator
+            .output()
+            .lines()
+            .filter(|line| {
+                line.contains("reconciled") && line.split_whitespace().any(|w| w == field)
+            })
+            .count()
+    }
+
+    /// Have the operator look at IdvClient `name` again while nothing it decides on changed (a
+    /// foreign annotation on its token Secret `secret`), and wait until it has: a later event
+    /// for absence checks.
+    pub(crate) async fn poke(&self, name: &str, secret: &str) {
+        let before = self.reconciles(name);
+        let patch = json!({"metadata": {"annotations": {"test.example/poke": uuid::Uuid::new_v4().to_string()}}});
+        self.secrets()
+            .patch(secret, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+        eventually(
+            WAIT,
+            &format!("a reconcile of {name} after the poke"),
+            || async { (self.reconciles(name) > before).then_some(()) },
+        )
+        .await;
+    }
+
+    /// The notes of the Events with this reason.
+    pub(crate) async fn event_notes(&self, reason: &str) -> Vec<String> {
+        self.events()
+            .await
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .map(|e| e.note.unwrap_or_default())
+            .collect()
+    }
+
     pub(crate) async fn events(&self) -> Vec<EventV1> {
         Api::<EventV1>::namespaced(self.admin.clone(), &self.ns)
             .list(&Default::default())
@@ -248,38 +342,81 @@ impl Case {
             .items
     }
 
-    /// Nothing secret in the operator's output, any IdvClient (status included) or any Event.
+    /// Nothing secret anywhere the case can see: the full output of every operator it ran,
+    /// their /metrics, any IdvClient (status included) and any Event of its namespace. Secrets
+    /// are `secrets` and everything the test IdP saw at its token endpoint (the raw assertions
+    /// and their signatures, Authorization headers, client secrets, the tokens it issued), of
+    /// any client: none of it belongs in this case's output.
     pub(crate) async fn assert_no_leaks(&self, secrets: &[String]) {
-        let output = self.operator.output();
-        let statuses = serde_json::to_string(
-            &self
-                .clients()
-                .list(&Default::default())
-                .await
-                .unwrap()
-                .items,
-        )
-        .unwrap();
-        let events = serde_json::to_string(&self.events().await).unwrap();
-        for secret in secrets.iter().filter(|s| s.len() >= 8) {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let mut all = support::idp_secrets(&http, &self.idp_issuer, None).await;
+        all.extend(secrets.iter().cloned());
+        all.retain(|s| s.len() >= 8);
+        all.sort();
+        all.dedup();
+        let operators: Vec<&Operator> = self.earlier.iter().chain([&self.operator]).collect();
+        let mut places: Vec<(String, String)> = Vec::new();
+        for (i, operator) in operators.iter().enumerate() {
+            places.push((format!("the output of operator #{i}"), operator.output()));
+            if let Some(metrics) = metrics_of(operator).await {
+                places.push((format!("/metrics of operator #{i}"), metrics));
+            }
+        }
+        for (i, metrics) in self.scraped.iter().enumerate() {
+            places.push((
+                format!("/metrics scraped before a stop (#{i})"),
+                metrics.clone(),
+            ));
+        }
+        let clients = self
+            .clients()
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items;
+        places.push((
+            "an IdvClient".into(),
+            serde_json::to_string(&clients).unwrap(),
+        ));
+        places.push((
+            "an Event".into(),
+            serde_json::to_string(&self.events().await).unwrap(),
+        ));
+        let scan = aho_corasick::AhoCorasick::new(&all).unwrap();
+        for (place, text) in &places {
+            if let Some(found) = scan.find(text) {
+                let secret = &all[found.pattern().as_usize()];
+                panic!(
+                    "a secret ({} characters, {}) appears in {place} at byte {}",
+                    secret.len(),
+                    if secrets.contains(secret) {
+                        "named by the test"
+                    } else {
+                        "seen by the IdP"
+                    },
+                    found.start()
+                );
+            }
+        }
+        for (i, operator) in operators.iter().enumerate() {
             assert!(
-                !output.contains(secret.as_str()),
-                "a secret value appears in the operator output"
-            );
-            assert!(
-                !statuses.contains(secret.as_str()),
-                "a secret value appears in an IdvClient"
-            );
-            assert!(
-                !events.contains(secret.as_str()),
-                "a secret value appears in an Event"
+                !operator.output().contains("panicked"),
+                "operator #{i} panicked:\n{}",
+                operator.tail(40)
             );
         }
-        assert!(
-            !output.contains("panicked"),
-            "the operator panicked:\n{}",
-            self.operator.tail(40)
-        );
+    }
+}
+
+/// An operator's /metrics, if it still serves them.
+pub(crate) async fn metrics_of(operator: &Operator) -> Option<String> {
+    let port = operator.logged_metrics_port()?;
+    match operator.get(port, "/metrics").await {
+        Some((200, body)) => Some(body),
+        _ => None,
     }
 }
 
@@ -291,6 +428,18 @@ pub(crate) fn ready(client: &IdvClient) -> Option<api::Condition> {
         .iter()
         .find(|c| c.type_ == "Ready")
         .cloned()
+}
+
+/// The time a failure message announces for the next attempt ("next attempt at <time>").
+pub(crate) fn next_attempt(message: &str) -> jiff::Timestamp {
+    let after = message
+        .split("next attempt at ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no next attempt in {message:?}"));
+    let end = after.find([';', ' ']).unwrap_or(after.len());
+    after[..end]
+        .parse()
+        .unwrap_or_else(|e| panic!("next attempt in {message:?}: {e}"))
 }
 
 pub(crate) fn text(secret: &Secret, key: &str) -> String {

@@ -30,8 +30,9 @@ macro_rules! scenarios {
 type Scenario =
     for<'a> fn(&'a Env) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>;
 
-/// Each scenario as a trial on the shared environment, with a deadline of its own.
-fn trials(env: &Arc<Env>, scenarios: Vec<(&'static str, Scenario)>) -> Vec<Trial> {
+/// Each scenario as a trial on the shared environment, with a deadline of its own; `ignored`
+/// ones run only when asked for (`-- --ignored`).
+fn trials(env: &Arc<Env>, scenarios: Vec<(&'static str, Scenario)>, ignored: bool) -> Vec<Trial> {
     scenarios
         .into_iter()
         .map(|(name, scenario)| {
@@ -42,6 +43,7 @@ fn trials(env: &Arc<Env>, scenarios: Vec<(&'static str, Scenario)>) -> Vec<Trial
                     .block_on(async { tokio::time::timeout(deadline, scenario(&env)).await })
                     .map_err(|_| Failed::from(format!("{name} did not finish within {deadline:?}")))
             })
+            .with_ignored_flag(ignored)
         })
         .collect()
 }
@@ -86,6 +88,19 @@ fn main() {
         the_system_trust_store_is_honoured_without_a_flag,
         wrong_certificates_give_idp_unreachable_with_the_reason,
         a_certificate_gone_bad_keeps_the_token_and_says_why,
+        a_suspended_client_asks_the_idp_nothing_until_resumed,
+        audience_and_resource_reach_the_idp,
+        a_rotated_client_secret_is_used_at_once,
+        secret_metadata_changes_are_applied_without_a_new_token,
+        a_deleted_client_leaves_its_secret_to_garbage_collection,
+        a_failed_discovery_gives_discovery_failed,
+        the_idp_sees_at_most_max_concurrent_token_requests,
+    ];
+    // Bugs that these scenarios found, in code other work is changing: ignored until fixed
+    // (`cargo test --test operator -- --ignored` runs them); each says where the bug is.
+    let known_failures: Vec<(&'static str, Scenario)> = scenarios![
+        a_stale_token_that_expired_in_an_outage_is_named_in_the_message,
+        secret_metadata_removed_from_the_spec_leaves_the_secret,
     ];
     // Disruptive scenarios run alone, after the others.
     let disruptive: Vec<(&'static str, Scenario)> = scenarios![
@@ -93,12 +108,18 @@ fn main() {
         a_client_deleted_while_the_watch_was_down_is_forgotten,
         // Changes the CRD for a while.
         names_that_got_past_admission_never_reach_the_apiserver,
+        specs_that_got_past_admission_are_refused_by_the_operator,
     ];
     if args.list {
         let trials = list
             .iter()
             .chain(&disruptive)
             .map(|(name, _)| Trial::test(*name, || Ok(())))
+            .chain(
+                known_failures
+                    .iter()
+                    .map(|(name, _)| Trial::test(*name, || Ok(())).with_ignored_flag(true)),
+            )
             .collect();
         libtest_mimic::run(&args, trials).exit();
     }
@@ -136,12 +157,14 @@ fn main() {
         idp,
         _dir: dir,
     });
-    let conclusion = libtest_mimic::run(&args, trials(&env, list));
+    let mut first = trials(&env, list, false);
+    first.extend(trials(&env, known_failures, true));
+    let conclusion = libtest_mimic::run(&args, first);
     let alone = Arguments {
         test_threads: Some(1),
         ..args.clone()
     };
-    let disruptive_conclusion = libtest_mimic::run(&alone, trials(&env, disruptive));
+    let disruptive_conclusion = libtest_mimic::run(&alone, trials(&env, disruptive, false));
     match Arc::try_unwrap(env) {
         Ok(env) => {
             let Env {

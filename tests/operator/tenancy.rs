@@ -7,11 +7,8 @@ use crate::case::*;
 pub(crate) async fn allowed_token_hosts_keep_assertions_home(env: &Env) {
     let ns = create_namespace(env, "allowlist").await;
     // No --allowed-token-hosts: the default.
-    let mut case = Case {
-        operator: Operator::start(&env.plane.operator_kubeconfig, &["--watch-namespace", &ns]),
-        ns,
-        admin: env.plane.admin().await,
-    };
+    let operator = Operator::start(&env.plane.operator_kubeconfig, &["--watch-namespace", &ns]);
+    let mut case = Case::with_operator(env, ns, operator).await;
     let private = private_key(KeygenAlgorithm::Es256);
     let client_id = env.idp.register(&[public_key(&private)], None).await;
     case.put_secret(
@@ -65,7 +62,8 @@ pub(crate) async fn allowed_token_hosts_keep_assertions_home(env: &Env) {
     );
 
     // `*` does not include loopback: still refused, and the message says why.
-    case.operator = Case::start_operator(env, &case.ns, &["--allowed-token-hosts", "*"]);
+    case.restart_operator(env, &["--allowed-token-hosts", "*"])
+        .await;
     for name in names {
         case.wait_client(name, "refused with the loopback hint", |c| {
             ready(c).is_some_and(|r| {
@@ -82,7 +80,7 @@ pub(crate) async fn allowed_token_hosts_keep_assertions_home(env: &Env) {
     );
 
     // Named literally, the local IdP is allowed...
-    case.operator = Case::start_operator(env, &case.ns, &[]);
+    case.restart_operator(env, &[]).await;
     for name in names {
         case.wait_ready(name).await;
     }
@@ -166,7 +164,7 @@ pub(crate) async fn an_assertion_audience_points_only_at_its_own_server(env: &En
 pub(crate) async fn a_hanging_token_endpoint_does_not_starve_other_clients(env: &Env) {
     let case = Case::new(env, "starve", &[]).await;
     // A client that is Ready before the trouble starts, to force-refresh during it.
-    let (steady_id, _) = ready_client(env, &case, "steady", None).await;
+    let (steady_id, steady_key) = ready_client(env, &case, "steady", None).await;
     let hanging = HangingEndpoint::start().await;
     let private = private_key(KeygenAlgorithm::Es256);
     case.put_secret(
@@ -221,6 +219,9 @@ pub(crate) async fn a_hanging_token_endpoint_does_not_starve_other_clients(env: 
     );
     assert_eq!(env.idp.stats(&steady_id).await, (2, 2));
     drop(hanging);
+    let mut secrets = key_material(&private);
+    secrets.extend(key_material(&steady_key));
+    case.assert_no_leaks(&secrets).await;
 }
 
 pub(crate) async fn a_credential_secret_must_be_labelled(env: &Env) {
@@ -310,4 +311,76 @@ pub(crate) async fn one_secret_is_not_a_key_and_a_client_secret_at_once(env: &En
         "the client secret was sent once, by the client that names it"
     );
     case.assert_no_leaks(&[client_secret]).await;
+}
+
+/// `--max-concurrent-token-requests 3`: the IdP never sees more than 3 token requests at once,
+/// across hosts. Each host may hold all but one slot (2 here), so two hosts alone would allow
+/// 4: the peak of 3 is the global limit at work. Every answer takes 1.5 s, so requests overlap.
+pub(crate) async fn the_idp_sees_at_most_max_concurrent_token_requests(env: &Env) {
+    let case = Case::new(
+        env,
+        "limit",
+        &[
+            "--max-concurrent-token-requests",
+            "3",
+            "--allowed-token-hosts",
+            "127.0.0.1,localhost",
+        ],
+    )
+    .await;
+    // One client id for all: the IdP counts their requests together. The fault answers before
+    // the provider looks at the client, so it needs no registration.
+    let client_id = format!("limit-{}", case.ns);
+    let token = format!("limited-token-{}", uuid::Uuid::new_v4());
+    let body = json!({"access_token": token, "token_type": "Bearer", "expires_in": 3600});
+    env.idp
+        .fault(
+            json!({"client_id": client_id, "mode": "respond", "status": 200,
+            "content_type": "application/json", "body": body.to_string(), "delay_ms": 1500}),
+        )
+        .await;
+    let private = private_key(KeygenAlgorithm::Es256);
+    case.put_secret(
+        "jwk",
+        &[("jwk.json", &serde_json::to_vec(&private).unwrap())],
+    )
+    .await;
+    let localhost = env.idp.token_endpoint.replace("127.0.0.1", "localhost");
+    let names: Vec<String> = (0..10).map(|i| format!("limited-{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let endpoint = if i % 2 == 0 {
+            &env.idp.token_endpoint
+        } else {
+            &localhost
+        };
+        case.put_client(
+            name,
+            json!({
+                "clientId": client_id,
+                "authServer": {"tokenEndpoint": endpoint},
+                "privateKey": {"secretRef": {"name": "jwk", "key": "jwk.json"}},
+            }),
+        )
+        .await;
+    }
+    for name in &names {
+        case.wait_ready(name).await;
+    }
+    let (in_flight, peak) = env.idp.in_flight(&client_id).await;
+    assert_eq!(in_flight, 0);
+    assert_eq!(
+        peak, 3,
+        "the IdP saw {peak} token requests at once with --max-concurrent-token-requests 3"
+    );
+    assert_eq!(
+        env.idp.stats(&client_id).await.0,
+        10,
+        "one request per client"
+    );
+    env.idp
+        .fault(json!({"client_id": client_id, "mode": "none"}))
+        .await;
+    let mut secrets = key_material(&private);
+    secrets.push(token);
+    case.assert_no_leaks(&secrets).await;
 }

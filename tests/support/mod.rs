@@ -91,6 +91,31 @@ pub fn spawn(name: &str, command: &mut Command) -> ChildGuard {
     }
 }
 
+/// Run an external command with a deadline: its output, or a panic naming it once `timeout`
+/// passed (the process is killed then, and whenever the calling future is dropped).
+pub async fn run_bounded(what: &str, command: Command, timeout: Duration) -> std::process::Output {
+    let mut command = tokio::process::Command::from(command);
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Ok(output) => output.unwrap_or_else(|e| panic!("{what}: {e}")),
+        Err(_) => panic!("{what} did not finish within {timeout:?} (killed)"),
+    }
+}
+
+/// A port that was free a moment ago. Another process may take it before ours binds it:
+/// callers that pass it to a child retry with a new one when the child cannot listen.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind a free port")
@@ -240,6 +265,86 @@ pub async fn client_from(kubeconfig_path: &Path) -> Client {
     Client::try_from(config).unwrap()
 }
 
+/// Attempts at starting a process on ports picked before it binds them.
+const PORT_ATTEMPTS: usize = 5;
+
+/// The last `lines` lines of a log file.
+fn log_tail(path: &Path, lines: usize) -> String {
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = log.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// etcd on two ports picked before it binds them: if it exits (a port was taken in between),
+/// again on other ports. Returns the process and its client URL once it is healthy.
+async fn start_etcd(assets: &Path, dir: &Path) -> (ChildGuard, String) {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    for attempt in 1..=PORT_ATTEMPTS {
+        let (client_port, peer_port) = (free_port(), free_port());
+        let etcd_url = format!("http://127.0.0.1:{client_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let log_path = dir.join("etcd.log");
+        let etcd_log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
+        // A data folder per attempt: a failed start may leave a half-made member behind.
+        let mut etcd = spawn(
+            "etcd",
+            Command::new(assets.join("etcd"))
+                .args(["--name", "default", "--data-dir"])
+                .arg(dir.join(format!("etcd-data-{attempt}")))
+                .args([
+                    "--listen-client-urls",
+                    &etcd_url,
+                    "--advertise-client-urls",
+                    &etcd_url,
+                ])
+                .args([
+                    "--listen-peer-urls",
+                    &peer_url,
+                    "--initial-advertise-peer-urls",
+                    &peer_url,
+                ])
+                .args(["--initial-cluster", &format!("default={peer_url}")])
+                .args(["--unsafe-no-fsync", "--log-level", "warn"])
+                .stdout(etcd_log.try_clone().unwrap())
+                .stderr(etcd_log),
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let healthy = http
+                .get(format!("{etcd_url}/health"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if healthy {
+                return (etcd, etcd_url);
+            }
+            if !etcd.is_running() {
+                assert!(
+                    attempt < PORT_ATTEMPTS,
+                    "etcd exited at start {PORT_ATTEMPTS} times; log tail:\n{}",
+                    log_tail(&log_path, 20)
+                );
+                eprintln!("etcd exited at start (ports {client_port}, {peer_port}); other ports");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "etcd not healthy after 30 s; log tail:\n{}",
+                log_tail(&log_path, 20)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    unreachable!("the last attempt returns or panics")
+}
+
 /// The control plane: etcd and kube-apiserver.
 pub struct ControlPlane {
     pub dir: PathBuf,
@@ -269,95 +374,83 @@ impl ControlPlane {
         let sa_key = write("sa.key", &pki.sa_key);
         let sa_pub = write("sa.pub", &pki.sa_pub);
 
-        let (client_port, peer_port, secure_port) = (free_port(), free_port(), free_port());
-        let etcd_url = format!("http://127.0.0.1:{client_port}");
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let etcd_log = std::fs::File::create(dir.join("etcd.log")).unwrap();
-        let etcd = spawn(
-            "etcd",
-            Command::new(assets.join("etcd"))
-                .args(["--name", "default", "--data-dir"])
-                .arg(dir.join("etcd-data"))
-                .args([
-                    "--listen-client-urls",
-                    &etcd_url,
-                    "--advertise-client-urls",
-                    &etcd_url,
-                ])
-                .args([
-                    "--listen-peer-urls",
-                    &peer_url,
-                    "--initial-advertise-peer-urls",
-                    &peer_url,
-                ])
-                .args(["--initial-cluster", &format!("default={peer_url}")])
-                .args(["--unsafe-no-fsync", "--log-level", "warn"])
-                .stdout(etcd_log.try_clone().unwrap())
-                .stderr(etcd_log),
-        );
-        let http = reqwest::Client::new();
-        eventually(Duration::from_secs(30), "etcd to be healthy", || {
-            let http = http.clone();
-            let url = format!("{etcd_url}/health");
-            async move {
-                http.get(url)
-                    .send()
-                    .await
-                    .ok()
-                    .filter(|r| r.status().is_success())
-                    .map(|_| ())
+        let (mut etcd, etcd_url) = start_etcd(&assets, dir).await;
+        // The secure port is picked before kube-apiserver binds it: another process may take
+        // it in between, and then the apiserver exits. Try again with another port.
+        for attempt in 1..=PORT_ATTEMPTS {
+            let secure_port = free_port();
+            let apiserver_args: Vec<String> = vec![
+                format!("--etcd-servers={etcd_url}"),
+                format!("--cert-dir={}", dir.join("certs").display()),
+                format!("--secure-port={secure_port}"),
+                "--bind-address=127.0.0.1".into(),
+                "--advertise-address=127.0.0.1".into(),
+                format!("--tls-cert-file={serving_cert}"),
+                format!("--tls-private-key-file={serving_key}"),
+                format!("--client-ca-file={ca}"),
+                "--authorization-mode=RBAC".into(),
+                "--disable-admission-plugins=ServiceAccount".into(),
+                "--service-account-issuer=https://kubernetes.default.svc".into(),
+                format!("--service-account-key-file={sa_pub}"),
+                format!("--service-account-signing-key-file={sa_key}"),
+                "--service-cluster-ip-range=10.0.0.0/24".into(),
+                "--allow-privileged=true".into(),
+                "--endpoint-reconciler-type=none".into(),
+            ];
+            let server = format!("https://127.0.0.1:{secure_port}");
+            let admin_kubeconfig = dir.join("admin.kubeconfig");
+            std::fs::write(
+                &admin_kubeconfig,
+                kubeconfig(&server, &pki.ca_pem, &pki.admin_cert, &pki.admin_key),
+            )
+            .unwrap();
+            let operator_kubeconfig = dir.join("operator.kubeconfig");
+            std::fs::write(
+                &operator_kubeconfig,
+                kubeconfig(&server, &pki.ca_pem, &pki.operator_cert, &pki.operator_key),
+            )
+            .unwrap();
+
+            let plane = ControlPlane {
+                dir: dir.to_path_buf(),
+                server,
+                admin_kubeconfig,
+                operator_kubeconfig,
+                apiserver_args,
+                assets: assets.clone(),
+                apiserver: Mutex::new(None),
+                etcd,
+            };
+            match plane.try_start_apiserver().await {
+                Ok(()) => return plane,
+                Err(exited) if attempt < PORT_ATTEMPTS => {
+                    eprintln!("kube-apiserver on port {secure_port}: {exited}; another port");
+                    etcd = plane.etcd;
+                }
+                Err(exited) => panic!("{exited}\n{}", plane.apiserver_log_tail()),
             }
-        })
-        .await;
-
-        let apiserver_args: Vec<String> = vec![
-            format!("--etcd-servers={etcd_url}"),
-            format!("--cert-dir={}", dir.join("certs").display()),
-            format!("--secure-port={secure_port}"),
-            "--bind-address=127.0.0.1".into(),
-            "--advertise-address=127.0.0.1".into(),
-            format!("--tls-cert-file={serving_cert}"),
-            format!("--tls-private-key-file={serving_key}"),
-            format!("--client-ca-file={ca}"),
-            "--authorization-mode=RBAC".into(),
-            "--disable-admission-plugins=ServiceAccount".into(),
-            "--service-account-issuer=https://kubernetes.default.svc".into(),
-            format!("--service-account-key-file={sa_pub}"),
-            format!("--service-account-signing-key-file={sa_key}"),
-            "--service-cluster-ip-range=10.0.0.0/24".into(),
-            "--allow-privileged=true".into(),
-            "--endpoint-reconciler-type=none".into(),
-        ];
-        let server = format!("https://127.0.0.1:{secure_port}");
-        let admin_kubeconfig = dir.join("admin.kubeconfig");
-        std::fs::write(
-            &admin_kubeconfig,
-            kubeconfig(&server, &pki.ca_pem, &pki.admin_cert, &pki.admin_key),
-        )
-        .unwrap();
-        let operator_kubeconfig = dir.join("operator.kubeconfig");
-        std::fs::write(
-            &operator_kubeconfig,
-            kubeconfig(&server, &pki.ca_pem, &pki.operator_cert, &pki.operator_key),
-        )
-        .unwrap();
-
-        let plane = ControlPlane {
-            dir: dir.to_path_buf(),
-            server,
-            admin_kubeconfig,
-            operator_kubeconfig,
-            apiserver_args,
-            assets,
-            apiserver: Mutex::new(None),
-            etcd,
-        };
-        plane.start_apiserver().await;
-        plane
+        }
+        unreachable!("the last attempt returns or panics")
     }
 
     /// (Re)start kube-apiserver and wait until it is ready.
     pub async fn start_apiserver(&self) {
+        // On a restart the port is the one the kubeconfigs name: only that one will do.
+        for attempt in 1..=PORT_ATTEMPTS {
+            match self.try_start_apiserver().await {
+                Ok(()) => return,
+                Err(exited) if attempt < PORT_ATTEMPTS => {
+                    eprintln!("{exited}; starting it again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(exited) => panic!("{exited}\n{}", self.apiserver_log_tail()),
+            }
+        }
+    }
+
+    /// Start kube-apiserver and wait until it is ready; `Err` if it exited first (e.g. its
+    /// port was taken). Panics if it neither gets ready nor exits within 120 s.
+    async fn try_start_apiserver(&self) -> Result<(), String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -387,29 +480,42 @@ impl ControlPlane {
         let ready = tokio::time::timeout(Duration::from_secs(120), async {
             loop {
                 if readyz().await.is_some() {
-                    return;
+                    return Ok(());
+                }
+                let running = self
+                    .apiserver
+                    .lock()
+                    .unwrap()
+                    .as_mut()
+                    .is_some_and(|a| a.is_running());
+                if !running {
+                    return Err("kube-apiserver exited before it was ready".to_string());
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         })
         .await;
-        if ready.is_err() {
-            let log = std::fs::read_to_string(self.dir.join("apiserver.log")).unwrap_or_default();
-            let tail: String = log
-                .lines()
-                .rev()
-                .take(40)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect::<Vec<_>>()
-                .join("\n");
-            panic!("kube-apiserver not ready after 120 s; log tail:\n{tail}");
+        match ready {
+            Ok(Ok(())) => {
+                eprintln!(
+                    "kube-apiserver ready in {:.1}s",
+                    started.elapsed().as_secs_f64()
+                );
+                Ok(())
+            }
+            Ok(Err(exited)) => {
+                self.apiserver.lock().unwrap().take();
+                Err(exited)
+            }
+            Err(_) => panic!(
+                "kube-apiserver not ready after 120 s; log tail:\n{}",
+                self.apiserver_log_tail()
+            ),
         }
-        eprintln!(
-            "kube-apiserver ready in {:.1}s",
-            started.elapsed().as_secs_f64()
-        );
+    }
+
+    fn apiserver_log_tail(&self) -> String {
+        log_tail(&self.dir.join("apiserver.log"), 40)
     }
 
     pub fn stop_apiserver(&self) {
@@ -780,6 +886,20 @@ impl Idp {
         )
     }
 
+    /// A new client secret for a client_secret client; the old one stops working at once.
+    pub async fn rotate_secret(&self, client_id: &str) -> String {
+        let response = self
+            .http
+            .post(format!("{}/__test/rotate-secret", self.issuer))
+            .json(&json!({"client_id": client_id}))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "rotating the secret failed");
+        let answer: Value = response.json().await.unwrap();
+        answer["client_secret"].as_str().unwrap().to_string()
+    }
+
     pub async fn introspect(&self, token: &str) -> Value {
         self.http
             .post(self.via_control(&self.introspection_endpoint))
@@ -885,6 +1005,32 @@ impl Idp {
         .unwrap()
     }
 
+    /// (requests being answered now, the most there were at once) for a client.
+    pub async fn in_flight(&self, client_id: &str) -> (u64, u64) {
+        let v = self
+            .get_json(&format!("/__test/stats?client_id={client_id}"))
+            .await;
+        (
+            v["in_flight"].as_u64().unwrap(),
+            v["peak_in_flight"].as_u64().unwrap(),
+        )
+    }
+
+    /// The form fields of each token request of a client (credential values left out).
+    pub async fn forms(&self, client_id: &str) -> Vec<Value> {
+        serde_json::from_value(
+            self.get_json(&format!("/__test/forms?client_id={client_id}"))
+                .await,
+        )
+        .unwrap()
+    }
+
+    /// Every secret the token endpoint saw (of one client, or of all): raw assertions,
+    /// Authorization headers, client secrets and the access tokens it answered with.
+    pub async fn secrets(&self, client_id: Option<&str>) -> Vec<String> {
+        idp_secrets(&self.http, &self.issuer, client_id).await
+    }
+
     /// Decoded header and payload of each assertion the client sent.
     pub async fn assertions(&self, client_id: &str) -> Vec<Value> {
         serde_json::from_value(
@@ -893,6 +1039,51 @@ impl Idp {
         )
         .unwrap()
     }
+}
+
+/// `Idp::secrets` for code that holds only the IdP's issuer URL. Each assertion also as its
+/// signature alone: the part that proves possession of the key.
+pub async fn idp_secrets(
+    http: &reqwest::Client,
+    issuer: &str,
+    client_id: Option<&str>,
+) -> Vec<String> {
+    let query = client_id
+        .map(|c| format!("?client_id={c}"))
+        .unwrap_or_default();
+    let answer: Value = http
+        .get(format!("{issuer}/__test/secrets{query}"))
+        .send()
+        .await
+        .expect("GET /__test/secrets")
+        .json()
+        .await
+        .expect("JSON from /__test/secrets");
+    let list = |kind: &str| -> Vec<String> {
+        answer[kind]
+            .as_array()
+            .unwrap_or_else(|| panic!("/__test/secrets without {kind}: {answer}"))
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect()
+    };
+    let mut secrets = Vec::new();
+    for assertion in list("assertions") {
+        if let Some(signature) = assertion.rsplit('.').next() {
+            secrets.push(signature.to_string());
+        }
+        secrets.push(assertion);
+    }
+    for authorization in list("authorizations") {
+        // The header, and its credentials without the scheme (and without base64 padding).
+        if let Some((_, credentials)) = authorization.split_once(' ') {
+            secrets.push(credentials.trim_end_matches('=').to_string());
+        }
+        secrets.push(authorization);
+    }
+    secrets.extend(list("client_secrets"));
+    secrets.extend(list("access_tokens"));
+    secrets
 }
 
 /// The operator binary: cargo tells integration tests; the demo is told by IDV_OPERATOR_BIN.
@@ -987,6 +1178,11 @@ impl Operator {
             .ok()
     }
 
+    /// Port of /metrics if the operator logged it already.
+    pub fn logged_metrics_port(&self) -> Option<u16> {
+        self.logged_port("serving /metrics")
+    }
+
     /// Port of /metrics; waits up to 10 s for the operator to log it.
     pub fn metrics_port(&self) -> u16 {
         self.wait_for_port("serving /metrics")
@@ -1014,7 +1210,10 @@ impl Operator {
 
     /// GET a path on the metrics or probe port: (status, body).
     pub async fn get(&self, port: u16, path: &str) -> Option<(u16, String)> {
-        let response = reqwest::Client::new()
+        let response = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
             .get(format!("http://127.0.0.1:{port}{path}"))
             .send()
             .await
