@@ -25,6 +25,9 @@ pub const ISSUED_AT_ANNOTATION: &str = "idv-token-operator.dev/issued-at";
 pub const INPUTS_HASH_ANNOTATION: &str = "idv-token-operator.dev/inputs-hash";
 /// Hash of the Secret's token data: tells an edited Secret from the one we wrote.
 pub const DATA_HASH_ANNOTATION: &str = "idv-token-operator.dev/data-hash";
+/// The keys of the labels and annotations `spec.secret` asked for when the Secret was last
+/// written (JSON): one removed from the spec is then removed from the Secret too.
+pub const SPEC_METADATA_ANNOTATION: &str = "idv-token-operator.dev/spec-metadata";
 
 /// On the IdvClient: a new value asks for one new token now, whatever the schedule says.
 pub const FORCE_REFRESH_ANNOTATION: &str = "idv-token-operator.dev/force-refresh";

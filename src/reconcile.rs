@@ -285,6 +285,13 @@ async fn handle_failure(
         message.push_str(&format!(
             "; the current token stays in the Secret until it expires at {expires}"
         ));
+    } else if let Some(expired) = seen
+        .observed
+        .as_ref()
+        .filter(|o| o.data_intact)
+        .and_then(|o| o.expires_at)
+    {
+        message.push_str(&format!("; the token in the Secret expired at {expired}"));
     }
     ctx.event(client, EventType::Warning, error.reason(), message.clone());
     if policy::failure_flips_ready(error.is_transient(), holds_valid_token) {
@@ -393,8 +400,28 @@ async fn attempt(
                     .await?
                     .filter(|s| resources::is_owned_by(s, client));
                 if let Some(current) = current
-                    && let Some(data) = current.data
+                    && let Some(data) = current.data.clone()
                 {
+                    // Keys the spec no longer asks for: set at creation, so not removed by
+                    // the apply below (creation is not an apply).
+                    let (labels, annotations) =
+                        TokenSecretRecord::of(&current).removed_metadata(client);
+                    if !labels.is_empty() || !annotations.is_empty() {
+                        let nulls = |keys: Vec<String>| {
+                            keys.into_iter()
+                                .map(|k| (k, serde_json::Value::Null))
+                                .collect::<serde_json::Map<_, _>>()
+                        };
+                        let patch = serde_json::json!({"metadata": {
+                            "uid": current.metadata.uid,
+                            "labels": nulls(labels),
+                            "annotations": nulls(annotations),
+                        }});
+                        secrets
+                            .patch(&secret_name, &PatchParams::default(), &Patch::Merge(&patch))
+                            .await
+                            .map_err(|e| Error::from_secret_write(&secret_name, e))?;
+                    }
                     let mut desired = resources::desired_secret(
                         client,
                         data.clone(),

@@ -140,6 +140,16 @@ fn requested_metadata(client: &IdvClient) -> (BTreeMap<String, String>, BTreeMap
     )
 }
 
+/// `SPEC_METADATA_ANNOTATION`'s value for what `spec.secret` asks for now: the keys, sorted.
+fn spec_metadata(client: &IdvClient) -> String {
+    let (labels, annotations) = requested_metadata(client);
+    serde_json::json!({
+        "labels": labels.keys().collect::<Vec<_>>(),
+        "annotations": annotations.keys().collect::<Vec<_>>(),
+    })
+    .to_string()
+}
+
 /// The token Secret as the operator wants it.
 pub fn desired_secret(
     client: &IdvClient,
@@ -161,6 +171,7 @@ pub fn desired_secret(
         annotations.insert(key.into(), value);
     }
     annotations.insert(api::DATA_HASH_ANNOTATION.into(), seal);
+    annotations.insert(api::SPEC_METADATA_ANNOTATION.into(), spec_metadata(client));
     Secret {
         metadata: ObjectMeta {
             name: Some(client.token_secret_name()),
@@ -237,20 +248,24 @@ pub struct TokenSecretRecord {
     pub labels: BTreeMap<String, String>,
     /// Without the operator's bookkeeping annotations (`observed` has what they say).
     pub annotations: BTreeMap<String, String>,
+    /// The spec's metadata keys when the Secret was written (`SPEC_METADATA_ANNOTATION`).
+    pub spec_metadata: Option<String>,
 }
 
-const BOOKKEEPING_ANNOTATIONS: [&str; 6] = [
+const BOOKKEEPING_ANNOTATIONS: [&str; 7] = [
     api::ISSUED_AT_ANNOTATION,
     api::EXPIRES_AT_ANNOTATION,
     api::REFRESH_AT_ANNOTATION,
     api::INPUTS_HASH_ANNOTATION,
     api::DATA_HASH_ANNOTATION,
+    api::SPEC_METADATA_ANNOTATION,
     CACHED_DATA_HASH_ANNOTATION,
 ];
 
 impl TokenSecretRecord {
     pub fn of(secret: &Secret) -> Self {
         let mut annotations = secret.metadata.annotations.clone().unwrap_or_default();
+        let spec_metadata = annotations.get(api::SPEC_METADATA_ANNOTATION).cloned();
         annotations.retain(|k, _| !BOOKKEEPING_ANNOTATIONS.contains(&k.as_str()));
         Self {
             name: secret.metadata.name.clone().unwrap_or_default(),
@@ -259,6 +274,7 @@ impl TokenSecretRecord {
             observed: observe(secret),
             labels: secret.metadata.labels.clone().unwrap_or_default(),
             annotations,
+            spec_metadata,
         }
     }
 
@@ -272,12 +288,46 @@ impl TokenSecretRecord {
     }
 
     /// Whether the Secret carries every label and annotation the spec asks for.
+    /// Whether the Secret carries what the spec asks for: every label and annotation it names,
+    /// and none that it named when the Secret was written and names no more (a re-apply by the
+    /// operator's field manager removes those; others' labels stay).
     pub fn metadata_matches(&self, client: &IdvClient) -> bool {
         let has_all = |have: &BTreeMap<String, String>, want: &BTreeMap<String, String>| {
             want.iter().all(|(k, v)| have.get(k) == Some(v))
         };
         let (labels, annotations) = requested_metadata(client);
-        has_all(&self.labels, &labels) && has_all(&self.annotations, &annotations)
+        has_all(&self.labels, &labels)
+            && has_all(&self.annotations, &annotations)
+            && self.spec_metadata.as_deref() == Some(spec_metadata(client).as_str())
+    }
+
+    /// The label and annotation keys the spec asked for when the Secret was written, asks for
+    /// no more, and the Secret still has: to be removed (others' keys are never touched).
+    pub fn removed_metadata(&self, client: &IdvClient) -> (Vec<String>, Vec<String>) {
+        #[derive(serde::Deserialize, Default)]
+        struct Keys {
+            labels: Vec<String>,
+            annotations: Vec<String>,
+        }
+        let before: Keys = self
+            .spec_metadata
+            .as_deref()
+            .and_then(|json| serde_json::from_str(json).ok())
+            .unwrap_or_default();
+        let (labels, annotations) = requested_metadata(client);
+        let gone = |before: Vec<String>,
+                    now: &BTreeMap<String, String>,
+                    have: &BTreeMap<String, String>| {
+            before
+                .into_iter()
+                .filter(|k| !now.contains_key(k) && have.contains_key(k))
+                .filter(|k| !api::is_reserved_label(k) && !api::is_reserved_annotation(k))
+                .collect()
+        };
+        (
+            gone(before.labels, &labels, &self.labels),
+            gone(before.annotations, &annotations, &self.annotations),
+        )
     }
 }
 
@@ -592,6 +642,43 @@ mod tests {
             !is_owned_by(&s, &older),
             "a failed first attempt reported no token"
         );
+    }
+
+    #[test]
+    fn metadata_the_spec_dropped_is_found_and_only_that() {
+        let mut c = client(); // asks for label team=roads
+        c.spec.secret.annotations = [("a/b".to_string(), "1".to_string())].into();
+        let mut written = secret();
+        written.metadata = desired_secret(
+            &c,
+            Default::default(),
+            "",
+            "inputs",
+            &TokenTimes {
+                issued_at: at(0),
+                expires_at: at(1),
+                refresh_at: at(1),
+            },
+        )
+        .metadata;
+        // Someone else's label on the Secret.
+        written
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("theirs".into(), "x".into());
+        let record = TokenSecretRecord::of(&written);
+        assert!(record.metadata_matches(&c));
+        let mut dropped = c.clone();
+        dropped.spec.secret.labels.clear();
+        dropped.spec.secret.annotations.clear();
+        assert!(!record.metadata_matches(&dropped), "a removal is a change");
+        assert_eq!(
+            record.removed_metadata(&dropped),
+            (vec!["team".to_string()], vec!["a/b".to_string()])
+        );
+        assert_eq!(record.removed_metadata(&c), (vec![], vec![]));
     }
 
     #[test]

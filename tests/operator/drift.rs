@@ -432,7 +432,7 @@ pub(crate) async fn secret_metadata_changes_are_applied_without_a_new_token(env:
 /// resources.rs): a label or annotation removed from `spec.secret` stays on the token Secret.
 /// The check only asks whether every wanted one is there, so a removal looks like no change and
 /// nothing is re-applied (server-side apply would remove what the operator no longer sets).
-pub(crate) async fn secret_metadata_removed_from_the_spec_leaves_the_secret(env: &Env) {
+pub(crate) async fn secret_metadata_removed_from_the_spec_is_removed_from_the_secret(env: &Env) {
     let case = Case::new(env, "metadata-gone", &[]).await;
     let (client_id, private) = keyed_client(env, &case, "tagged", None, None).await;
     let patch = json!({"spec": {"secret": {

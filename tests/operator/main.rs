@@ -30,9 +30,8 @@ macro_rules! scenarios {
 type Scenario =
     for<'a> fn(&'a Env) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>;
 
-/// Each scenario as a trial on the shared environment, with a deadline of its own; `ignored`
-/// ones run only when asked for (`-- --ignored`).
-fn trials(env: &Arc<Env>, scenarios: Vec<(&'static str, Scenario)>, ignored: bool) -> Vec<Trial> {
+/// Each scenario as a trial on the shared environment, with a deadline of its own.
+fn trials(env: &Arc<Env>, scenarios: Vec<(&'static str, Scenario)>) -> Vec<Trial> {
     scenarios
         .into_iter()
         .map(|(name, scenario)| {
@@ -43,7 +42,6 @@ fn trials(env: &Arc<Env>, scenarios: Vec<(&'static str, Scenario)>, ignored: boo
                     .block_on(async { tokio::time::timeout(deadline, scenario(&env)).await })
                     .map_err(|_| Failed::from(format!("{name} did not finish within {deadline:?}")))
             })
-            .with_ignored_flag(ignored)
         })
         .collect()
 }
@@ -95,12 +93,8 @@ fn main() {
         a_deleted_client_leaves_its_secret_to_garbage_collection,
         a_failed_discovery_gives_discovery_failed,
         the_idp_sees_at_most_max_concurrent_token_requests,
-    ];
-    // Bugs that these scenarios found, in code other work is changing: ignored until fixed
-    // (`cargo test --test operator -- --ignored` runs them); each says where the bug is.
-    let known_failures: Vec<(&'static str, Scenario)> = scenarios![
         a_stale_token_that_expired_in_an_outage_is_named_in_the_message,
-        secret_metadata_removed_from_the_spec_leaves_the_secret,
+        secret_metadata_removed_from_the_spec_is_removed_from_the_secret,
     ];
     // Disruptive scenarios run alone, after the others.
     let disruptive: Vec<(&'static str, Scenario)> = scenarios![
@@ -115,11 +109,6 @@ fn main() {
             .iter()
             .chain(&disruptive)
             .map(|(name, _)| Trial::test(*name, || Ok(())))
-            .chain(
-                known_failures
-                    .iter()
-                    .map(|(name, _)| Trial::test(*name, || Ok(())).with_ignored_flag(true)),
-            )
             .collect();
         libtest_mimic::run(&args, trials).exit();
     }
@@ -157,14 +146,12 @@ fn main() {
         idp,
         _dir: dir,
     });
-    let mut first = trials(&env, list, false);
-    first.extend(trials(&env, known_failures, true));
-    let conclusion = libtest_mimic::run(&args, first);
+    let conclusion = libtest_mimic::run(&args, trials(&env, list));
     let alone = Arguments {
         test_threads: Some(1),
         ..args.clone()
     };
-    let disruptive_conclusion = libtest_mimic::run(&alone, trials(&env, disruptive, false));
+    let disruptive_conclusion = libtest_mimic::run(&alone, trials(&env, disruptive));
     match Arc::try_unwrap(env) {
         Ok(env) => {
             let Env {
