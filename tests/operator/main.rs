@@ -8,6 +8,8 @@ mod support;
 mod case;
 mod drift;
 mod failures;
+mod ha;
+mod install;
 mod issuing;
 mod operations;
 mod tenancy;
@@ -15,6 +17,8 @@ mod tenancy;
 use case::*;
 use drift::*;
 use failures::*;
+use ha::*;
+use install::*;
 use issuing::*;
 use operations::*;
 use tenancy::*;
@@ -80,12 +84,18 @@ fn main() {
         edited_bookkeeping_is_repaired_not_trusted,
         an_unwritable_secret_costs_no_tokens,
         a_secret_with_a_copied_owner_reference_is_not_adopted,
+        a_standby_whose_clock_runs_ahead_does_not_take_a_live_lease,
+        owner_references_need_the_finalizers_rule_and_the_shipped_rules_suffice,
     ];
     // Disruptive scenarios run alone, after the others.
     let disruptive: Vec<(&'static str, Scenario)> = scenarios![
         the_operator_survives_an_apiserver_restart,
         // Changes the CRD for a while.
         names_that_got_past_admission_never_reach_the_apiserver,
+        // Freezes the apiserver for longer than a lease.
+        a_frozen_apiserver_never_yields_two_leaders,
+        // Cluster-wide, as deploy/ installs it: it serves every namespace, other tests' too.
+        the_shipped_install_serves_every_namespace_and_reads_no_other_secret,
     ];
     if args.list {
         let trials = list

@@ -1,5 +1,6 @@
 //! The real test environment: etcd + kube-apiserver (RBAC on, an admin and the operator's
-//! restricted identity), the CRDs and deploy/'s RBAC installed, a test IdP (oidc-provider),
+//! restricted identity, OwnerReferencesPermissionEnforcement, an audit log of the operator
+//! identities' Secret and Lease requests), the CRDs and deploy/'s RBAC installed, a test IdP (oidc-provider),
 //! and operator processes. Every child process is killed when its guard drops (and, through
 //! PR_SET_PDEATHSIG, when the test process dies).
 
