@@ -464,22 +464,20 @@ impl Leadership {
         let deadline = self.settings.renew_deadline();
         async move {
             loop {
-                let current = hold.borrow_and_update().clone();
-                let end = match current {
+                let end = match hold.borrow_and_update().clone() {
                     Hold::Lost(reason) => return reason,
                     Hold::Until(end) => end,
                 };
-                tokio::select! {
-                    _ = tokio::time::sleep_until(tokio::time::Instant::from_std(end)) => {
-                        if !hold.has_changed().unwrap_or(false) {
-                            return LostReason::NotRenewed { deadline };
-                        }
-                    }
-                    changed = hold.changed() => {
-                        if changed.is_err() {
-                            return LostReason::NotRenewed { deadline };
-                        }
-                    }
+                let closed = tokio::select! {
+                    _ = tokio::time::sleep_until(tokio::time::Instant::from_std(end)) => false,
+                    changed = hold.changed() => changed.is_err(),
+                };
+                match hold.borrow_and_update().clone() {
+                    Hold::Lost(reason) => return reason,
+                    // Renewed in time: wait for the new end.
+                    Hold::Until(next) if !closed && Instant::now() < next => {}
+                    // Not renewed, or the renewer is gone.
+                    Hold::Until(_) => return LostReason::NotRenewed { deadline },
                 }
             }
         }
@@ -901,6 +899,63 @@ mod tests {
         assert_eq!(lease["spec"]["holderIdentity"], "a");
         assert_eq!(lease["spec"]["leaseTransitions"], 1);
         drop(held);
+    }
+
+    fn leadership(end: Instant) -> (Leadership, watch::Sender<Hold>) {
+        let (tx, hold) = watch::channel(Hold::Until(end));
+        let client =
+            kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
+                .unwrap();
+        let held = Leadership {
+            hold,
+            renewer: tokio::spawn(async {}),
+            api: Api::namespaced(client, "ns"),
+            settings: LeaseSettings {
+                lease_duration: Duration::from_millis(300),
+                ..settings(0, 50)
+            },
+        };
+        (held, tx)
+    }
+
+    #[tokio::test]
+    async fn the_hold_lasts_while_renewals_extend_it_and_ends_with_the_reason() {
+        let start = Instant::now();
+        let (held, tx) = leadership(start + Duration::from_millis(100));
+        let lost = tokio::spawn(held.lost());
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tx.send(Hold::Until(Instant::now() + Duration::from_millis(100)))
+                .unwrap();
+            assert!(!lost.is_finished(), "renewed holds last");
+        }
+        let renewed_until = Instant::now() + Duration::from_millis(100);
+        tx.send(Hold::Until(renewed_until)).unwrap();
+        assert_eq!(
+            lost.await.unwrap(),
+            LostReason::NotRenewed {
+                deadline: Duration::from_millis(200)
+            }
+        );
+        assert!(Instant::now() >= renewed_until);
+
+        // A reason the renewer found is the one reported, at once.
+        let (held, tx) = leadership(Instant::now() + Duration::from_secs(60));
+        let lost = tokio::spawn(held.lost());
+        let taken = LostReason::Taken {
+            holder: Some("b".into()),
+        };
+        tx.send(Hold::Lost(taken.clone())).unwrap();
+        drop(tx);
+        let reason = tokio::time::timeout(Duration::from_secs(1), lost).await;
+        assert_eq!(reason.unwrap().unwrap(), taken);
+        assert!(held.is_lost());
+
+        // A renewer that is gone renews nothing.
+        let (held, tx) = leadership(Instant::now() + Duration::from_secs(60));
+        drop(tx);
+        let reason = tokio::time::timeout(Duration::from_secs(1), held.lost()).await;
+        assert!(matches!(reason, Ok(LostReason::NotRenewed { .. })));
     }
 
     #[test]

@@ -113,7 +113,7 @@ struct RunArgs {
     /// How long a leader's lease lasts without renewal (the standby's takeover time).
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     leader_election_lease_duration: Duration,
-    /// How often the leader renews, and a standby retries.
+    /// How often the leader renews, and a standby retries (shorter than 2/3 of the lease duration).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     leader_election_retry_period: Duration,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
