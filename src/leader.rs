@@ -109,6 +109,29 @@ pub fn observe(
     }
 }
 
+/// The version an absent Lease is observed as.
+const ABSENT: &str = "(absent)";
+
+/// The observation of a missing Lease at `now`. Deleted under a holder we saw, it stays that
+/// holder's for a lease duration from when we noticed: the holder may be working until its
+/// next renewal finds the Lease gone. Missing from the start, it is free.
+pub fn observe_absent(previous: Option<&Observation>, now: Instant) -> Observation {
+    match previous {
+        Some(p) if p.version == ABSENT => p.clone(),
+        Some(p) => Observation {
+            version: ABSENT.to_string(),
+            since: now,
+            ..p.clone()
+        },
+        None => Observation {
+            version: ABSENT.to_string(),
+            holder: None,
+            duration: Duration::ZERO,
+            since: now,
+        },
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// Free, ours, or unchanged for its whole duration in our observation: claim it.
@@ -304,6 +327,21 @@ impl Elector {
         let Some(mut lease) = found else {
             if leading {
                 return Ok(Outcome::Lost(LostReason::Deleted));
+            }
+            let observed = observe_absent(self.observed.as_ref(), seen_at);
+            let verdict = judge(
+                &observed,
+                &self.settings.identity,
+                self.settings.lease_duration,
+                seen_at,
+            );
+            self.observed = Some(observed);
+            if let Verdict::Held { holder, .. } = verdict {
+                debug!(
+                    holder,
+                    "the Lease was deleted under another replica; waiting"
+                );
+                return Ok(Outcome::Waiting);
             }
             let lease = Lease {
                 metadata: ObjectMeta {
@@ -550,6 +588,37 @@ mod tests {
         assert_eq!(
             observe(None, "7", Some(&held_by(Some(""), 0)), s(0)).holder,
             None
+        );
+    }
+
+    #[test]
+    fn a_deleted_lease_stays_its_holders_for_a_lease_duration() {
+        let t0 = Instant::now();
+        let s = |x: u64| t0 + Duration::from_secs(x);
+        let own = Duration::from_secs(15);
+        // Missing from the start: free.
+        let fresh = observe_absent(None, s(0));
+        assert_eq!(judge(&fresh, "a", own, s(0)), Verdict::Claim);
+        // Deleted under "b": timed from when we noticed, like any change.
+        let held = observe(None, "3", Some(&held_by(Some("b"), 0)), s(0));
+        let gone = observe_absent(Some(&held), s(10));
+        let still_gone = observe_absent(Some(&gone), s(20));
+        assert_eq!(still_gone.since, s(10));
+        assert!(matches!(
+            judge(&still_gone, "a", own, s(24)),
+            Verdict::Held { until, .. } if until == s(25)
+        ));
+        assert_eq!(judge(&still_gone, "a", own, s(25)), Verdict::Claim);
+        // Ours, or released before the deletion: free.
+        let ours = observe(None, "3", Some(&held_by(Some("a"), 0)), s(0));
+        assert_eq!(
+            judge(&observe_absent(Some(&ours), s(1)), "a", own, s(1)),
+            Verdict::Claim
+        );
+        let released = observe(None, "4", Some(&held_by(None, 0)), s(0));
+        assert_eq!(
+            judge(&observe_absent(Some(&released), s(1)), "a", own, s(1)),
+            Verdict::Claim
         );
     }
 
