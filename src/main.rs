@@ -115,7 +115,7 @@ struct RunArgs {
     /// How long a leader's lease lasts without renewal (the standby's takeover time).
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     leader_election_lease_duration: Duration,
-    /// How often the leader renews, and a standby retries.
+    /// How often the leader renews, and a standby retries (shorter than 2/3 of the lease duration).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     leader_election_retry_period: Duration,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -302,6 +302,7 @@ fn run(args: RunArgs) -> Result<(), String> {
                 lease_duration: args.leader_election_lease_duration,
                 retry_period: args.leader_election_retry_period,
             };
+            settings.check().map_err(|e| format!("--leader-election-retry-period: {e}"))?;
             tokio::select! {
                 held = leader::acquire(kube.clone(), settings) => Some(held),
                 _ = shutdown.clone() => return Ok(()),
@@ -320,40 +321,38 @@ fn run(args: RunArgs) -> Result<(), String> {
         };
         let max_requests = args.max_concurrent_token_requests;
         let events = EventPublisher::new(kube.clone(), "idv-token-operator", &identity);
-        let lost = leadership.as_ref().map(|l| l.lost().boxed()).unwrap_or_else(|| futures::future::pending().boxed());
-        let stop = async move {
-            tokio::select! {
-                _ = shutdown => {},
-                _ = lost => {},
-            }
-        }
-        .boxed()
-        .shared();
         let kube_for_context = kube.clone();
         let ready = health.clone();
-        controller::run(
+        let work = controller::run(
             watches,
             options,
             move |caches| Context::new(kube_for_context, tokens, caches, max_requests, settings, metrics, events),
-            stop,
+            shutdown,
             move || {
                 ready.ready.store(true, Ordering::Relaxed);
                 tracing::info!("watches synced");
             },
-        )
-        .await;
-        match leadership {
-            Some(held) if held.is_lost() => Err("leadership lost; exiting so that a fresh start can compete again".into()),
-            Some(held) => {
-                // Releasing lets the standby take over at once; if the apiserver does not answer,
-                // the Lease expires on its own.
-                if tokio::time::timeout(controller::API_CALL_TIMEOUT, held.release()).await.is_err() {
-                    tracing::warn!("could not release the Lease in time; it expires on its own");
-                }
-                Ok(())
+        );
+        let Some(held) = leadership else {
+            work.await;
+            return Ok(());
+        };
+        // Stop, then step down. A lost lease drops all work at once (no drain, no final status
+        // flush): it must be over before a standby may take over. The runtime's shutdown below
+        // ends the spawned tasks.
+        tokio::select! {
+            _ = work => {}
+            reason = held.lost() => {
+                tracing::error!("stopped all work: leadership lost: {reason}; exiting so that a restart competes again");
+                return Err(format!("leadership lost: {reason}"));
             }
-            None => Ok(()),
         }
+        // Releasing lets the standby take over at once; if the apiserver does not answer,
+        // the Lease expires on its own.
+        if tokio::time::timeout(controller::API_CALL_TIMEOUT, held.release()).await.is_err() {
+            tracing::warn!("could not release the Lease in time; it expires on its own");
+        }
+        Ok(())
     });
     // Dropping a runtime waits for blocking tasks (a DNS lookup that hangs) without limit.
     runtime.shutdown_timeout(Duration::from_secs(1));

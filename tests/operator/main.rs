@@ -8,6 +8,8 @@ mod support;
 mod case;
 mod drift;
 mod failures;
+mod ha;
+mod install;
 mod issuing;
 mod operations;
 mod tenancy;
@@ -16,6 +18,8 @@ mod tls;
 use case::*;
 use drift::*;
 use failures::*;
+use ha::*;
+use install::*;
 use issuing::*;
 use operations::*;
 use tenancy::*;
@@ -95,6 +99,8 @@ fn main() {
         the_idp_sees_at_most_max_concurrent_token_requests,
         a_stale_token_that_expired_in_an_outage_is_named_in_the_message,
         secret_metadata_removed_from_the_spec_is_removed_from_the_secret,
+        a_standby_whose_clock_runs_ahead_does_not_take_a_live_lease,
+        owner_references_need_the_finalizers_rule_and_the_shipped_rules_suffice,
     ];
     // Disruptive scenarios run alone, after the others.
     let disruptive: Vec<(&'static str, Scenario)> = scenarios![
@@ -103,6 +109,10 @@ fn main() {
         // Changes the CRD for a while.
         names_that_got_past_admission_never_reach_the_apiserver,
         specs_that_got_past_admission_are_refused_by_the_operator,
+        // Freezes the apiserver for longer than a lease.
+        a_frozen_apiserver_never_yields_two_leaders,
+        // Cluster-wide, as deploy/ installs it: it serves every namespace, other tests' too.
+        the_shipped_install_serves_every_namespace_and_reads_no_other_secret,
     ];
     if args.list {
         let trials = list

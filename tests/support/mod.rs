@@ -1,5 +1,6 @@
 //! The real test environment: etcd + kube-apiserver (RBAC on, an admin and the operator's
-//! restricted identity), the CRDs and deploy/'s RBAC installed, a test IdP (oidc-provider),
+//! restricted identity, OwnerReferencesPermissionEnforcement, an audit log of the operator
+//! identities' Secret and Lease requests), the CRDs and deploy/'s RBAC installed, a test IdP (oidc-provider),
 //! and operator processes. Every child process is killed when its guard drops (and, through
 //! PR_SET_PDEATHSIG, when the test process dies).
 
@@ -35,6 +36,21 @@ pub const OPERATOR_SERVICE_ACCOUNT: &str = "idv-token-operator";
 /// The operator's arguments for the local test IdP: loopback hosts are allowed only when named
 /// (the default is the IDV hosts).
 pub const LOCAL_IDP_HOSTS: [&str; 2] = ["--allowed-token-hosts", "127.0.0.1"];
+
+/// The apiserver's audit policy: Secret and Lease requests of every identity in the operator's
+/// namespace (the operator's ServiceAccounts), at Metadata level (never a body: no token or
+/// key reaches the log). Tests read it as the apiserver's record of who did what.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    userGroups: [\"system:serviceaccounts:idv-token-operator-system\"]
+    resources:
+      - {group: \"\", resources: [secrets]}
+      - {group: coordination.k8s.io, resources: [leases]}
+  - level: None
+";
 
 /// A child process that is killed when dropped.
 pub struct ChildGuard {
@@ -373,6 +389,7 @@ impl ControlPlane {
         let serving_key = write("apiserver.key", &pki.serving_key);
         let sa_key = write("sa.key", &pki.sa_key);
         let sa_pub = write("sa.pub", &pki.sa_pub);
+        let audit_policy = write("audit-policy.yaml", AUDIT_POLICY);
 
         let (mut etcd, etcd_url) = start_etcd(&assets, dir).await;
         // The secure port is picked before kube-apiserver binds it: another process may take
@@ -390,6 +407,15 @@ impl ControlPlane {
                 format!("--client-ca-file={ca}"),
                 "--authorization-mode=RBAC".into(),
                 "--disable-admission-plugins=ServiceAccount".into(),
+                // On top of the defaults: what real clusters (OpenShift, GKE, hardened installs)
+                // enable and what the operator's writes meet. Setting an owner reference with
+                // blockOwnerDeletion needs `update` on the owner's finalizers.
+                "--enable-admission-plugins=OwnerReferencesPermissionEnforcement".into(),
+                format!("--audit-policy-file={audit_policy}"),
+                format!("--audit-log-path={}", dir.join("audit.log").display()),
+                "--audit-log-format=json".into(),
+                // Written before the answer: a test reading it after a call sees that call.
+                "--audit-log-mode=blocking".into(),
                 "--service-account-issuer=https://kubernetes.default.svc".into(),
                 format!("--service-account-key-file={sa_pub}"),
                 format!("--service-account-signing-key-file={sa_key}"),
@@ -522,6 +548,27 @@ impl ControlPlane {
         self.apiserver.lock().unwrap().take();
     }
 
+    /// Freeze kube-apiserver (SIGSTOP): connections stay open and nothing answers, as with an
+    /// apiserver that stalls. It resumes when the guard drops (also when the test fails).
+    pub fn freeze_apiserver(&self) -> Frozen<'_> {
+        let pid = self.apiserver_pid().expect("kube-apiserver runs");
+        unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+        Frozen { plane: self, pid }
+    }
+
+    fn apiserver_pid(&self) -> Option<u32> {
+        self.apiserver.lock().unwrap().as_ref().map(ChildGuard::pid)
+    }
+
+    /// The audit log's events so far (see `AUDIT_POLICY`), oldest first.
+    pub fn audit_events(&self) -> Vec<AuditEvent> {
+        let text = std::fs::read_to_string(self.dir.join("audit.log")).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .map(AuditEvent)
+            .collect()
+    }
+
     pub async fn admin(&self) -> Client {
         client_from(&self.admin_kubeconfig).await
     }
@@ -623,6 +670,98 @@ impl ControlPlane {
             }
         }
     }
+}
+
+/// A frozen kube-apiserver; resumed (SIGCONT) on drop.
+pub struct Frozen<'a> {
+    plane: &'a ControlPlane,
+    pid: u32,
+}
+
+impl Frozen<'_> {
+    pub fn resume(self) {}
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        if self.plane.apiserver_pid() == Some(self.pid) {
+            unsafe { libc::kill(self.pid as i32, libc::SIGCONT) };
+        }
+    }
+}
+
+/// One audit event (audit.k8s.io/v1 Event, Metadata level).
+#[derive(Debug, Clone)]
+pub struct AuditEvent(pub Value);
+
+impl AuditEvent {
+    fn text(&self, pointer: &str) -> &str {
+        self.0
+            .pointer(pointer)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    }
+    pub fn stage(&self) -> &str {
+        self.text("/stage")
+    }
+    pub fn verb(&self) -> &str {
+        self.text("/verb")
+    }
+    pub fn resource(&self) -> &str {
+        self.text("/objectRef/resource")
+    }
+    pub fn namespace(&self) -> &str {
+        self.text("/objectRef/namespace")
+    }
+    pub fn name(&self) -> &str {
+        self.text("/objectRef/name")
+    }
+    pub fn uri(&self) -> &str {
+        self.text("/requestURI")
+    }
+    pub fn code(&self) -> u16 {
+        self.0
+            .pointer("/responseStatus/code")
+            .and_then(Value::as_u64)
+            .unwrap_or(0) as u16
+    }
+    pub fn username(&self) -> &str {
+        self.text("/user/username")
+    }
+    /// The credential the request was made with: `JTI=<jti>` of a ServiceAccount token.
+    pub fn credential_id(&self) -> &str {
+        self.text("/user/extra/authentication.kubernetes.io~1credential-id/0")
+    }
+    /// When the apiserver finished the request (its clock: this machine's).
+    pub fn completed_at(&self) -> jiff::Timestamp {
+        self.text("/stageTimestamp").parse().unwrap_or_default()
+    }
+    /// A write that took effect if it succeeded (dry runs are checks, not writes).
+    pub fn is_write(&self) -> bool {
+        matches!(self.verb(), "create" | "update" | "patch" | "delete")
+            && !self.uri().contains("dryRun=")
+    }
+    pub fn succeeded(&self) -> bool {
+        (200..300).contains(&self.code())
+    }
+}
+
+/// The credential id the apiserver records (`JTI=<jti>`) for the token in a kubeconfig written
+/// by `service_account_kubeconfig`.
+pub fn credential_id(kubeconfig: &Path) -> String {
+    let text = std::fs::read_to_string(kubeconfig).unwrap();
+    let token = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token: "))
+        .expect("a token kubeconfig");
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    format!("JTI={}", claims["jti"].as_str().expect("a jti claim"))
 }
 
 use serde::Deserialize;
@@ -1135,6 +1274,7 @@ impl Operator {
                     }),
                 )
                 .env("RUST_BACKTRACE", "1")
+                .envs(env.iter().copied())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped()),
         );
