@@ -50,21 +50,26 @@ impl Fetched {
 }
 
 /// Where a client's token request stands.
-#[derive(Debug)]
 pub enum Poll {
     /// Nothing running or waiting: start one.
     Idle,
     /// A request is queued or in flight; the client is reconciled when it ends.
     Running,
-    /// The outcome of the request for these inputs (taken: a second poll gives `Idle`).
-    Done(Result<Fetched, Error>),
+    /// The outcome of the request for these inputs (taken: a second poll gives `Idle`), with
+    /// what was held for it since it started: keep it until the token is stored.
+    Done(Result<Fetched, Error>, Hold),
 }
+
+/// Held from a request's start until its token is stored (the status writer narrows while
+/// token work is under way); dropped with the outcome when nobody takes it.
+pub type Hold = Option<Box<dyn Send + Sync>>;
 
 enum Job {
     Running,
     Done {
         inputs: String,
         result: Result<Fetched, Error>,
+        hold: Hold,
     },
 }
 
@@ -112,7 +117,7 @@ impl Fetcher {
                 Poll::Idle
             }
             Some(Job::Done { .. }) => match jobs.remove(key) {
-                Some(Job::Done { result, .. }) => Poll::Done(result),
+                Some(Job::Done { result, hold, .. }) => Poll::Done(result, hold),
                 _ => unreachable!("checked above"),
             },
         }
@@ -129,8 +134,17 @@ impl Fetcher {
             Job::Done {
                 inputs,
                 result: Ok(fetched),
+                hold: None,
             },
         );
+    }
+
+    /// Drop an outcome nobody will take (the client's token is good as it is).
+    pub fn discard_outcome(&self, key: &ClientKey) {
+        let mut jobs = self.jobs.lock().expect("lock");
+        if matches!(jobs.get(key), Some(Job::Done { .. })) {
+            jobs.remove(key);
+        }
     }
 
     /// Whether a request is running for this client (its reconcile waits for the wake-up).
@@ -139,8 +153,14 @@ impl Fetcher {
     }
 
     /// Start `request` for `key` in the background, under `host`'s and the global slots.
-    pub fn start<F>(self: &Arc<Self>, key: ClientKey, inputs: String, host: &str, request: F)
-    where
+    pub fn start<F>(
+        self: &Arc<Self>,
+        key: ClientKey,
+        inputs: String,
+        host: &str,
+        hold: Hold,
+        request: F,
+    ) where
         F: Future<Output = Result<Fetched, Error>> + Send + 'static,
     {
         self.jobs
@@ -174,7 +194,14 @@ impl Fetcher {
                 // Forgotten meanwhile (the IdvClient was deleted): drop the outcome.
                 let wanted = matches!(jobs.get(&key), Some(Job::Running));
                 if wanted {
-                    jobs.insert(key.clone(), Job::Done { inputs, result });
+                    jobs.insert(
+                        key.clone(),
+                        Job::Done {
+                            inputs,
+                            result,
+                            hold,
+                        },
+                    );
                 }
                 wanted
             };
@@ -260,7 +287,7 @@ mod tests {
         let fetcher = Arc::new(Fetcher::new(2, 1));
         let mut woken = fetcher.subscribe(Some("ns".into()));
         assert!(matches!(fetcher.poll(&key("a"), "i1"), Poll::Idle));
-        fetcher.start(key("a"), "i1".into(), "https://idp", async {
+        fetcher.start(key("a"), "i1".into(), "https://idp", None, async {
             Ok(fetched(0, 60))
         });
         assert!(matches!(fetcher.poll(&key("a"), "i1"), Poll::Running));
@@ -271,7 +298,7 @@ mod tests {
             "other inputs"
         );
         fetcher.keep(key("a"), "i1".into(), fetched(0, 60));
-        assert!(matches!(fetcher.poll(&key("a"), "i1"), Poll::Done(Ok(f)) if f.kept));
+        assert!(matches!(fetcher.poll(&key("a"), "i1"), Poll::Done(Ok(f), _) if f.kept));
         assert!(matches!(fetcher.poll(&key("a"), "i1"), Poll::Idle), "taken");
     }
 
@@ -280,12 +307,12 @@ mod tests {
         let fetcher = Arc::new(Fetcher::new(2, per_host_slots(2)));
         let mut woken = fetcher.subscribe(None);
         for name in ["h1", "h2", "h3"] {
-            fetcher.start(key(name), "i".into(), "https://hanging", async {
+            fetcher.start(key(name), "i".into(), "https://hanging", None, async {
                 futures::future::pending::<()>().await;
                 unreachable!()
             });
         }
-        fetcher.start(key("ok"), "i".into(), "https://fine", async {
+        fetcher.start(key("ok"), "i".into(), "https://fine", None, async {
             Ok(fetched(0, 60))
         });
         let next = tokio::time::timeout(Duration::from_secs(5), woken.next()).await;
@@ -300,7 +327,7 @@ mod tests {
     async fn a_forgotten_client_hears_nothing() {
         let fetcher = Arc::new(Fetcher::new(1, 1));
         let (release, wait) = tokio::sync::oneshot::channel::<()>();
-        fetcher.start(key("gone"), "i".into(), "https://idp", async move {
+        fetcher.start(key("gone"), "i".into(), "https://idp", None, async move {
             let _ = wait.await;
             Ok(fetched(0, 60))
         });

@@ -366,16 +366,22 @@ async fn attempt(
     let decision = policy::decide(&inputs_hash, seen.observed.as_ref(), now);
     let client_key = ObjectRef::from_obj(client);
     // The request's outcome is taken only when a token is wanted.
+    // Held until this reconcile has stored the token (status writes narrow meanwhile).
+    let mut _hold: fetcher::Hold = None;
     let (fetch, outcome) = match decision {
-        Decision::Wait { .. } => (FetchState::Idle, None),
+        Decision::Wait { .. } => {
+            ctx.fetcher.discard_outcome(&client_key);
+            (FetchState::Idle, None)
+        }
         Decision::Refresh(_) => match ctx.fetcher.poll(&client_key, &inputs_hash) {
             Poll::Idle => (FetchState::Idle, None),
             Poll::Running => (FetchState::Running, None),
-            Poll::Done(Ok(fetched)) if fetched.is_worth_storing_at(now) => {
+            Poll::Done(Ok(fetched), held) if fetched.is_worth_storing_at(now) => {
+                _hold = held;
                 (FetchState::Answered, Some(Ok(fetched)))
             }
-            Poll::Done(Ok(_)) => (FetchState::Stale, None),
-            Poll::Done(Err(error)) => (FetchState::Failed, Some(Err(error))),
+            Poll::Done(Ok(_), _) => (FetchState::Stale, None),
+            Poll::Done(Err(error), _) => (FetchState::Failed, Some(Err(error))),
         },
     };
     let step = policy::next_step(&Facts {
@@ -564,15 +570,8 @@ fn start_fetch(
         resource: client.spec.resource.clone(),
     };
     let client_id = client.spec.client_id.clone();
-    let (plan, tokens, metrics, writeback) = (
-        plan.clone(),
-        ctx.tokens.clone(),
-        ctx.metrics.clone(),
-        ctx.writeback.clone(),
-    );
+    let (plan, tokens, metrics) = (plan.clone(), ctx.tokens.clone(), ctx.metrics.clone());
     let request = async move {
-        // Status and Event writes narrow while tokens are requested.
-        let _token_work = writeback.token_work();
         let started = std::time::Instant::now();
         let requested_at = Timestamp::now();
         let result = async {
@@ -596,7 +595,11 @@ fn start_fetch(
             kept: false,
         })
     };
-    ctx.fetcher.start(client_key, inputs_hash, &host, request);
+    // Status and Event writes narrow from the request's start until its token is stored: on
+    // a busy apiserver they would slow the next tokens down.
+    let hold: fetcher::Hold = Some(Box::new(ctx.writeback.token_work()));
+    ctx.fetcher
+        .start(client_key, inputs_hash, &host, hold, request);
 }
 
 /// Before the first token for a Secret that does not exist yet: would creating it succeed?
