@@ -9,7 +9,7 @@ use std::{
 };
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::{core::PartialObjectMeta, runtime::watcher};
+use kube::runtime::watcher;
 
 use crate::resources::{self, TokenSecretRecord};
 
@@ -18,8 +18,8 @@ pub struct ScopeCaches {
     pub namespace: Option<String>,
     /// The token Secrets the operator manages (label-filtered), as records.
     pub token_secrets: Arc<TokenSecrets>,
-    /// The Secrets labelled as credentials, by resourceVersion.
-    pub credentials: Arc<SecretVersions>,
+    /// The Secrets labelled as credentials.
+    pub credentials: Arc<CredentialSecrets>,
 }
 
 pub struct Caches {
@@ -39,7 +39,12 @@ impl Caches {
         self.scope(namespace)?.token_secrets.get(namespace, name)
     }
 
-    /// The resourceVersion of a labelled credential Secret as its watch last saw it.
+    /// A labelled credential Secret as its watch last saw it.
+    pub fn credential(&self, namespace: &str, name: &str) -> Option<CachedCredential> {
+        self.scope(namespace)?.credentials.get(namespace, name)
+    }
+
+    /// Its resourceVersion only.
     pub fn credential_version(&self, namespace: &str, name: &str) -> Option<String> {
         self.scope(namespace)?.credentials.version(namespace, name)
     }
@@ -114,25 +119,49 @@ impl<K: Hash + Eq, V> Mirror<K, V> {
     }
 }
 
-/// The resourceVersions of the Secrets a metadata watch sees: all the operator needs of its
-/// credential Secrets (to reuse a parsed key without reading the Secret again). Keyed by
-/// `name_key`: a version read through a hash collision does not match the key cache's, so it
-/// only costs a GET.
+/// The Secrets labelled as credentials, as their watch last saw them: version, uid and data
+/// (nothing else: annotations can hold a copy of the whole Secret). Only labelled Secrets are
+/// here, so that a key is read from the watch, not asked for again, also after a restart.
+/// Keyed by exact namespace and name: this serves data.
 #[derive(Default)]
-pub struct SecretVersions(Mutex<Mirror<u64, String>>);
+pub struct CredentialSecrets(Mutex<Mirror<String, CachedCredential>>);
 
-impl SecretVersions {
-    pub fn apply(&self, event: &watcher::Event<PartialObjectMeta<Secret>>) {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedCredential {
+    pub version: String,
+    pub uid: String,
+    pub data: std::collections::BTreeMap<String, k8s_openapi::ByteString>,
+}
+
+impl CredentialSecrets {
+    pub fn apply(&self, event: &watcher::Event<Secret>) {
         self.0.lock().expect("lock").apply(
             event,
-            |s| key_of(&s.metadata),
-            |s| s.metadata.resource_version.clone().unwrap_or_default(),
+            |s| {
+                path(
+                    s.metadata.namespace.as_deref().unwrap_or_default(),
+                    s.metadata.name.as_deref().unwrap_or_default(),
+                )
+            },
+            |s| CachedCredential {
+                version: s.metadata.resource_version.clone().unwrap_or_default(),
+                uid: s.metadata.uid.clone().unwrap_or_default(),
+                data: s.data.clone().unwrap_or_default(),
+            },
         );
     }
 
     pub fn version(&self, namespace: &str, name: &str) -> Option<String> {
         let mirror = self.0.lock().expect("lock");
-        mirror.current.get(&name_key(namespace, name)).cloned()
+        mirror
+            .current
+            .get(&path(namespace, name))
+            .map(|c| c.version.clone())
+    }
+
+    pub fn get(&self, namespace: &str, name: &str) -> Option<CachedCredential> {
+        let mirror = self.0.lock().expect("lock");
+        mirror.current.get(&path(namespace, name)).cloned()
     }
 
     pub fn listed(&self) -> bool {
@@ -296,23 +325,30 @@ mod tests {
         assert_eq!(secrets.get("ns", "gipod-token"), None);
     }
 
-    // PartialObjectMeta has a private field: no struct literal.
-    #[allow(clippy::field_reassign_with_default)]
-    fn meta(name: &str, version: &str) -> PartialObjectMeta<Secret> {
-        let mut secret = PartialObjectMeta::<Secret>::default();
-        secret.metadata = ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some("ns".into()),
-            resource_version: Some(version.into()),
-            ..ObjectMeta::default()
-        };
-        secret
+    fn meta(name: &str, version: &str) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ns".into()),
+                resource_version: Some(version.into()),
+                uid: Some(format!("uid-{name}")),
+                ..ObjectMeta::default()
+            },
+            data: Some(
+                [(
+                    "jwk.json".to_string(),
+                    ByteString(version.as_bytes().to_vec()),
+                )]
+                .into(),
+            ),
+            ..Secret::default()
+        }
     }
 
     #[test]
-    fn secret_versions_follow_the_watch_and_swap_a_relist_in_whole() {
+    fn credentials_follow_the_watch_and_swap_a_relist_in_whole() {
         use watcher::Event::*;
-        let versions = SecretVersions::default();
+        let versions = CredentialSecrets::default();
         assert!(!versions.listed());
         for event in [Init, InitApply(meta("a", "1")), InitApply(meta("b", "2"))] {
             versions.apply(&event);
@@ -337,5 +373,10 @@ mod tests {
         assert_eq!(versions.version("ns", "a"), None);
         assert_eq!(versions.version("ns", "c").as_deref(), Some("4"));
         assert_eq!(versions.version("other", "c"), None);
+        let c = versions.get("ns", "c").expect("cached");
+        assert_eq!(
+            (c.uid.as_str(), &c.data["jwk.json"].0[..]),
+            ("uid-c", &b"4"[..])
+        );
     }
 }

@@ -8,7 +8,6 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta};
 use kube::{
     Api, Resource, ResourceExt,
-    core::PartialObjectMeta,
     runtime::{
         Controller, WatchStreamExt, controller, predicates,
         reflector::{self, ObjectRef, Store},
@@ -20,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     api::{self, IdvClient},
-    caches::{Caches, OwnWrites, ScopeCaches, SecretVersions, TokenSecrets},
+    caches::{Caches, CredentialSecrets, OwnWrites, ScopeCaches, TokenSecrets},
     error::Error,
     events::EventType,
     liveness::Progress,
@@ -213,10 +212,7 @@ fn spec_or_force_refresh(client: &IdvClient) -> Option<u64> {
 }
 
 /// IdvClients that read their credential from this Secret.
-fn clients_using(
-    secret: &PartialObjectMeta<Secret>,
-    clients: &Store<IdvClient>,
-) -> Vec<ObjectRef<IdvClient>> {
+fn clients_using(secret: &Secret, clients: &Store<IdvClient>) -> Vec<ObjectRef<IdvClient>> {
     let (name, namespace) = (secret.name_any(), secret.namespace());
     clients
         .state()
@@ -251,8 +247,7 @@ fn backoff(min: Duration, max: Duration) -> ResetTimerBackoff<watcher::Exponenti
 struct SecretWatches {
     namespace: Option<String>,
     owned_secrets: futures::stream::BoxStream<'static, Result<Secret, watcher::Error>>,
-    other_secrets:
-        futures::stream::BoxStream<'static, Result<PartialObjectMeta<Secret>, watcher::Error>>,
+    other_secrets: futures::stream::BoxStream<'static, Result<Secret, watcher::Error>>,
 }
 
 /// Cached objects carry no managedFields: nothing here reads them, and at 10,000 objects they
@@ -276,17 +271,18 @@ fn slim_token_secret(secret: &mut Secret) {
     resources::strip_token_data(secret);
 }
 
-/// Credential Secrets' metadata: only what is used (name, namespace, resourceVersion).
-/// Annotations in particular go: `kubectl apply` leaves the whole Secret, private key
-/// included, in `last-applied-configuration`.
-fn keep_identity_only(secret: &mut PartialObjectMeta<Secret>) {
-    let meta = secret.meta_mut();
+/// Credential Secrets as cached: identity and data only. Annotations in particular go:
+/// `kubectl apply` leaves the whole Secret, key included, in `last-applied-configuration`.
+fn keep_credential_only(secret: &mut Secret) {
+    let meta = &mut secret.metadata;
     *meta = ObjectMeta {
         name: meta.name.take(),
         namespace: meta.namespace.take(),
         resource_version: meta.resource_version.take(),
+        uid: meta.uid.take(),
         ..ObjectMeta::default()
     };
+    secret.string_data = None;
 }
 
 /// Calls `ready` once every registered watch has listed its objects once. kube's
@@ -371,17 +367,17 @@ pub async fn run(
             })
             .touched_objects()
             .boxed();
-            // Secrets labelled as credentials: metadata only (never data), to notice a changed
-            // key at once and to know its resourceVersion without asking the API. Unlabelled
-            // Secrets are neither watched nor read.
-            let credential_secrets = Arc::new(SecretVersions::default());
+            // Secrets labelled as credentials, to notice a changed key at once and to read it
+            // without asking the API (also after a restart). Unlabelled Secrets are neither
+            // watched nor read.
+            let credential_secrets = Arc::new(CredentialSecrets::default());
             let versions = credential_secrets.clone();
             let other_secrets_stream = watcher::watcher(
-                api::<PartialObjectMeta<Secret>>(&kube, namespace.as_deref()),
+                api::<Secret>(&kube, namespace.as_deref()),
                 WatcherConfig::default().labels(&credentials),
             )
             .backoff(watch_backoff())
-            .modify(keep_identity_only)
+            .modify(keep_credential_only)
             .inspect(move |event| {
                 if let Ok(event) = event {
                     versions.apply(event);

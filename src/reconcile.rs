@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use crate::{
     api::{self, IdvClient, IdvClientStatus},
     authserver::{self, ServerPlan},
-    caches::{Caches, OwnWrites},
+    caches::{CachedCredential, Caches, OwnWrites},
     credential::{self, Credential},
     error::Error,
     events::{EventPublisher, EventType},
@@ -722,11 +722,11 @@ async fn load_credential(
     };
     // The watch of labelled Secrets knows the Secret's version: a key parsed from that version
     // is reused without reading the Secret again.
-    let watched = ctx.caches.credential_version(namespace, &reference.name);
-    if let Some(version) = &watched
-        && let Some(key) = cached(version)
+    let watched = ctx.caches.credential(namespace, &reference.name);
+    if let Some(watched) = &watched
+        && let Some(key) = cached(&watched.version)
     {
-        return Ok((key, version.clone()));
+        return Ok((key, watched.version.clone()));
     }
     let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), namespace);
     let not_found = || Error::KeySecretNotFound {
@@ -735,40 +735,41 @@ async fn load_credential(
     let not_labelled = || Error::CredentialNotLabelled {
         name: reference.name.clone(),
     };
-    if watched.is_none() {
-        // Not among the labelled Secrets the watch has seen: look at its labels before reading
-        // its data, so that an unlabelled Secret's content never reaches the operator.
-        let meta = secrets
-            .get_metadata_opt(&reference.name)
-            .await?
-            .ok_or_else(not_found)?;
-        if !api::is_credential(meta.labels()) {
-            return Err(not_labelled());
+    let secret = match watched {
+        // The watch of labelled Secrets has it, data included: no need to ask.
+        Some(watched) => watched,
+        None => {
+            // Not among the labelled Secrets the watch has seen: look at its labels before
+            // reading its data, so that an unlabelled Secret's content never reaches the operator.
+            let meta = secrets
+                .get_metadata_opt(&reference.name)
+                .await?
+                .ok_or_else(not_found)?;
+            if !api::is_credential(meta.labels()) {
+                return Err(not_labelled());
+            }
+            let secret = secrets
+                .get_opt(&reference.name)
+                .await?
+                .ok_or_else(not_found)?;
+            if !api::is_credential(secret.labels()) {
+                return Err(not_labelled());
+            }
+            CachedCredential {
+                version: secret.resource_version().unwrap_or_default(),
+                uid: secret.metadata.uid.clone().unwrap_or_default(),
+                data: secret.data.unwrap_or_default(),
+            }
         }
-    }
-    let secret = secrets
-        .get_opt(&reference.name)
-        .await?
-        .ok_or_else(not_found)?;
-    if !api::is_credential(secret.labels()) {
-        return Err(not_labelled());
-    }
-    let version = secret.resource_version().unwrap_or_default();
+    };
+    let version = secret.version.clone();
     if let Some(key) = cached(&version) {
         return Ok((key, version));
     }
     let bytes = secret
         .data
-        .as_ref()
-        .and_then(|d| d.get(&reference.key))
+        .get(&reference.key)
         .map(|b| b.0.clone())
-        .or_else(|| {
-            secret
-                .string_data
-                .as_ref()
-                .and_then(|d| d.get(&reference.key))
-                .map(|s| s.clone().into_bytes())
-        })
         .filter(|b| !b.is_empty())
         .ok_or_else(|| Error::KeyNotInSecret {
             name: reference.name.clone(),
@@ -779,7 +780,7 @@ async fn load_credential(
     } else {
         credential::Kind::PrivateKey
     };
-    let uid = secret.metadata.uid.clone().unwrap_or_default();
+    let uid = &secret.uid;
     let key = credential::parse(kind, bytes, key_id.as_deref(), format!("{uid}/{version}"))
         .map_err(|error| match error {
             credential::CredentialError::NotUtf8 => Error::InvalidSpec(format!(
