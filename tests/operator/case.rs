@@ -454,6 +454,24 @@ pub(crate) fn key_material(private: &Map<String, Value>) -> Vec<String> {
         .collect()
 }
 
+/// A fresh key pair whose public key is registered at the IdP (a new client there), and its
+/// private key in the credential Secret `secret` (key `jwk.json`). Returns (client id, key).
+pub(crate) async fn registered_key(
+    env: &Env,
+    case: &Case,
+    secret: &str,
+    alg: KeygenAlgorithm,
+) -> (String, Map<String, Value>) {
+    let private = private_key(alg);
+    let client_id = env.idp.register(&[public_key(&private)], None).await;
+    case.put_secret(
+        secret,
+        &[("jwk.json", &serde_json::to_vec(&private).unwrap())],
+    )
+    .await;
+    (client_id, private)
+}
+
 /// A client with a fresh EC key registered at the IdP (token lifetime `ttl`), its key Secret
 /// `<name>-jwk`, and `fault` set at the IdP before the IdvClient exists. Returns (client id, key).
 pub(crate) async fn keyed_client(

@@ -48,13 +48,7 @@ pub(crate) async fn a_foreign_secret_of_the_same_name_is_left_untouched(env: &En
 
 pub(crate) async fn a_restarted_operator_reuses_the_recorded_token(env: &Env) {
     let mut case = Case::new(env, "restart", &[]).await;
-    let private = private_key(KeygenAlgorithm::Es256);
-    let client_id = env.idp.register(&[public_key(&private)], None).await;
-    case.put_secret(
-        "jwk",
-        &[("jwk.json", &serde_json::to_vec(&private).unwrap())],
-    )
-    .await;
+    let (client_id, _) = registered_key(env, &case, "jwk", KeygenAlgorithm::Es256).await;
     let names = ["one", "two", "three"];
     for name in names {
         case.put_client(
@@ -215,13 +209,8 @@ pub(crate) async fn edited_bookkeeping_is_repaired_not_trusted(env: &Env) {
 
 pub(crate) async fn an_unwritable_secret_costs_no_tokens(env: &Env) {
     let case = Case::new(env, "unwritable", &[]).await;
-    let private = private_key(KeygenAlgorithm::Es256);
-    let client_id = env.idp.register(&[public_key(&private)], None).await;
-    case.put_secret(
-        "stuck-jwk",
-        &[("jwk.json", &serde_json::to_vec(&private).unwrap())],
-    )
-    .await;
+    let (client_id, private) =
+        registered_key(env, &case, "stuck-jwk", KeygenAlgorithm::Es256).await;
     // A full Secret quota. There is no kube-controller-manager here to count the usage, so
     // the test writes it: one Secret (the key) of one allowed.
     let quotas: Api<k8s_openapi::api::core::v1::ResourceQuota> =
@@ -294,13 +283,8 @@ pub(crate) async fn an_unwritable_secret_costs_no_tokens(env: &Env) {
 
 pub(crate) async fn a_secret_with_a_copied_owner_reference_is_not_adopted(env: &Env) {
     let case = Case::new(env, "forged", &[]).await;
-    let private = private_key(KeygenAlgorithm::Es256);
-    let client_id = env.idp.register(&[public_key(&private)], None).await;
-    case.put_secret(
-        "victim-jwk",
-        &[("jwk.json", &serde_json::to_vec(&private).unwrap())],
-    )
-    .await;
+    let (client_id, private) =
+        registered_key(env, &case, "victim-jwk", KeygenAlgorithm::Es256).await;
     // Suspended, so that the Secret below exists before the operator first looks.
     let client = case
         .put_client(
@@ -358,13 +342,7 @@ pub(crate) async fn a_secret_with_a_copied_owner_reference_is_not_adopted(env: &
 /// IdP for a new one.
 pub(crate) async fn secret_metadata_changes_are_applied_without_a_new_token(env: &Env) {
     let case = Case::new(env, "metadata", &[]).await;
-    let private = private_key(KeygenAlgorithm::Es256);
-    let client_id = env.idp.register(&[public_key(&private)], None).await;
-    case.put_secret(
-        "jwk",
-        &[("jwk.json", &serde_json::to_vec(&private).unwrap())],
-    )
-    .await;
+    let (client_id, private) = registered_key(env, &case, "jwk", KeygenAlgorithm::Es256).await;
     case.put_client(
         "tagged",
         json!({

@@ -489,13 +489,7 @@ pub(crate) async fn a_failed_discovery_gives_discovery_failed(env: &Env) {
     )
     .await;
     let hanging = HangingEndpoint::start().await;
-    let private = private_key(KeygenAlgorithm::Es256);
-    let client_id = env.idp.register(&[public_key(&private)], None).await;
-    case.put_secret(
-        "jwk",
-        &[("jwk.json", &serde_json::to_vec(&private).unwrap())],
-    )
-    .await;
+    let (client_id, private) = registered_key(env, &case, "jwk", KeygenAlgorithm::Es256).await;
     let port = env.idp.issuer.rsplit(':').next().unwrap();
     let cases = [
         (

@@ -4,13 +4,8 @@ use crate::case::*;
 
 pub(crate) async fn token_secret_holds_a_token_the_idp_issued(env: &Env) {
     let case = Case::new(env, "issue", &[]).await;
-    let private = private_key(KeygenAlgorithm::Rs256);
-    let client_id = env.idp.register(&[public_key(&private)], None).await;
-    case.put_secret(
-        "gipod-jwk",
-        &[("jwk.json", &serde_json::to_vec(&private).unwrap())],
-    )
-    .await;
+    let (client_id, private) =
+        registered_key(env, &case, "gipod-jwk", KeygenAlgorithm::Rs256).await;
     let created = case
         .put_client(
             "gipod",
@@ -275,13 +270,7 @@ pub(crate) async fn a_client_secret_client_gets_a_token(env: &Env) {
 
 pub(crate) async fn a_spec_change_brings_a_new_token(env: &Env) {
     let case = Case::new(env, "change", &[]).await;
-    let private = private_key(KeygenAlgorithm::Es256);
-    let client_id = env.idp.register(&[public_key(&private)], None).await;
-    case.put_secret(
-        "jwk",
-        &[("jwk.json", &serde_json::to_vec(&private).unwrap())],
-    )
-    .await;
+    let (client_id, private) = registered_key(env, &case, "jwk", KeygenAlgorithm::Es256).await;
     case.put_client(
         "evolving",
         json!({

@@ -801,13 +801,7 @@ async fn expiry_series(operator: &Operator, port: u16, name: &str) -> Option<boo
 /// them gets its token.
 pub(crate) async fn specs_that_got_past_admission_are_refused_by_the_operator(env: &Env) {
     let mut case = Case::new(env, "old-specs", &[]).await;
-    let private = private_key(KeygenAlgorithm::Es256);
-    let client_id = env.idp.register(&[public_key(&private)], None).await;
-    case.put_secret(
-        "jwk",
-        &[("jwk.json", &serde_json::to_vec(&private).unwrap())],
-    )
-    .await;
+    let (client_id, private) = registered_key(env, &case, "jwk", KeygenAlgorithm::Es256).await;
     case.put_secret("binary", &[("secret", &[0xff, 0xfe, 0x00, 0x80])])
         .await;
     let key = json!({"secretRef": {"name": "jwk", "key": "jwk.json"}});

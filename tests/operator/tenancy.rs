@@ -9,13 +9,7 @@ pub(crate) async fn allowed_token_hosts_keep_assertions_home(env: &Env) {
     // No --allowed-token-hosts: the default.
     let operator = Operator::start(&env.plane.operator_kubeconfig, &["--watch-namespace", &ns]);
     let mut case = Case::with_operator(env, ns, operator).await;
-    let private = private_key(KeygenAlgorithm::Es256);
-    let client_id = env.idp.register(&[public_key(&private)], None).await;
-    case.put_secret(
-        "jwk",
-        &[("jwk.json", &serde_json::to_vec(&private).unwrap())],
-    )
-    .await;
+    let (client_id, private) = registered_key(env, &case, "jwk", KeygenAlgorithm::Es256).await;
     let (secret_client_id, client_secret) = env.idp.register_with_secret().await;
     case.put_secret("client-secret", &[("secret", client_secret.as_bytes())])
         .await;
@@ -112,13 +106,7 @@ pub(crate) async fn allowed_token_hosts_keep_assertions_home(env: &Env) {
 /// An assertionAudience names the server the assertion is sent to, or nothing is sent.
 pub(crate) async fn an_assertion_audience_points_only_at_its_own_server(env: &Env) {
     let case = Case::new(env, "audience", &[]).await;
-    let private = private_key(KeygenAlgorithm::Es256);
-    let client_id = env.idp.register(&[public_key(&private)], None).await;
-    case.put_secret(
-        "jwk",
-        &[("jwk.json", &serde_json::to_vec(&private).unwrap())],
-    )
-    .await;
+    let (client_id, private) = registered_key(env, &case, "jwk", KeygenAlgorithm::Es256).await;
     let acm = "https://authenticatie.vlaanderen.be/op";
     let cases = [
         (
