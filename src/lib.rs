@@ -8,6 +8,7 @@
 pub mod api;
 pub mod assertion;
 pub mod authserver;
+pub mod backoff;
 pub mod caches;
 pub mod controller;
 pub mod credential;

@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use crate::{
     api::{self, IdvClient, IdvClientStatus},
     authserver::{self, ServerPlan},
+    backoff::Failures,
     caches::{CachedCredential, Caches, OwnWrites},
     credential::{self, Credential},
     error::Error,
@@ -57,7 +58,7 @@ pub struct Context {
     /// Parsed credentials by (namespace, Secret, key, kind, keyId), each with the Secret's
     /// resourceVersion it was parsed from: a new version replaces the old one in place.
     keys: Mutex<HashMap<u64, ParsedCredential>>,
-    failures: Mutex<HashMap<ClientKey, Failure>>,
+    failures: Failures,
 }
 
 /// A parsed credential in `Context::keys`, with the namespace and the resourceVersion of the
@@ -66,15 +67,6 @@ struct ParsedCredential {
     namespace: String,
     version: String,
     credential: Credential,
-}
-
-/// Backoff bookkeeping for one IdvClient. `inputs` fingerprints what the failed attempt saw:
-/// when the IdvClient or its key Secret changes, the next attempt is not held back.
-#[derive(Debug, Clone, Default)]
-struct Failure {
-    count: u32,
-    inputs: String,
-    not_before: Option<Timestamp>,
 }
 
 impl Context {
@@ -101,7 +93,7 @@ impl Context {
             fetcher: Arc::new(Fetcher::new(global, fetcher::per_host_slots(global))),
             settings,
             keys: Mutex::new(HashMap::new()),
-            failures: Mutex::new(HashMap::new()),
+            failures: Failures::default(),
         }
     }
 
@@ -110,7 +102,7 @@ impl Context {
     pub fn forget(&self, client: &IdvClient) {
         let (namespace, name) = (client.namespace().unwrap_or_default(), client.name_any());
         let key = ObjectRef::new(&name).within(&namespace);
-        self.failures.lock().expect("lock").remove(&key);
+        self.failures.clear(&key);
         self.fetcher.forget(&key);
         if let Some(key) = key_cache_key(client) {
             self.keys.lock().expect("lock").remove(&key);
@@ -133,10 +125,7 @@ impl Context {
         let keep_named = |namespace: &str, name: &str| {
             !in_scope(namespace) || alive.contains(&ObjectRef::new(name).within(namespace))
         };
-        self.failures
-            .lock()
-            .expect("lock")
-            .retain(|key, _| keep(key));
+        self.failures.retain(keep);
         self.fetcher.retain(keep);
         self.writeback.retain(keep_named);
         self.metrics.retain_clients(keep_named);
@@ -205,10 +194,7 @@ pub async fn reconcile(client: Arc<IdvClient>, ctx: Arc<Context>) -> Result<Acti
             ctx.settings.token_request_timeout * 2 + Duration::from_secs(30),
         )),
         Ok(Outcome::Ready { status, next }) => {
-            ctx.failures
-                .lock()
-                .expect("lock")
-                .remove(&ObjectRef::from_obj(&*client));
+            ctx.failures.clear(&ObjectRef::from_obj(&*client));
             if let Some(expires) = status
                 .expires_at
                 .as_deref()
@@ -248,29 +234,15 @@ async fn handle_failure(
         .filter(|o| o.is_valid_at(now))
         .and_then(|o| o.expires_at);
     let holds_valid_token = valid_until.is_some();
-    let delay = {
-        let mut failures = ctx.failures.lock().expect("lock");
-        let failure = failures.entry(ObjectRef::from_obj(client)).or_default();
-        if failure.inputs != seen.inputs {
-            *failure = Failure {
-                inputs: seen.inputs.clone(),
-                ..Failure::default()
-            };
-        }
-        failure.count += 1;
-        let retry_after = error.retry_after().map(Duration::from_secs);
-        let delay = schedule::backoff(
-            error.class(),
-            failure.count,
-            holds_valid_token,
-            retry_after,
-            rand::random::<f64>(),
-        );
-        let delay = policy::retry_delay(delay, valid_until, now);
-        failure.not_before =
-            Some(now + SignedDuration::try_from(delay).unwrap_or(SignedDuration::from_secs(60)));
-        delay
-    };
+    let retry_after = error.retry_after().map(Duration::from_secs);
+    let jitter = rand::random::<f64>();
+    let delay = ctx
+        .failures
+        .record(ObjectRef::from_obj(client), &seen.inputs, now, |count| {
+            let backoff =
+                schedule::backoff(error.class(), count, holds_valid_token, retry_after, jitter);
+            policy::retry_delay(backoff, valid_until, now)
+        });
     let retry_at = schedule::whole_seconds(now + SignedDuration::from_secs(delay.as_secs() as i64));
     warn!(
         namespace = client.namespace().unwrap_or_default(),
@@ -387,7 +359,9 @@ async fn attempt(
     let step = policy::next_step(&Facts {
         decision,
         fetch,
-        not_before: failed_until(ctx, client, &seen.inputs),
+        not_before: ctx
+            .failures
+            .not_before(&ObjectRef::from_obj(client), &seen.inputs),
         secret_exists: existing.is_some(),
         metadata_matches: existing.as_ref().is_none_or(|r| r.metadata_matches(client)),
         now,
@@ -515,11 +489,7 @@ async fn attempt(
                 why = reason.describe(),
                 "token issued"
             );
-            let recovered = ctx
-                .failures
-                .lock()
-                .expect("lock")
-                .contains_key(&ObjectRef::from_obj(client));
+            let recovered = ctx.failures.failed_last(&ObjectRef::from_obj(client));
             if policy::token_is_news(reason, recovered) {
                 ctx.event(
                     client,
@@ -664,13 +634,6 @@ fn clamp_note(
         0.0,
     );
     resources::plan_note(&plan, client.spec.refresh.before_expiry.as_deref())
-}
-
-/// When the last attempt with the same inputs failed, the time before which not to retry.
-fn failed_until(ctx: &Context, client: &IdvClient, inputs: &str) -> Option<Timestamp> {
-    let failures = ctx.failures.lock().expect("lock");
-    let failure = failures.get(&ObjectRef::from_obj(client))?;
-    failure.not_before.filter(|_| failure.inputs == inputs)
 }
 
 /// Where the parsed credential of this IdvClient is kept in `Context::keys`: by namespace,
