@@ -347,21 +347,25 @@ impl Writeback {
                 true
             }
             Job::Status(key) => {
-                let Some(status) = self.state.lock().expect("lock").pending.remove(&key) else {
-                    return true;
+                // Moved from queued to written in one step: a reconcile while the write is under
+                // way decides on this status, never on the older cached one.
+                let status = {
+                    let mut state = self.state.lock().expect("lock");
+                    let Some(status) = state.pending.remove(&key) else {
+                        return true;
+                    };
+                    let written = serde_json::from_str(&status.json).map(|s| fingerprint(&s));
+                    state.written.insert(
+                        key.clone(),
+                        (
+                            written.unwrap_or_default(),
+                            status.json.clone(),
+                            Instant::now(),
+                        ),
+                    );
+                    status
                 };
                 let (namespace, name) = key.split_once('/').unwrap_or_default();
-                // Counted as written from now on: a reconcile while the write is under way
-                // decides on this status, not on the older cached one.
-                let written = serde_json::from_str(&status.json).map(|s| fingerprint(&s));
-                self.state.lock().expect("lock").written.insert(
-                    key.clone(),
-                    (
-                        written.unwrap_or_default(),
-                        status.json.clone(),
-                        Instant::now(),
-                    ),
-                );
                 let not_written = || {
                     self.state.lock().expect("lock").written.remove(&key);
                 };
