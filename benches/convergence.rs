@@ -631,29 +631,31 @@ fn keep_log(operator: &Running, name: &str) {
     }
 }
 
-/// Debugging aid: `BENCH_OPERATOR_ENV="K=V,K=V"` adds variables to the environment of the
-/// first operator process of each setting ("{ns}" in a value becomes its namespace), e.g. to
-/// run it under heaptrack's preload library. The harness's `Operator::start` inherits this
-/// process's environment, so the variables are set just around that call.
-fn with_operator_env<T>(ns: &str, start: impl FnOnce() -> T) -> T {
-    let Ok(spec) = std::env::var("BENCH_OPERATOR_ENV") else {
-        return start();
-    };
-    let vars: Vec<(String, String)> = spec
-        .split(',')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.trim().to_string(), v.replace("{ns}", ns)))
-        .collect();
-    // SAFETY: a debugging aid; nothing in this process reads these variables, and the Rust
-    // standard library serialises its own environment access.
-    unsafe { vars.iter().for_each(|(k, v)| std::env::set_var(k, v)) };
-    let started = start();
-    unsafe { vars.iter().for_each(|(k, _)| std::env::remove_var(k)) };
-    started
+/// The operator's log filter: info, plus one line per reconcile (to know when a restarted
+/// operator has seen every client). `IDV_TEST_OPERATOR_LOG` overrides it.
+fn operator_log() -> String {
+    std::env::var("IDV_TEST_OPERATOR_LOG")
+        .unwrap_or_else(|_| "info,idv_token_operator::controller=debug".into())
 }
 
-fn start_operator(kubeconfig: &Path, args: &[&str]) -> Running {
-    let inner = Operator::start(kubeconfig, args);
+/// Debugging aid: `BENCH_OPERATOR_ENV="K=V,K=V"` adds variables to the environment of the
+/// first operator process of each setting ("{ns}" in a value becomes its namespace), e.g. to
+/// run it under heaptrack's preload library.
+fn debugging_env(ns: &str) -> Vec<(String, String)> {
+    let Ok(spec) = std::env::var("BENCH_OPERATOR_ENV") else {
+        return Vec::new();
+    };
+    spec.split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.replace("{ns}", ns)))
+        .collect()
+}
+
+fn start_operator(kubeconfig: &Path, args: &[&str], extra_env: &[(String, String)]) -> Running {
+    let log = operator_log();
+    let mut env: Vec<(&str, &str)> = vec![("RUST_LOG", log.as_str())];
+    env.extend(extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let inner = Operator::start_with_env(kubeconfig, args, &env);
     // The harness waits (blocking, up to 10 s) for the operator to log its ports.
     let (metrics_port, health_port) =
         tokio::task::block_in_place(|| (inner.metrics_port(), inner.health_port()));
@@ -1214,7 +1216,7 @@ async fn operator_run(
         (apiserver_counts(admin).await?, idp.total(), cpu_now(None));
     eprintln!("bench: [{c}/{r}] starting the operator: {}", args.join(" "));
     let started = Instant::now();
-    let mut operator = with_operator_env(&ns, || start_operator(kubeconfig, &args));
+    let mut operator = start_operator(kubeconfig, &args, &debugging_env(&ns));
     let pid = operator.inner.process.pid();
     let deadline = started + cfg.converge_deadline();
     let mut last_report = Instant::now();
@@ -1339,7 +1341,7 @@ async fn operator_run(
         restart.shutdown_s
     );
     let started = Instant::now();
-    let mut operator = start_operator(kubeconfig, &args);
+    let mut operator = start_operator(kubeconfig, &args, &[]);
     let pid = operator.inner.process.pid();
     let cpu_before = cpu_now(Some(pid));
     let deadline = started + cfg.restart_deadline();
@@ -1994,16 +1996,6 @@ fn summary(report: &Report, cfg: &Config) -> String {
 
 fn main() {
     let cfg = Config::from_env();
-    if std::env::var_os("IDV_TEST_OPERATOR_LOG").is_none() {
-        // Info, plus one line per reconcile (to know when a restarted operator has seen every client).
-        // SAFETY: no other thread exists yet.
-        unsafe {
-            std::env::set_var(
-                "IDV_TEST_OPERATOR_LOG",
-                "info,idv_token_operator::controller=debug",
-            )
-        };
-    }
     let binary = support::operator_binary();
     assert!(
         binary.exists(),

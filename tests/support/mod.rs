@@ -1252,7 +1252,14 @@ impl Operator {
         let mut command = Command::new(operator_binary());
         command
             .env_remove("SSL_CERT_FILE")
-            .env_remove("SSL_CERT_DIR");
+            .env_remove("SSL_CERT_DIR")
+            // Most verbose logging: the secret scan covers every line the code can print.
+            .env(
+                "RUST_LOG",
+                std::env::var("IDV_TEST_OPERATOR_LOG")
+                    .unwrap_or_else(|_| "debug,hyper=info,h2=info,tower=info,rustls=info".into()),
+            );
+        // Given variables win, RUST_LOG included.
         for (name, value) in env {
             command.env(name, value);
         }
@@ -1266,13 +1273,6 @@ impl Operator {
                 .arg("--metrics-bind-address=127.0.0.1:0")
                 .arg("--health-probe-bind-address=127.0.0.1:0")
                 .args(args)
-                // Most verbose logging: the secret scan covers every line the code can print.
-                .env(
-                    "RUST_LOG",
-                    std::env::var("IDV_TEST_OPERATOR_LOG").unwrap_or_else(|_| {
-                        "debug,hyper=info,h2=info,tower=info,rustls=info".into()
-                    }),
-                )
                 .env("RUST_BACKTRACE", "1")
                 .envs(env.iter().copied())
                 .stdout(Stdio::piped())
