@@ -164,7 +164,8 @@ impl CredentialSecrets {
         mirror.current.get(&path(namespace, name)).cloned()
     }
 
-    pub fn listed(&self) -> bool {
+    #[cfg(test)]
+    fn listed(&self) -> bool {
         self.0.lock().expect("lock").listed
     }
 }

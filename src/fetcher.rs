@@ -147,11 +147,6 @@ impl Fetcher {
         }
     }
 
-    /// Whether a request is running for this client (its reconcile waits for the wake-up).
-    pub fn is_running(&self, key: &ClientKey) -> bool {
-        matches!(self.jobs.lock().expect("lock").get(key), Some(Job::Running))
-    }
-
     /// Start `request` for `key` in the background, under `host`'s and the global slots.
     pub fn start<F>(
         self: &Arc<Self>,
@@ -320,7 +315,7 @@ mod tests {
             next.expect("the other host's request ends"),
             Some(key("ok"))
         );
-        assert!(fetcher.is_running(&key("h1")));
+        assert!(matches!(fetcher.poll(&key("h1"), "i"), Poll::Running));
     }
 
     #[tokio::test]

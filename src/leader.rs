@@ -310,7 +310,10 @@ impl Elector {
         match tokio::time::timeout(timeout, call).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(kube::Error::Api(status))) if status.code == 409 => Err(CallError::Conflict),
-            Ok(Err(e)) => Err(CallError::Failed(format!("cannot {what} the Lease: {e}"))),
+            Ok(Err(e)) => Err(CallError::Failed(format!(
+                "cannot {what} the Lease: {}",
+                crate::error::kube_message(&e)
+            ))),
             Err(_) => Err(CallError::Failed(format!(
                 "cannot {what} the Lease: no answer within {:.1}s",
                 timeout.as_secs_f64()

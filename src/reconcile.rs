@@ -359,9 +359,7 @@ async fn attempt(
     let step = policy::next_step(&Facts {
         decision,
         fetch,
-        not_before: ctx
-            .failures
-            .not_before(&ObjectRef::from_obj(client), &seen.inputs),
+        not_before: ctx.failures.not_before(&client_key, &seen.inputs),
         secret_exists: existing.is_some(),
         metadata_matches: existing.as_ref().is_none_or(|r| r.metadata_matches(client)),
         now,
@@ -474,8 +472,7 @@ async fn attempt(
                 Ok(uid) => uid,
                 Err(error) => {
                     // The IdP gave a token; store it on the next attempt instead of asking again.
-                    ctx.fetcher
-                        .keep(ObjectRef::from_obj(client), inputs_hash, fetched);
+                    ctx.fetcher.keep(client_key, inputs_hash, fetched);
                     return Err(error);
                 }
             };
@@ -489,7 +486,7 @@ async fn attempt(
                 why = reason.describe(),
                 "token issued"
             );
-            let recovered = ctx.failures.failed_last(&ObjectRef::from_obj(client));
+            let recovered = ctx.failures.failed_last(&client_key);
             if policy::token_is_news(reason, recovered) {
                 ctx.event(
                     client,
@@ -685,12 +682,13 @@ async fn load_credential(
     };
     // The watch of labelled Secrets knows the Secret's version: a key parsed from that version
     // is reused without reading the Secret again.
-    let watched = ctx.caches.credential(namespace, &reference.name);
-    if let Some(watched) = &watched
-        && let Some(key) = cached(&watched.version)
+    // The version alone decides whether the parsed key is still good (no copy of the data).
+    if let Some(version) = ctx.caches.credential_version(namespace, &reference.name)
+        && let Some(key) = cached(&version)
     {
-        return Ok((key, watched.version.clone()));
+        return Ok((key, version));
     }
+    let watched = ctx.caches.credential(namespace, &reference.name);
     let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), namespace);
     let not_found = || Error::KeySecretNotFound {
         name: reference.name.clone(),

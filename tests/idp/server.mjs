@@ -366,33 +366,17 @@ async function testRoutes(ctx, next) {
     return;
   }
 
-  if (path === '/__test/assertions' && method === 'GET') {
+  // Per-client records, oldest first: what a client sent (decoded assertions, form fields)
+  // and what echo faults answered it.
+  const perClient = { assertions, echoes, forms };
+  const recorded = /^\/__test\/(assertions|echoes|forms)$/.exec(path);
+  if (recorded && method === 'GET') {
     const clientId = ctx.query.client_id;
     if (typeof clientId !== 'string' || !clientId) {
       json(ctx, 400, { error: 'client_id query parameter is required' });
       return;
     }
-    json(ctx, 200, assertions.get(clientId) ?? []);
-    return;
-  }
-
-  if (path === '/__test/echoes' && method === 'GET') {
-    const clientId = ctx.query.client_id;
-    if (typeof clientId !== 'string' || !clientId) {
-      json(ctx, 400, { error: 'client_id query parameter is required' });
-      return;
-    }
-    json(ctx, 200, echoes.get(clientId) ?? []);
-    return;
-  }
-
-  if (path === '/__test/forms' && method === 'GET') {
-    const clientId = ctx.query.client_id;
-    if (typeof clientId !== 'string' || !clientId) {
-      json(ctx, 400, { error: 'client_id query parameter is required' });
-      return;
-    }
-    json(ctx, 200, forms.get(clientId) ?? []);
+    json(ctx, 200, perClient[recorded[1]].get(clientId) ?? []);
     return;
   }
 

@@ -26,6 +26,24 @@ pub(crate) async fn replica_kubeconfig(env: &Env, file: &str) -> (std::path::Pat
     (kubeconfig, credential)
 }
 
+/// Arguments of a replica serving `ns` under leader election with the Lease `lease`, at the
+/// shipped lease timing.
+fn replica_args(ns: &str, lease: &str) -> Vec<String> {
+    [
+        "--watch-namespace",
+        ns,
+        "--min-refresh-interval",
+        "2s",
+        LOCAL_IDP_HOSTS[0],
+        LOCAL_IDP_HOSTS[1],
+        "--leader-elect",
+        "--leader-election-id",
+        lease,
+    ]
+    .map(str::to_string)
+    .to_vec()
+}
+
 pub(crate) async fn start_replica(
     env: &Env,
     name: &str,
@@ -124,19 +142,10 @@ fn assert_one_writer_at_a_time(events: &[AuditEvent], ns: &str, lease: &str, nam
 
 pub(crate) async fn a_frozen_apiserver_never_yields_two_leaders(env: &Env) {
     let ns = create_namespace(env, "frozen").await;
-    let lease = format!("lease-{ns}");
     // The shipped lease timing (15 s, renewals every 2 s): long enough for a loaded machine.
-    let args = [
-        "--watch-namespace",
-        &ns,
-        "--min-refresh-interval",
-        "2s",
-        LOCAL_IDP_HOSTS[0],
-        LOCAL_IDP_HOSTS[1],
-        "--leader-elect",
-        "--leader-election-id",
-        &lease,
-    ];
+    let lease = format!("lease-{ns}");
+    let replica_args = replica_args(&ns, &lease);
+    let args: Vec<&str> = replica_args.iter().map(String::as_str).collect();
     let lease_duration = Duration::from_secs(15);
     let first = start_replica(env, &format!("{ns}-a"), &args, &[]).await;
     first.wait_for("leadership acquired").await;
@@ -274,17 +283,8 @@ pub(crate) async fn a_frozen_apiserver_never_yields_two_leaders(env: &Env) {
 pub(crate) async fn a_standby_whose_clock_runs_ahead_does_not_take_a_live_lease(env: &Env) {
     let ns = create_namespace(env, "skew").await;
     let lease = format!("lease-{ns}");
-    let args = [
-        "--watch-namespace",
-        &ns,
-        "--min-refresh-interval",
-        "2s",
-        LOCAL_IDP_HOSTS[0],
-        LOCAL_IDP_HOSTS[1],
-        "--leader-elect",
-        "--leader-election-id",
-        &lease,
-    ];
+    let replica_args = replica_args(&ns, &lease);
+    let args: Vec<&str> = replica_args.iter().map(String::as_str).collect();
     let lease_duration = Duration::from_secs(15);
     let first = start_replica(env, &format!("{ns}-a"), &args, &[]).await;
     first.wait_for("leadership acquired").await;

@@ -592,6 +592,33 @@ pub(crate) async fn the_operator_survives_an_apiserver_restart(env: &Env) {
         .await;
 }
 
+/// Store IdvClients as the API takes them while the CRD has no CEL rules
+/// (`install_crd_without_cel`): retried until the apiserver uses the new schema.
+async fn store_past_admission<'a>(
+    case: &Case,
+    clients: impl Iterator<Item = (&'a str, &'a Value)>,
+) {
+    let raw: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        case.admin.clone(),
+        &case.ns,
+        &kube::api::ApiResource::erase::<IdvClient>(&()),
+    );
+    for (name, spec) in clients {
+        let object: kube::api::DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "idv-token-operator.dev/v1alpha1", "kind": "IdvClient",
+            "metadata": {"name": name}, "spec": spec,
+        }))
+        .unwrap();
+        // The apiserver takes the new schema a moment after the CRD update.
+        eventually(
+            WAIT,
+            "the CRD without CEL rules to be in effect",
+            || async { raw.create(&PostParams::default(), &object).await.ok() },
+        )
+        .await;
+    }
+}
+
 /// The CRD as `crds/` has it, but without its CEL rules: what objects stored under an older CRD
 /// (or on an apiserver without CEL) got past.
 pub(crate) async fn install_crd_without_cel(env: &Env) {
@@ -666,25 +693,7 @@ pub(crate) async fn names_that_got_past_admission_never_reach_the_apiserver(env:
             "spec.privateKey.secretRef.name",
         ));
     }
-    let raw: Api<kube::api::DynamicObject> = Api::namespaced_with(
-        case.admin.clone(),
-        &case.ns,
-        &kube::api::ApiResource::erase::<IdvClient>(&()),
-    );
-    for (name, spec, _) in &hostile {
-        let object: kube::api::DynamicObject = serde_json::from_value(json!({
-            "apiVersion": "idv-token-operator.dev/v1alpha1", "kind": "IdvClient",
-            "metadata": {"name": name}, "spec": spec,
-        }))
-        .unwrap();
-        // The apiserver takes the new schema a moment after the CRD update.
-        eventually(
-            WAIT,
-            "the CRD without CEL rules to be in effect",
-            || async { raw.create(&PostParams::default(), &object).await.ok() },
-        )
-        .await;
-    }
+    store_past_admission(&case, hostile.iter().map(|(name, spec, _)| (*name, spec))).await;
     let started = Instant::now();
     keyed_client(env, &case, "good", None, None).await;
     for (name, _, field) in &hostile {
@@ -871,25 +880,7 @@ pub(crate) async fn specs_that_got_past_admission_are_refused_by_the_operator(en
         ),
     ];
     install_crd_without_cel(env).await;
-    let raw: Api<kube::api::DynamicObject> = Api::namespaced_with(
-        case.admin.clone(),
-        &case.ns,
-        &kube::api::ApiResource::erase::<IdvClient>(&()),
-    );
-    for (name, spec, _) in &cases {
-        let object: kube::api::DynamicObject = serde_json::from_value(json!({
-            "apiVersion": "idv-token-operator.dev/v1alpha1", "kind": "IdvClient",
-            "metadata": {"name": name}, "spec": spec,
-        }))
-        .unwrap();
-        // The apiserver takes the new schema a moment after the CRD update.
-        eventually(
-            WAIT,
-            "the CRD without CEL rules to be in effect",
-            || async { raw.create(&PostParams::default(), &object).await.ok() },
-        )
-        .await;
-    }
+    store_past_admission(&case, cases.iter().map(|(name, spec, _)| (*name, spec))).await;
     // The rules back at once: the objects stay stored as they are.
     env.plane.install_crds().await;
     // Valid for the CRD; only the operator can tell that the secret is not text.
