@@ -44,6 +44,9 @@ pub fn is_credential(labels: &BTreeMap<String, String>) -> bool {
 /// in one place, as cert-manager exports its own. docs/troubleshooting.md has one section each.
 pub mod reasons {
     pub const TOKEN_ISSUED: &str = "TokenIssued";
+    /// Ready `Unknown` and Reconciling `True`: a token for the current generation is being
+    /// requested (no valid one held for it yet).
+    pub const ISSUING: &str = "Issuing";
     pub const SUSPENDED: &str = "Suspended";
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const KEY_SECRET_NOT_FOUND: &str = "KeySecretNotFound";
@@ -310,7 +313,10 @@ pub struct IdvClientStatus {
     /// The generation of the spec the status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`: whether a valid token is in the Secret, and if not, why.
+    /// `Ready`: whether a valid token is in the Secret, and if not, why. `Reconciling` (while
+    /// a token for the current generation is on its way or a transient failure is retried) and
+    /// `Stalled` (a configuration error: nothing happens until something changes), each present
+    /// only while True, as kstatus (Flux, `kubectl wait`) reads them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// When the current token expires (RFC 3339, whole seconds).
@@ -454,6 +460,7 @@ mod tests {
         ))
         .unwrap();
         for reason in [
+            reasons::ISSUING,
             reasons::SUSPENDED,
             reasons::INVALID_SPEC,
             reasons::KEY_SECRET_NOT_FOUND,

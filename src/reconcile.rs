@@ -189,10 +189,18 @@ pub async fn reconcile(client: Arc<IdvClient>, ctx: Arc<Context>) -> Result<Acti
     }
     let mut seen = Seen::default();
     match attempt(&client, &ctx, now, &mut seen).await {
-        // Only if the wake-up were lost: a request ends within its timeout.
-        Ok(Outcome::Fetching) => Ok(Action::requeue(
-            ctx.settings.token_request_timeout * 2 + Duration::from_secs(30),
-        )),
+        Ok(Outcome::Fetching) => {
+            // kstatus: Reconciling while a token for this generation is on its way.
+            let key = ObjectRef::from_obj(&*client);
+            let retry = ctx.failures.not_before(&key, &seen.inputs).is_some();
+            if let Some(status) = resources::fetching_status(&client, retry, now) {
+                ctx.writeback.set_status(&client, status);
+            }
+            // Only if the wake-up were lost: a request ends within its timeout.
+            Ok(Action::requeue(
+                ctx.settings.token_request_timeout * 2 + Duration::from_secs(30),
+            ))
+        }
         Ok(Outcome::Ready { status, next }) => {
             ctx.failures.clear(&ObjectRef::from_obj(&*client));
             if let Some(expires) = status
@@ -267,7 +275,10 @@ async fn handle_failure(
     }
     ctx.event(client, EventType::Warning, error.reason(), message.clone());
     if policy::failure_flips_ready(error.is_transient(), holds_valid_token) {
-        let status = resources::failed_status(client, false, error.reason(), message, now);
+        let status =
+            resources::failure_status(client, error.reason(), message, error.is_transient(), now);
+        ctx.writeback.set_status(client, status);
+    } else if let Some(status) = resources::retrying_status(client, error.reason(), message, now) {
         ctx.writeback.set_status(client, status);
     }
     Ok(Action::requeue(delay))

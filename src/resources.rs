@@ -22,6 +22,10 @@ use crate::{
 };
 
 pub const READY: &str = "Ready";
+/// kstatus: work for the current generation is in progress (present only while True).
+pub const RECONCILING: &str = "Reconciling";
+/// kstatus: the operator has given up until something changes (present only while True).
+pub const STALLED: &str = "Stalled";
 
 fn sha256_b64(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, bytes))
@@ -440,13 +444,26 @@ pub fn ready_condition(
     now: Timestamp,
 ) -> Condition {
     let status = if ready { "True" } else { "False" };
+    condition(previous, READY, status, reason, message, generation, now)
+}
+
+/// A condition of any type; `lastTransitionTime` stays while its status does not change.
+pub fn condition(
+    previous: Option<&IdvClientStatus>,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
     let last_transition_time = previous
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY))
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
         .filter(|c| c.status == status)
         .map(|c| c.last_transition_time.clone())
         .unwrap_or_else(|| crate::schedule::whole_seconds(now).to_string());
     Condition {
-        type_: READY.into(),
+        type_: type_.into(),
         status: status.into(),
         reason: reason.into(),
         message,
@@ -523,6 +540,156 @@ pub fn failed_status(
             .or(previous.secret_name.clone()),
         ..previous
     }
+}
+
+/// Where the work for the client's current generation stands, as kstatus (Flux, `kubectl
+/// wait`, cli-utils) reads it. `Reconciling` and `Stalled` are "abnormal-true" conditions:
+/// present only while True, as Flux's controllers do, so a settled client shows Ready alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Nothing pending: Ready says it all.
+    Settled,
+    /// Work for this generation is going on or will be retried: `Reconciling=True`.
+    Working,
+    /// Given up until the IdvClient, its key Secret or its token Secret changes: `Stalled=True`.
+    Stalled,
+}
+
+impl Progress {
+    /// After a failure that makes the client unready: a transient one is retried with
+    /// backoff (still working); a configuration error waits for a change.
+    pub fn after_failure(transient: bool) -> Self {
+        if transient {
+            Progress::Working
+        } else {
+            Progress::Stalled
+        }
+    }
+}
+
+fn is_true(status: &IdvClientStatus, type_: &str) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == "True")
+}
+
+/// `status` with its Reconciling / Stalled conditions set for `progress` (Ready first, then
+/// the one of them that is True, if any).
+pub fn with_progress(
+    mut status: IdvClientStatus,
+    previous: Option<&IdvClientStatus>,
+    progress: Progress,
+    reason: &str,
+    message: String,
+    now: Timestamp,
+) -> IdvClientStatus {
+    status
+        .conditions
+        .retain(|c| c.type_ != RECONCILING && c.type_ != STALLED);
+    let type_ = match progress {
+        Progress::Settled => return status,
+        Progress::Working => RECONCILING,
+        Progress::Stalled => STALLED,
+    };
+    let generation = status.observed_generation;
+    status.conditions.push(condition(
+        previous, type_, "True", reason, message, generation, now,
+    ));
+    status
+}
+
+/// Status after a failure that makes the client unready (`policy::failure_flips_ready`):
+/// `failed_status`, plus `Stalled` for a configuration error or `Reconciling` for a transient
+/// one, with the same reason and message.
+pub fn failure_status(
+    client: &IdvClient,
+    reason: &str,
+    message: String,
+    transient: bool,
+    now: Timestamp,
+) -> IdvClientStatus {
+    let status = failed_status(client, false, reason, message.clone(), now);
+    let progress = Progress::after_failure(transient);
+    with_progress(
+        status,
+        client.status.as_ref(),
+        progress,
+        reason,
+        message,
+        now,
+    )
+}
+
+/// Status after a transient failure that leaves the client Ready (a valid token is held):
+/// unchanged, unless it shows work in progress for this generation (a spec change being
+/// applied): then `Reconciling` says what is being retried. `None`: nothing to write.
+pub fn retrying_status(
+    client: &IdvClient,
+    reason: &str,
+    message: String,
+    now: Timestamp,
+) -> Option<IdvClientStatus> {
+    let previous = client.status.as_ref()?;
+    if !is_true(previous, RECONCILING) || previous.observed_generation != client.metadata.generation
+    {
+        return None;
+    }
+    let status = previous.clone();
+    Some(with_progress(
+        status,
+        Some(previous),
+        Progress::Working,
+        reason,
+        message,
+        now,
+    ))
+}
+
+/// The message while a token is requested for the current generation.
+pub const ISSUING_MESSAGE: &str =
+    "a token is being requested from the authorization server for this generation of the spec";
+
+/// Status while a token request runs. `None` (nothing to write) for a `retry` of inputs whose
+/// last attempt failed (the failure's status stays: a Stalled client re-checked every 5 minutes
+/// does not flap), when the client is already Ready for its current generation (a routine or
+/// forced refresh is nothing to wait for), or already shows this generation's work in progress.
+/// Otherwise the current generation with `Reconciling=True`; Ready stays True while a token of
+/// an earlier generation is held, else is `Unknown` (as Flux does while progressing).
+pub fn fetching_status(client: &IdvClient, retry: bool, now: Timestamp) -> Option<IdvClientStatus> {
+    let previous = client.status.clone().unwrap_or_default();
+    let generation = client.metadata.generation;
+    if retry
+        || previous.observed_generation == generation
+            && (is_true(&previous, READY) || is_true(&previous, RECONCILING))
+    {
+        return None;
+    }
+    let ready = match previous.conditions.iter().find(|c| c.type_ == READY) {
+        Some(held) if held.status == "True" => held.clone(),
+        _ => condition(
+            Some(&previous),
+            READY,
+            "Unknown",
+            api::reasons::ISSUING,
+            ISSUING_MESSAGE.into(),
+            generation,
+            now,
+        ),
+    };
+    let status = IdvClientStatus {
+        observed_generation: generation,
+        conditions: vec![ready],
+        ..previous.clone()
+    };
+    Some(with_progress(
+        status,
+        Some(&previous),
+        Progress::Working,
+        api::reasons::ISSUING,
+        ISSUING_MESSAGE.into(),
+        now,
+    ))
 }
 
 /// The note shown when `beforeExpiry` had to be overruled.
@@ -910,6 +1077,232 @@ mod tests {
             ready_status(&c, &observed, None, Some("kid"), None, at(300)),
             ready,
             "same inputs, same status"
+        );
+    }
+
+    /// kstatus' generic rules (cli-utils pkg/kstatus/status, checkGenericProperties), enough
+    /// to name the expectation; tests/operator/gitops.rs checks with the real library.
+    fn kstatus(client: &IdvClient) -> &'static str {
+        let Some(status) = client.status.as_ref() else {
+            return "Current";
+        };
+        if status
+            .observed_generation
+            .is_some_and(|g| Some(g) != client.metadata.generation)
+        {
+            return "InProgress";
+        }
+        if is_true(status, RECONCILING) {
+            "InProgress"
+        } else if is_true(status, STALLED) {
+            "Failed"
+        } else {
+            "Current"
+        }
+    }
+
+    /// (type, status, reason) of each condition, in order.
+    type Shape = Vec<(String, String, String)>;
+
+    fn shape(status: &IdvClientStatus) -> Shape {
+        status
+            .conditions
+            .iter()
+            .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+            .collect()
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    enum Event {
+        /// A token request runs (reconcile's `Outcome::Fetching`).
+        Fetching,
+        /// The same, retrying inputs whose last attempt failed.
+        Retry,
+        Issued,
+        ConfigError,
+        TransientError,
+        /// A transient error while a valid token is held (Ready stays).
+        TransientWithToken,
+        Suspended,
+        /// The spec changes: a new generation.
+        SpecChange,
+    }
+
+    /// Applies `event` as reconcile does; `false` when nothing would be written.
+    fn step(c: &mut IdvClient, event: Event, now: Timestamp) -> bool {
+        let observed = observe(&secret());
+        let next = match event {
+            Event::Fetching => fetching_status(c, false, now),
+            Event::Retry => fetching_status(c, true, now),
+            Event::Issued => Some(ready_status(c, &observed, None, None, None, now)),
+            Event::ConfigError => Some(failure_status(c, "InvalidKey", "bad".into(), false, now)),
+            Event::TransientError => Some(failure_status(
+                c,
+                "IdpUnavailable",
+                "down".into(),
+                true,
+                now,
+            )),
+            Event::TransientWithToken => retrying_status(c, "IdpUnavailable", "down".into(), now),
+            Event::Suspended => Some(failed_status(c, false, "Suspended", "s".into(), now)),
+            Event::SpecChange => {
+                *c.metadata.generation.as_mut().unwrap() += 1;
+                return true;
+            }
+        };
+        match next {
+            Some(status) if c.status.as_ref() != Some(&status) => {
+                c.status = Some(status);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    #[test]
+    fn conditions_follow_kstatus_through_a_clients_life() {
+        use Event::*;
+        let t = |s: &str, st: &str, r: &str| (s.to_string(), st.to_string(), r.to_string());
+        let ready = t(READY, "True", "TokenIssued");
+        let issuing = [
+            t(READY, "Unknown", "Issuing"),
+            t(RECONCILING, "True", "Issuing"),
+        ];
+        // (event, written?, conditions after, kstatus after)
+        let story: Vec<(Event, bool, Shape, &str)> = vec![
+            (Fetching, true, issuing.to_vec(), "InProgress"),
+            (Fetching, false, issuing.to_vec(), "InProgress"),
+            (Issued, true, vec![ready.clone()], "Current"),
+            // A routine refresh: nothing to wait for.
+            (Fetching, false, vec![ready.clone()], "Current"),
+            (TransientWithToken, false, vec![ready.clone()], "Current"),
+            (SpecChange, true, vec![ready.clone()], "InProgress"),
+            // The token of the older generation is held while the new one is requested.
+            (
+                Fetching,
+                true,
+                vec![ready.clone(), t(RECONCILING, "True", "Issuing")],
+                "InProgress",
+            ),
+            (
+                TransientWithToken,
+                true,
+                vec![ready.clone(), t(RECONCILING, "True", "IdpUnavailable")],
+                "InProgress",
+            ),
+            (Issued, true, vec![ready.clone()], "Current"),
+            (
+                ConfigError,
+                true,
+                vec![
+                    t(READY, "False", "InvalidKey"),
+                    t(STALLED, "True", "InvalidKey"),
+                ],
+                "Failed",
+            ),
+            (
+                ConfigError,
+                false,
+                vec![
+                    t(READY, "False", "InvalidKey"),
+                    t(STALLED, "True", "InvalidKey"),
+                ],
+                "Failed",
+            ),
+            // The periodic re-check of a configuration error: no flapping.
+            (
+                Retry,
+                false,
+                vec![
+                    t(READY, "False", "InvalidKey"),
+                    t(STALLED, "True", "InvalidKey"),
+                ],
+                "Failed",
+            ),
+            // The key was fixed: trying again.
+            (Fetching, true, issuing.to_vec(), "InProgress"),
+            (
+                TransientError,
+                true,
+                vec![
+                    t(READY, "False", "IdpUnavailable"),
+                    t(RECONCILING, "True", "IdpUnavailable"),
+                ],
+                "InProgress",
+            ),
+            // The retry keeps the failure's message.
+            (
+                Retry,
+                false,
+                vec![
+                    t(READY, "False", "IdpUnavailable"),
+                    t(RECONCILING, "True", "IdpUnavailable"),
+                ],
+                "InProgress",
+            ),
+            (
+                Suspended,
+                true,
+                vec![t(READY, "False", "Suspended")],
+                "Current",
+            ),
+            (
+                SpecChange,
+                true,
+                vec![t(READY, "False", "Suspended")],
+                "InProgress",
+            ),
+            (Fetching, true, issuing.to_vec(), "InProgress"),
+            (Issued, true, vec![ready.clone()], "Current"),
+        ];
+        let mut c = client();
+        for (i, (event, written, conditions, expected)) in story.into_iter().enumerate() {
+            let did = step(&mut c, event, at(i as i64 * 10));
+            let status = c.status.clone().unwrap_or_default();
+            assert_eq!(did, written, "step {i} {event:?}: {status:?}");
+            assert_eq!(shape(&status), conditions, "step {i} {event:?}");
+            assert_eq!(kstatus(&c), expected, "step {i} {event:?}");
+            if !matches!(event, SpecChange) {
+                assert_eq!(
+                    status.observed_generation, c.metadata.generation,
+                    "step {i} {event:?}: every write records the generation"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn progress_conditions_keep_their_transition_time() {
+        let mut c = client();
+        c.status = Some(failure_status(&c, "KeyNotFound", "m1".into(), false, at(0)));
+        let again = failure_status(&c, "InvalidKey", "m2".into(), false, at(100));
+        let stalled = |s: &IdvClientStatus| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == STALLED)
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(stalled(&again).last_transition_time, at(0).to_string());
+        assert_eq!(stalled(&again).message, "m2");
+        // Same outcome, later: the identical status (no rewrite loop).
+        c.status = Some(again.clone());
+        assert_eq!(
+            failure_status(&c, "InvalidKey", "m2".into(), false, at(200)),
+            again
+        );
+        // Stalled -> Reconciling: a new transition.
+        let working = failure_status(&c, "IdpUnavailable", "m3".into(), true, at(300));
+        let reconciling = working
+            .conditions
+            .iter()
+            .find(|c| c.type_ == RECONCILING)
+            .unwrap();
+        assert_eq!(reconciling.last_transition_time, at(300).to_string());
+        assert_eq!(
+            working.conditions[0].last_transition_time,
+            at(0).to_string(),
+            "Ready stayed False"
         );
     }
 
