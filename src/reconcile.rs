@@ -177,11 +177,13 @@ pub async fn reconcile(client: Arc<IdvClient>, ctx: Arc<Context>) -> Result<Acti
         client
     };
     if client.spec.suspend {
-        let status = resources::failed_status(
+        // Stalled: nothing happens until the spec changes (kstatus: Failed, not a wait
+        // for ever on Ready=False).
+        let status = resources::failure_status(
             &client,
-            false,
             api::reasons::SUSPENDED,
             "spec.suspend is true: no tokens are fetched; the token Secret is left as it is".into(),
+            false,
             now,
         );
         ctx.writeback.set_status(&client, status);

@@ -1080,8 +1080,8 @@ mod tests {
         );
     }
 
-    /// kstatus' generic rules (cli-utils pkg/kstatus/status, checkGenericProperties), enough
-    /// to name the expectation; tests/operator/gitops.rs checks with the real library.
+    /// kstatus' rules for a custom resource (cli-utils v0.37.2 pkg/kstatus/status: Compute),
+    /// enough to name the expectation; tests/operator/gitops.rs checks with the real library.
     fn kstatus(client: &IdvClient) -> &'static str {
         let Some(status) = client.status.as_ref() else {
             return "Current";
@@ -1093,11 +1093,15 @@ mod tests {
             return "InProgress";
         }
         if is_true(status, RECONCILING) {
-            "InProgress"
-        } else if is_true(status, STALLED) {
-            "Failed"
-        } else {
-            "Current"
+            return "InProgress";
+        }
+        if is_true(status, STALLED) {
+            return "Failed";
+        }
+        // Then the Ready condition: anything but True is InProgress.
+        match status.conditions.iter().find(|c| c.type_ == READY) {
+            Some(ready) if ready.status != "True" => "InProgress",
+            _ => "Current",
         }
     }
 
@@ -1144,7 +1148,7 @@ mod tests {
                 now,
             )),
             Event::TransientWithToken => retrying_status(c, "IdpUnavailable", "down".into(), now),
-            Event::Suspended => Some(failed_status(c, false, "Suspended", "s".into(), now)),
+            Event::Suspended => Some(failure_status(c, "Suspended", "s".into(), false, now)),
             Event::SpecChange => {
                 *c.metadata.generation.as_mut().unwrap() += 1;
                 return true;
@@ -1240,16 +1244,24 @@ mod tests {
                 ],
                 "InProgress",
             ),
+            // Nothing happens until the spec changes: Stalled (kstatus would otherwise wait
+            // on Ready=False for ever).
             (
                 Suspended,
                 true,
-                vec![t(READY, "False", "Suspended")],
-                "Current",
+                vec![
+                    t(READY, "False", "Suspended"),
+                    t(STALLED, "True", "Suspended"),
+                ],
+                "Failed",
             ),
             (
                 SpecChange,
                 true,
-                vec![t(READY, "False", "Suspended")],
+                vec![
+                    t(READY, "False", "Suspended"),
+                    t(STALLED, "True", "Suspended"),
+                ],
                 "InProgress",
             ),
             (Fetching, true, issuing.to_vec(), "InProgress"),
