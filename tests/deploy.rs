@@ -227,3 +227,35 @@ fn strings(value: &Value) -> Vec<&str> {
         .filter_map(Value::as_str)
         .collect()
 }
+
+/// deploy/argocd/argocd-cm.yaml carries the Lua files of deploy/argocd/ verbatim (the files
+/// are what the integration tests run with gopher-lua).
+#[test]
+fn the_argocd_cm_snippet_holds_the_tested_scripts() {
+    let dir = "deploy/argocd/idv-token-operator.dev/IdvClient";
+    let file = |path: &str| std::fs::read_to_string(format!("{REPO}/{dir}/{path}")).unwrap();
+    let cm = &documents("deploy/argocd/argocd-cm.yaml")[0];
+    assert_eq!(cm["kind"].as_str(), Some("ConfigMap"));
+    assert_eq!(cm["metadata"]["name"].as_str(), Some("argocd-cm"));
+    let data = &cm["data"];
+    let key =
+        |kind: &str| format!("resource.customizations.{kind}.idv-token-operator.dev_IdvClient");
+    assert_eq!(
+        data[key("health").as_str()].as_str(),
+        Some(file("health.lua").as_str()),
+        "health.lua differs from the argocd-cm snippet"
+    );
+    let actions: Value =
+        serde_yaml::from_str(data[key("actions").as_str()].as_str().unwrap()).unwrap();
+    assert_eq!(
+        actions["discovery.lua"].as_str(),
+        Some(file("actions/discovery.lua").as_str())
+    );
+    let definitions = actions["definitions"].as_sequence().unwrap();
+    assert_eq!(definitions.len(), 1);
+    assert_eq!(definitions[0]["name"].as_str(), Some("refresh"));
+    assert_eq!(
+        definitions[0]["action.lua"].as_str(),
+        Some(file("actions/refresh/action.lua").as_str())
+    );
+}

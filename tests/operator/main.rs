@@ -8,6 +8,7 @@ mod support;
 mod case;
 mod drift;
 mod failures;
+mod gitops;
 mod ha;
 mod install;
 mod issuing;
@@ -18,6 +19,7 @@ mod tls;
 use case::*;
 use drift::*;
 use failures::*;
+use gitops::*;
 use ha::*;
 use install::*;
 use issuing::*;
@@ -101,6 +103,7 @@ fn main() {
         secret_metadata_removed_from_the_spec_is_removed_from_the_secret,
         a_standby_whose_clock_runs_ahead_does_not_take_a_live_lease,
         owner_references_need_the_finalizers_rule_and_the_shipped_rules_suffice,
+        gitops_tools_read_every_state_of_an_idvclient,
     ];
     // Disruptive scenarios run alone, after the others.
     let disruptive: Vec<(&'static str, Scenario)> = scenarios![
