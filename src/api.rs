@@ -63,6 +63,39 @@ pub mod reasons {
     pub const IDP_UNREACHABLE: &str = "IdpUnreachable";
     pub const KUBERNETES_ERROR: &str = "KubernetesError";
     pub const RECONCILE_TIMED_OUT: &str = "ReconcileTimedOut";
+
+    /// Every reason an `Error` can have: the `category` values of `reconcile_errors_total`,
+    /// each exported at 0 from the start.
+    pub const ERRORS: [&str; 15] = [
+        INVALID_SPEC,
+        KEY_SECRET_NOT_FOUND,
+        KEY_NOT_FOUND,
+        CREDENTIAL_NOT_LABELLED,
+        SECRET_NOT_WRITABLE,
+        INVALID_KEY,
+        SECRET_CONFLICT,
+        TOKEN_HOST_NOT_ALLOWED,
+        DISCOVERY_FAILED,
+        TOKEN_REQUEST_REJECTED,
+        IDP_UNAVAILABLE,
+        INVALID_TOKEN_RESPONSE,
+        IDP_UNREACHABLE,
+        KUBERNETES_ERROR,
+        RECONCILE_TIMED_OUT,
+    ];
+
+    /// The reasons a token request (discovery, signing and the request itself) can fail with:
+    /// with `success`, the `result` values of `token_requests_total`, exported at 0 from the start.
+    pub const TOKEN_REQUEST_FAILURES: [&str; 8] = [
+        INVALID_SPEC,
+        TOKEN_HOST_NOT_ALLOWED,
+        DISCOVERY_FAILED,
+        INVALID_KEY,
+        TOKEN_REQUEST_REJECTED,
+        IDP_UNAVAILABLE,
+        INVALID_TOKEN_RESPONSE,
+        IDP_UNREACHABLE,
+    ];
 }
 
 /// Keys of the token Secret.
@@ -459,25 +492,8 @@ mod tests {
             "/docs/troubleshooting.md"
         ))
         .unwrap();
-        for reason in [
-            reasons::ISSUING,
-            reasons::SUSPENDED,
-            reasons::INVALID_SPEC,
-            reasons::KEY_SECRET_NOT_FOUND,
-            reasons::KEY_NOT_FOUND,
-            reasons::CREDENTIAL_NOT_LABELLED,
-            reasons::SECRET_NOT_WRITABLE,
-            reasons::INVALID_KEY,
-            reasons::SECRET_CONFLICT,
-            reasons::TOKEN_HOST_NOT_ALLOWED,
-            reasons::DISCOVERY_FAILED,
-            reasons::TOKEN_REQUEST_REJECTED,
-            reasons::IDP_UNAVAILABLE,
-            reasons::INVALID_TOKEN_RESPONSE,
-            reasons::IDP_UNREACHABLE,
-            reasons::KUBERNETES_ERROR,
-            reasons::RECONCILE_TIMED_OUT,
-        ] {
+        let progress = [reasons::ISSUING, reasons::SUSPENDED];
+        for reason in reasons::ERRORS.iter().chain(&progress) {
             assert!(
                 doc.contains(&format!("## {reason}\n")),
                 "docs/troubleshooting.md has no section for {reason}"

@@ -348,6 +348,89 @@ mod tests {
         assert!(message.contains("line 1"), "{message}");
     }
 
+    /// The metric label lists of `api::reasons` are exactly what errors can say: none missing
+    /// (its series would appear only after the first failure), none dead.
+    #[test]
+    fn the_metric_label_lists_name_every_reason() {
+        use crate::authserver::{DiscoveryError, ServerConfigError};
+        use std::collections::BTreeSet;
+        let token = |source| Error::Token {
+            source,
+            client_id: "c".into(),
+            key_id: Some("k".into()),
+        };
+        let transport = || TokenError::Transport {
+            host: "h".into(),
+            what: "w".into(),
+            timeout: false,
+        };
+        // What the background token request (discovery, signing, the request) can end with.
+        let request = vec![
+            Error::ServerConfig(ServerConfigError::NotExactlyOne),
+            Error::HostNotAllowed {
+                host: "h".into(),
+                local: false,
+            },
+            Error::Discovery {
+                issuer: "i".into(),
+                source: DiscoveryError::NotJson,
+            },
+            Error::DiscoveryTransport {
+                issuer: "i".into(),
+                source: transport(),
+            },
+            token(refused("invalid_client", "x")),
+            token(refused("temporarily_unavailable", "x")),
+            token(TokenError::Unavailable {
+                status: 503,
+                content_type: None,
+                retry_after: None,
+            }),
+            token(TokenError::BadAnswer {
+                status: 200,
+                what: "w".into(),
+            }),
+            token(transport()),
+        ];
+        let others = vec![
+            Error::InvalidSpec("x".into()),
+            Error::KeySecretNotFound { name: "s".into() },
+            Error::CredentialNotLabelled { name: "s".into() },
+            Error::KeyNotInSecret {
+                name: "s".into(),
+                key: "k".into(),
+            },
+            Error::InvalidKey {
+                name: "s".into(),
+                key: "k".into(),
+                source: KeyError::EmptySet,
+            },
+            Error::SecretConflict { name: "s".into() },
+            Error::SecretNotWritable {
+                name: "s".into(),
+                code: 403,
+                message: "m".into(),
+            },
+            Error::Kube(kube::Error::Api(Box::new(kube::core::Status::failure(
+                "", "",
+            )))),
+            Error::ReconcileTimeout { seconds: 1 },
+        ];
+        let reasons = |errors: &[Error]| -> BTreeSet<&'static str> {
+            errors.iter().map(Error::reason).collect()
+        };
+        // Error::Sign (its field is private to assertion.rs) shares InvalidKey's arm.
+        let mut from_requests = reasons(&request);
+        from_requests.insert(reasons::INVALID_KEY);
+        assert_eq!(
+            from_requests,
+            reasons::TOKEN_REQUEST_FAILURES.into_iter().collect()
+        );
+        let mut all = reasons(&others);
+        all.extend(&from_requests);
+        assert_eq!(all, reasons::ERRORS.into_iter().collect());
+    }
+
     #[test]
     fn classes() {
         let unavailable = Error::Token {

@@ -12,6 +12,11 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use crate::api::reasons;
+
+/// The `result` of a token request that brought a token (the others are failure reasons).
+pub const TOKEN_REQUEST_SUCCESS: &str = "success";
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: String,
@@ -69,6 +74,19 @@ impl Default for Metrics {
             "Failed reconciles, by category (the condition reason)",
             reconcile_errors.clone(),
         );
+        // Every series with a known label set exists from the start, at 0: `rate()` and
+        // `increase()` alerts work before the first failure, not only after it.
+        for result in std::iter::once(TOKEN_REQUEST_SUCCESS).chain(reasons::TOKEN_REQUEST_FAILURES)
+        {
+            let _ = token_requests.get_or_create(&ResultLabel {
+                result: result.to_string(),
+            });
+        }
+        for category in reasons::ERRORS {
+            let _ = reconcile_errors.get_or_create(&CategoryLabel {
+                category: category.to_string(),
+            });
+        }
         Self {
             registry,
             token_requests,
@@ -173,6 +191,30 @@ mod tests {
             .filter(|l| l.starts_with("idv_token_operator_token_expiry_timestamp_seconds{"))
             .count();
         assert_eq!(series, 2, "{text}");
+    }
+
+    #[test]
+    fn every_known_series_is_exported_at_zero_from_the_start() {
+        let text = Metrics::default().render();
+        for result in std::iter::once(TOKEN_REQUEST_SUCCESS).chain(reasons::TOKEN_REQUEST_FAILURES)
+        {
+            let series =
+                format!("idv_token_operator_token_requests_total{{result=\"{result}\"}} 0\n");
+            assert!(text.contains(&series), "{series} missing from:\n{text}");
+        }
+        for category in reasons::ERRORS {
+            let series =
+                format!("idv_token_operator_reconcile_errors_total{{category=\"{category}\"}} 0\n");
+            assert!(text.contains(&series), "{series} missing from:\n{text}");
+        }
+        assert!(
+            text.contains("idv_token_operator_reconciles_total 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("idv_token_operator_token_request_duration_seconds_count 0\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -566,7 +566,7 @@ fn start_fetch(
         .await;
         let outcome = result
             .as_ref()
-            .map(|_| "success")
+            .map(|_| crate::metrics::TOKEN_REQUEST_SUCCESS)
             .unwrap_or_else(|e| e.reason());
         metrics.token_request(outcome, started.elapsed().as_secs_f64());
         result.map(|answer| Fetched {

@@ -184,6 +184,31 @@ pub(crate) async fn the_crd_rejects_invalid_specs(env: &Env) {
 
 pub(crate) async fn metrics_probes_and_events(env: &Env) {
     let case = Case::new(env, "observe", &["--log-format", "json"]).await;
+    // A fresh operator exports every series with a known label set, at 0: alerts on `rate()`
+    // work before the first failure.
+    let op = &case.operator;
+    let fresh = eventually(WAIT, "/metrics of the fresh operator", || async {
+        op.get(op.metrics_port(), "/metrics")
+            .await
+            .filter(|(status, _)| *status == 200)
+            .map(|(_, body)| body)
+    })
+    .await;
+    let results = std::iter::once(idv_token_operator::metrics::TOKEN_REQUEST_SUCCESS)
+        .chain(api::reasons::TOKEN_REQUEST_FAILURES);
+    let zeros =
+        results
+            .map(|r| format!("idv_token_operator_token_requests_total{{result=\"{r}\"}} 0"))
+            .chain(api::reasons::ERRORS.iter().map(|c| {
+                format!("idv_token_operator_reconcile_errors_total{{category=\"{c}\"}} 0")
+            }))
+            .chain(["idv_token_operator_reconciles_total 0".to_string()]);
+    for series in zeros {
+        assert!(
+            fresh.lines().any(|line| line == series),
+            "{series} missing from a fresh operator's /metrics:\n{fresh}"
+        );
+    }
     let (_, private) = ready_client(env, &case, "good", None).await;
     // JSON logs: every line an object; one line per token issued, with who and until when.
     let output = case.operator.output();
