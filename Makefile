@@ -9,6 +9,10 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/idv-token-operator/target
 envtest-assets: ## build (once, cached) kube-apiserver and etcd; prints the folder last
 	@bash tests/envtest/build-assets.sh
 
+.PHONY: gitops-check
+gitops-check: ## build (once, cached) the kstatus + Argo CD Lua helper of the GitOps tests; prints its path last
+	@bash tests/tools/gitops-check/build.sh
+
 .PHONY: crds
 crds: ## regenerate crds/ from the Rust types
 	cargo run --quiet -- crd > crds/idvclients.yaml
@@ -17,6 +21,7 @@ crds: ## regenerate crds/ from the Rust types
 test: ## every test: format, lints, unit, CRD drift, and integration on a real control plane and IdP
 	@cargo fmt --check
 	@cargo clippy --all-targets --locked --quiet -- -D warnings
+	@bash tests/tools/gitops-check/build.sh >/dev/null
 	@assets="$$(bash tests/envtest/build-assets.sh | tail -n1)"; \
 	  [ -d tests/idp/node_modules/oidc-provider ] || npm ci --no-audit --no-fund --prefix tests/idp; \
 	  KUBEBUILDER_ASSETS="$$assets" cargo test --locked

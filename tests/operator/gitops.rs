@@ -309,6 +309,30 @@ pub(crate) async fn gitops_tools_read_every_state_of_an_idvclient(env: &Env) {
     .await;
     assert_eq!(kstatus(&settled).await.0, "Current");
     assert_eq!(argocd_health(&settled).await.0, "Healthy");
+    // The kubectl wait lines of docs/gitops.md.
+    let generation = generation.to_string();
+    for args in [
+        vec!["--for=condition=Ready", "idvclient/gipod"],
+        vec!["--for=condition=Stalled", "idvclient/broken"],
+        vec![
+            &format!("--for=jsonpath={{.status.observedGeneration}}={generation}"),
+            "idvclient/gipod",
+        ],
+    ] {
+        let mut command = std::process::Command::new("kubectl");
+        command
+            .arg("--kubeconfig")
+            .arg(&env.plane.admin_kubeconfig)
+            .args(["wait", "-n", &case.ns, "--timeout=20s"])
+            .args(&args);
+        let what = format!("kubectl wait {}", args.join(" "));
+        let output = support::run_bounded(&what, command, Duration::from_secs(40)).await;
+        assert!(
+            output.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 
     // The refresh action, applied as Argo CD does: the merge patch from the live object to the
     // script's result.
