@@ -30,7 +30,7 @@ async fn tool() -> &'static PathBuf {
                 "{}/tests/tools/gitops-check/build.sh",
                 support::REPO
             ))
-            // Its progress shows while it builds (cold: about a minute).
+            // Its progress shows while it builds (cold: one to two minutes).
             .stderr(Stdio::inherit())
             .stdout(Stdio::piped())
             .kill_on_drop(true);

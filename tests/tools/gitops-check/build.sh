@@ -70,7 +70,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 start=$SECONDS
-log "building with cli-utils $CLI_UTILS_VERSION and gopher-lua $GOPHER_LUA_VERSION (cold: about a minute; a heartbeat every 30s)"
+log "building with cli-utils $CLI_UTILS_VERSION and gopher-lua $GOPHER_LUA_VERSION (cold: one to two minutes; a heartbeat every 30s)"
 ( while sleep 30 </dev/null >/dev/null 2>&1; do log "... still building ($((SECONDS - start))s)"; done ) &
 heartbeat=$!
 (cd -- "$here" && exec go build -trimpath -ldflags "-s -w" -o "$tmp" .) >&2 &
