@@ -116,6 +116,12 @@ fn condition<'a>(object: &'a Value, type_: &str) -> Option<&'a Value> {
         .find(|c| c["type"] == type_)
 }
 
+/// The message of condition `type_` (which must be there).
+fn message(object: &Value, type_: &str) -> String {
+    let condition = condition(object, type_).unwrap_or_else(|| panic!("no {type_}: {object:#}"));
+    condition["message"].as_str().unwrap().to_string()
+}
+
 fn is_true(object: &Value, type_: &str) -> bool {
     condition(object, type_).is_some_and(|c| c["status"] == "True")
 }
@@ -182,10 +188,7 @@ pub(crate) async fn gitops_tools_read_every_state_of_an_idvclient(env: &Env) {
         slow["status"]["observedGeneration"],
         slow["metadata"]["generation"]
     );
-    let issuing = condition(&slow, "Reconciling").unwrap()["message"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let issuing = message(&slow, "Reconciling");
     assert_eq!(kstatus(&slow).await, ("InProgress".into(), issuing.clone()));
     assert_eq!(argocd_health(&slow).await, ("Progressing".into(), issuing));
     assert_eq!(env.idp.stats(&slow_id).await.1, 0, "no token yet");
@@ -193,25 +196,19 @@ pub(crate) async fn gitops_tools_read_every_state_of_an_idvclient(env: &Env) {
     // A transient failure without a token: retried, so in progress, not failed.
     case.wait_not_ready("flaky", "IdpUnavailable").await;
     let flaky = live(&case, "flaky").await;
-    let message = condition(&flaky, "Ready").unwrap()["message"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(message.contains("next attempt at"), "{message}");
+    let failure = message(&flaky, "Ready");
+    assert!(failure.contains("next attempt at"), "{failure}");
     assert_eq!(kstatus(&flaky).await.0, "InProgress");
-    assert_eq!(argocd_health(&flaky).await, ("Progressing".into(), message));
+    assert_eq!(argocd_health(&flaky).await, ("Progressing".into(), failure));
 
     // A broken key: given up until something changes.
-    let broken = case.wait_not_ready("broken", "InvalidKey").await;
-    let broken_object = live(&case, "broken").await;
-    assert!(is_true(&broken_object, "Stalled"), "{broken_object:#}");
-    let (status, message) = kstatus(&broken_object).await;
-    assert_eq!(status, "Failed", "{message}");
-    assert!(message.contains("unusable"), "{message}");
-    assert_eq!(
-        argocd_health(&broken_object).await,
-        ("Degraded".into(), broken.message.clone())
-    );
+    case.wait_not_ready("broken", "InvalidKey").await;
+    let broken = live(&case, "broken").await;
+    assert!(is_true(&broken, "Stalled"), "{broken:#}");
+    let stalled = message(&broken, "Ready");
+    assert!(stalled.contains("unusable"), "{stalled}");
+    assert_eq!(kstatus(&broken).await, ("Failed".into(), stalled.clone()));
+    assert_eq!(argocd_health(&broken).await, ("Degraded".into(), stalled));
 
     // Suspended: nothing happens until the spec changes (kstatus would otherwise wait on
     // Ready=False for ever); Argo CD has a word for it; no refresh to offer.
@@ -228,10 +225,7 @@ pub(crate) async fn gitops_tools_read_every_state_of_an_idvclient(env: &Env) {
 
     // Issued: Current and Healthy, with the Ready message.
     let gipod = live(&case, "gipod").await;
-    let ready_message = condition(&gipod, "Ready").unwrap()["message"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let ready_message = message(&gipod, "Ready");
     assert!(
         ready_message.starts_with("token valid until"),
         "{ready_message}"
@@ -268,11 +262,11 @@ pub(crate) async fn gitops_tools_read_every_state_of_an_idvclient(env: &Env) {
         Some(generation - 1)
     );
     assert_eq!(kstatus(&changed).await.0, "InProgress");
-    let (health, message) = argocd_health(&changed).await;
+    let (health, lag) = argocd_health(&changed).await;
     assert_eq!(health, "Progressing");
     assert!(
-        message.contains(&format!("observe generation {generation}")),
-        "{message}"
+        lag.contains(&format!("observe generation {generation}")),
+        "{lag}"
     );
     // The operator saw the change; the token of the earlier generation stays, the new one is
     // retried: Ready True, Reconciling True.
@@ -282,10 +276,7 @@ pub(crate) async fn gitops_tools_read_every_state_of_an_idvclient(env: &Env) {
     })
     .await;
     assert!(is_true(&retrying, "Ready"), "{retrying:#}");
-    let reconciling = condition(&retrying, "Reconciling").unwrap()["message"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let reconciling = message(&retrying, "Reconciling");
     assert!(
         reconciling.contains("the current token stays"),
         "{reconciling}"
