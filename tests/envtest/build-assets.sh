@@ -14,11 +14,10 @@ K8S_VERSION=1.36.3
 ETCD_VERSION=3.6.16
 
 here=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
-
-log() { printf 'envtest-assets: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-has_bins() { [[ -x "$1/kube-apiserver" && -f "$1/kube-apiserver" && -x "$1/etcd" && -f "$1/etcd" ]]; }
-abspath() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s/%s\n' "$PWD" "$1" ;; esac; }
+LOG_PREFIX="envtest-assets"
+# shellcheck source=../tools/lib.sh
+source "$here/../tools/lib.sh"
+has_bins() { is_bin "$1/kube-apiserver" && is_bin "$1/etcd"; }
 
 # 1. Caller-provided binaries win.
 if [[ -n "${KUBEBUILDER_ASSETS:-}" ]]; then
@@ -30,77 +29,48 @@ if [[ -n "${KUBEBUILDER_ASSETS:-}" ]]; then
 fi
 
 # 2. The cache.
-cache_root=$(abspath "${IDV_CACHE_DIR:-${XDG_CACHE_HOME:-${HOME:?HOME is not set}/.cache}/idv-token-operator}")
+cache_root=$(cache_root)
 dest="$cache_root/envtest/k8s-$K8S_VERSION-etcd-$ETCD_VERSION"
 if has_bins "$dest"; then
     printf '%s\n' "$dest"
     exit 0
 fi
 
-# 3. Build what is missing.
-command -v go >/dev/null 2>&1 || die "go is not installed (needed to build kube-apiserver and etcd)"
+# 3. The published envtest binaries, fetched the way controller-runtime's setup-envtest does
+#    (its index and archives are on GitHub, with sha512 sums; a pinned setup-envtest from
+#    tests/tools). The newest published patch of the same minor: the source build's exact patch
+#    may not be published. Kept in setup-envtest's own store, so a second run needs no network.
+#    Bounded: an unreachable GitHub costs ENVTEST_DOWNLOAD_TIMEOUT seconds, then step 4.
+#    ENVTEST_INDEX_URL: a mirror of setup-envtest's index (same format).
+published() {
+    local setup_envtest dir minor=${K8S_VERSION%.*}
+    if [[ -z "${SETUP_ENVTEST_BIN:-}" ]] && command -v setup-envtest >/dev/null 2>&1; then
+        setup_envtest=$(command -v setup-envtest)
+    else
+        setup_envtest=$(bash "$here/../tools/build.sh" setup-envtest | tail -n1) || return 1
+    fi
+    log "trying the published envtest binaries ($minor.x, setup-envtest, at most ${ENVTEST_DOWNLOAD_TIMEOUT:-60}s)"
+    local index=()
+    [[ -n "${ENVTEST_INDEX_URL:-}" ]] && index=(--index "$ENVTEST_INDEX_URL")
+    dir=$(timeout "${ENVTEST_DOWNLOAD_TIMEOUT:-60}" "$setup_envtest" use "$minor.x" "${index[@]}" \
+        --bin-dir "$cache_root/envtest/setup-envtest" -p path </dev/null) || return 1
+    has_bins "$dir" || return 1
+    printf '%s\n' "$dir"
+}
+if dir=$(published); then
+    log "using the published envtest binaries in $dir"
+    printf '%s\n' "$dir"
+    exit 0
+fi
+log "published envtest binaries unavailable; building kube-apiserver and etcd from source"
+
+# 4. Build what is missing.
+go_env "kube-apiserver and etcd"
 grep -q "^require k8s.io/kubernetes v$K8S_VERSION\$\|^[[:space:]]k8s.io/kubernetes v$K8S_VERSION\( \|\$\)" "$here/kube-apiserver/go.mod" \
     || die "tests/envtest/kube-apiserver/go.mod does not pin k8s.io/kubernetes v$K8S_VERSION"
 grep -q "^require go.etcd.io/etcd/server/v3 v$ETCD_VERSION\$\|^[[:space:]]go.etcd.io/etcd/server/v3 v$ETCD_VERSION\( \|\$\)" "$here/etcd/go.mod" \
     || die "tests/envtest/etcd/go.mod does not pin go.etcd.io/etcd/server/v3 v$ETCD_VERSION"
-
-# Only the module proxy is reachable; the checksum database (sum.golang.org)
-# is not, so it is off and the committed go.sum files pin every hash.
-export GOTOOLCHAIN=local GOWORK=off GOSUMDB=off CGO_ENABLED=0
-export GOFLAGS="-mod=mod -buildvcs=false"
-
-mkdir -p -- "$dest"
-
-# Serialise concurrent callers (parallel CI jobs); the winner builds, the others
-# wait and then find the binaries in place.
-if command -v flock >/dev/null 2>&1; then
-    exec 9>"$dest/.lock"
-    if ! flock -n 9; then
-        log "another build is running in $dest; waiting for it"
-        flock 9
-    fi
-fi
-
-tmpfiles=()
-heartbeat=""
-gobuild=""
-cleanup() {
-    [[ -n "$gobuild" ]] && kill "$gobuild" 2>/dev/null || true
-    [[ -n "$heartbeat" ]] && kill "$heartbeat" 2>/dev/null || true
-    ((${#tmpfiles[@]})) && rm -f -- "${tmpfiles[@]}" || true
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# build NAME MODULE_DIR PACKAGE LDFLAGS
-build() {
-    local name=$1 moddir=$2 pkg=$3 ldflags=$4
-    if [[ -x "$dest/$name" && -f "$dest/$name" ]]; then
-        log "$name already built"
-        return
-    fi
-    local tmp="$dest/.$name.tmp.$$"
-    tmpfiles+=("$tmp")
-    local start=$SECONDS
-    log "building $name from $pkg (cold: minutes; a heartbeat every 60s)"
-    # sleep gets no inherited pipes, so a killed heartbeat never holds the
-    # caller's $(...) open.
-    ( while sleep 60 </dev/null >/dev/null 2>&1; do log "... still building $name ($((SECONDS - start))s)"; done ) &
-    heartbeat=$!
-    # In the background + wait, so that a TERM/INT to this script is handled at
-    # once (the trap stops go) rather than after go finishes.
-    (cd -- "$moddir" && exec go build -trimpath -ldflags "$ldflags" -o "$tmp" "$pkg") >&2 &
-    gobuild=$!
-    wait "$gobuild" || die "go build of $name failed (exit $?)"
-    gobuild=""
-    kill "$heartbeat" 2>/dev/null || true
-    wait "$heartbeat" 2>/dev/null || true
-    heartbeat=""
-    "$tmp" --version >&2 || die "freshly built $name does not run"
-    mv -f -- "$tmp" "$dest/$name"
-    log "built $name in $((SECONDS - start))s"
-}
+lock_dir "$dest"
 
 total_start=$SECONDS
 k8s_minor=${K8S_VERSION#*.}
@@ -110,8 +80,8 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     kube_ldflags+=" -X $pkg.gitVersion=v$K8S_VERSION -X $pkg.gitMajor=${K8S_VERSION%%.*} -X $pkg.gitMinor=$k8s_minor"
 done
 
-build etcd "$here/etcd" go.etcd.io/etcd/server/v3 "-s -w"
-build kube-apiserver "$here/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver "$kube_ldflags"
+go_build etcd "$here/etcd" go.etcd.io/etcd/server/v3 "-s -w" "$dest" --version
+go_build kube-apiserver "$here/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver "$kube_ldflags" "$dest" --version
 
 has_bins "$dest" || die "binaries missing in $dest after the build"
 log "done in $((SECONDS - total_start))s"
