@@ -14,8 +14,10 @@ gitops-check: ## build (once, cached) the kstatus + Argo CD Lua helper of the Gi
 	@bash tests/tools/gitops-check/build.sh
 
 .PHONY: crds
-crds: ## regenerate crds/ from the Rust types
+crds: ## regenerate crds/ from the Rust types, and its copies in deploy/crds and the chart
 	cargo run --quiet -- crd > crds/idvclients.yaml
+	cp crds/idvclients.yaml deploy/crds/idvclients.yaml
+	cp crds/idvclients.yaml deploy/helm/idv-token-operator/files/crds/idvclients.yaml
 
 .PHONY: test
 test: ## every test: format, lints, unit, CRD drift, and integration on a real control plane and IdP

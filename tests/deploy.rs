@@ -218,6 +218,82 @@ fn user_roles_aggregate_into_view_edit_and_admin() {
     }
 }
 
+/// `kubectl apply -f crds/` works: crds/ holds CRD YAML and nothing else (a kustomization file
+/// there made it exit 1).
+#[test]
+fn crds_holds_only_crds() {
+    let mut files = 0;
+    for entry in std::fs::read_dir(format!("{REPO}/crds")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        assert!(path.is_file(), "crds/{name} is not a file");
+        assert!(name.ends_with(".yaml"), "crds/{name}: only .yaml files");
+        let docs = documents(&format!("crds/{name}"));
+        assert!(!docs.is_empty(), "crds/{name} is empty");
+        for doc in docs {
+            assert_eq!(
+                (doc["apiVersion"].as_str(), doc["kind"].as_str()),
+                (
+                    Some("apiextensions.k8s.io/v1"),
+                    Some("CustomResourceDefinition")
+                ),
+                "crds/{name}: only CRDs"
+            );
+        }
+        files += 1;
+    }
+    assert!(files > 0);
+}
+
+/// kustomize reads no file outside its folder and a chart carries its own files, so deploy/crds
+/// and the chart hold copies of crds/ (`make crds` writes all three): the same files, byte for
+/// byte.
+#[test]
+fn every_copy_of_the_crds_is_crds() {
+    let listing = |dir: &str| -> Vec<(String, String)> {
+        let mut files: Vec<(String, String)> = std::fs::read_dir(format!("{REPO}/{dir}"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().is_some_and(|n| n != "kustomization.yaml"))
+            .map(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().to_string();
+                (name, std::fs::read_to_string(&p).unwrap())
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let crds = listing("crds");
+    for copy in ["deploy/crds", "deploy/helm/idv-token-operator/files/crds"] {
+        let found = listing(copy);
+        let names = |files: &[(String, String)]| -> Vec<String> {
+            files.iter().map(|(n, _)| n.clone()).collect()
+        };
+        assert_eq!(
+            names(&found),
+            names(&crds),
+            "{copy} has other files than crds/: run `make crds`"
+        );
+        for ((name, text), (_, original)) in found.iter().zip(&crds) {
+            assert!(
+                text == original,
+                "{copy}/{name} differs from crds/{name}: run `make crds`"
+            );
+        }
+    }
+    let kustomization = &documents("deploy/crds/kustomization.yaml")[0];
+    let resources = strings(&kustomization["resources"]);
+    assert_eq!(
+        resources,
+        names_of(&crds),
+        "deploy/crds/kustomization.yaml lists every CRD file"
+    );
+}
+
+fn names_of(files: &[(String, String)]) -> Vec<&str> {
+    files.iter().map(|(n, _)| n.as_str()).collect()
+}
+
 /// The strings of a YAML sequence.
 fn strings(value: &Value) -> Vec<&str> {
     value
