@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod tools;
+
 use std::{
     io::{BufRead, BufReader, Read},
     net::TcpListener,
