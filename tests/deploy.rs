@@ -152,10 +152,9 @@ fn the_deployment_is_locked_down() {
 }
 
 /// The users' roles, aggregated the way cert-manager ships its own: `view` into view, edit and
-/// admin; `edit` (which may delete many IdvClients at once) into edit and admin. Checked here
-/// as files only: the test apiserver runs without kube-controller-manager, whose clusterrole
-/// aggregation controller is what copies these rules into view/edit/admin, so aggregation
-/// itself cannot be observed in the integration tests.
+/// admin; `edit` (which may delete many IdvClients at once) into edit and admin. The files here;
+/// the integration test `kubectl_apply_k_installs_everything` evaluates these labels against the
+/// aggregation rules of the apiserver's own view, edit and admin.
 #[test]
 fn user_roles_aggregate_into_view_edit_and_admin() {
     const FILE: &str = USER_ROLES;

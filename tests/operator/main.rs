@@ -10,6 +10,7 @@ mod drift;
 mod failures;
 mod gitops;
 mod ha;
+mod helm;
 mod install;
 mod issuing;
 mod operations;
@@ -21,6 +22,7 @@ use drift::*;
 use failures::*;
 use gitops::*;
 use ha::*;
+use helm::*;
 use install::*;
 use issuing::*;
 use operations::*;
@@ -104,6 +106,7 @@ fn main() {
         a_standby_whose_clock_runs_ahead_does_not_take_a_live_lease,
         owner_references_need_the_finalizers_rule_and_the_shipped_rules_suffice,
         gitops_tools_read_every_state_of_an_idvclient,
+        the_helm_chart_installs_upgrades_and_uninstalls,
     ];
     // Disruptive scenarios run alone, after the others.
     let disruptive: Vec<(&'static str, Scenario)> = scenarios![

@@ -579,14 +579,43 @@ pub(crate) async fn kubectl_apply_k_installs_everything(env: &Env) {
         "clusterrolebinding.rbac.authorization.k8s.io/idv-token-operator",
         "role.rbac.authorization.k8s.io/idv-token-operator-leader-election",
         "deployment.apps/idv-token-operator",
-        // The users' roles. Their aggregation into view/edit/admin is done by
-        // kube-controller-manager, which this control plane does not run (tests/deploy.rs
-        // checks the labels instead).
+        "poddisruptionbudget.policy/idv-token-operator",
+        // The users' roles (their aggregation: below).
         "clusterrole.rbac.authorization.k8s.io/idv-token-operator:view",
         "clusterrole.rbac.authorization.k8s.io/idv-token-operator:edit",
     ] {
         assert!(stdout.contains(object), "{object} not applied:\n{stdout}");
     }
+    // `kubectl apply -f crds/` as a new user types it: crds/ is plain CRD YAML (server dry run:
+    // the CRD is shared with the other scenarios).
+    let crds = kubectl(&[
+        "apply",
+        "--dry-run=server",
+        "-f",
+        &format!("{}/crds/", support::REPO),
+    ])
+    .await;
+    let out = String::from_utf8_lossy(&crds.stdout);
+    assert!(
+        crds.status.success()
+            && out.contains(
+                "customresourcedefinition.apiextensions.k8s.io/idvclients.idv-token-operator.dev"
+            ),
+        "kubectl apply -f crds/: {out}{}",
+        String::from_utf8_lossy(&crds.stderr)
+    );
+    // The users' roles land in view, edit and admin by the aggregation rules this apiserver
+    // bootstrapped those roles with. (kube-controller-manager, which copies the rules into them,
+    // does not run here: the selectors are evaluated as it would.)
+    let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(env.plane.admin().await);
+    let view = aggregated_into(&roles, "idv-token-operator:view").await;
+    assert_eq!(view, ["admin", "edit", "view"]);
+    let edit = aggregated_into(&roles, "idv-token-operator:edit").await;
+    assert_eq!(
+        edit,
+        ["admin", "edit"],
+        "editing IdvClients is not for viewers"
+    );
     // kubectl explain shows the doc comments of the Rust types.
     let explain = kubectl(&["explain", "idvclient.spec.refresh.beforeExpiry"]).await;
     let text = String::from_utf8_lossy(&explain.stdout);
@@ -594,6 +623,53 @@ pub(crate) async fn kubectl_apply_k_installs_everything(env: &Env) {
         explain.status.success() && text.contains("Refresh this long before the token expires"),
         "{text}"
     );
+}
+
+/// Which of the user-facing roles (view, edit, admin) take up the rules of ClusterRole `name`:
+/// directly by their aggregation rule's label selectors, or through another of them (`view`
+/// itself is aggregated into `edit`).
+async fn aggregated_into(
+    roles: &Api<k8s_openapi::api::rbac::v1::ClusterRole>,
+    name: &str,
+) -> Vec<String> {
+    let builtin = ["admin", "edit", "view"];
+    let mut labels = std::collections::BTreeMap::new();
+    let mut selectors = std::collections::BTreeMap::new();
+    for role in builtin.iter().copied().chain([name]) {
+        let found = roles.get(role).await.unwrap();
+        labels.insert(role, found.metadata.labels.clone().unwrap_or_default());
+        if let Some(rule) = found.aggregation_rule {
+            selectors.insert(role, rule.cluster_role_selectors.unwrap_or_default());
+        }
+    }
+    let selects = |aggregate: &str, member: &str| {
+        selectors.get(aggregate).is_some_and(|list| {
+            list.iter().any(|selector| {
+                assert!(
+                    selector.match_expressions.is_none(),
+                    "{aggregate}: matchExpressions"
+                );
+                selector
+                    .match_labels
+                    .as_ref()
+                    .is_some_and(|want| want.iter().all(|(k, v)| labels[member].get(k) == Some(v)))
+            })
+        })
+    };
+    let mut into: Vec<String> = Vec::new();
+    // Two rounds reach through one intermediate role, the deepest nesting of the three.
+    for _ in 0..2 {
+        for aggregate in builtin {
+            let through = |r: &String| selects(aggregate, r);
+            if !into.iter().any(|i| i == aggregate)
+                && (selects(aggregate, name) || into.iter().any(through))
+            {
+                into.push(aggregate.to_string());
+            }
+        }
+    }
+    into.sort();
+    into
 }
 
 pub(crate) async fn the_operator_survives_an_apiserver_restart(env: &Env) {
