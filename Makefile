@@ -19,22 +19,52 @@ crds: ## regenerate crds/ from the Rust types, and its copies in deploy/crds and
 	cp crds/idvclients.yaml deploy/crds/idvclients.yaml
 	cp crds/idvclients.yaml deploy/helm/idv-token-operator/files/crds/idvclients.yaml
 
+.PHONY: tools
+tools: ## build (once, cached) the helm and actionlint the tests run; prints their paths
+	@bash tests/tools/build.sh helm | tail -n1
+	@bash tests/tools/build.sh actionlint | tail -n1
+
 .PHONY: test
-test: ## every test: format, lints, unit, CRD drift, and integration on a real control plane and IdP
+test: ## every test: format, lints, unit, CRD drift, chart, and integration on a real control plane and IdP
 	@cargo fmt --check
 	@cargo clippy --all-targets --locked --quiet -- -D warnings
 	@bash tests/tools/gitops-check/build.sh >/dev/null
 	@assets="$$(bash tests/envtest/build-assets.sh | tail -n1)"; \
+	  helm="$$(bash tests/tools/build.sh helm | tail -n1)"; \
+	  actionlint="$$(bash tests/tools/build.sh actionlint | tail -n1)"; \
 	  [ -d tests/idp/node_modules/oidc-provider ] || npm ci --no-audit --no-fund --prefix tests/idp; \
-	  KUBEBUILDER_ASSETS="$$assets" cargo test --locked
+	  KUBEBUILDER_ASSETS="$$assets" HELM_BIN="$$helm" ACTIONLINT_BIN="$$actionlint" cargo test --locked
+
+# The demo's steps, each announced: a first run builds kube-apiserver and etcd (or fetches the
+# published envtest binaries) and the operator, which takes minutes; cargo shows its progress.
+DEMO_STATE_DIR ?= $(HOME)/.cache/idv-token-operator/demo
+DEMO_RUN = echo "==> kube-apiserver and etcd (built once, cached; a first build takes 10-25 minutes)" >&2; \
+	  assets="$$(bash tests/envtest/build-assets.sh | tail -n1)"; \
+	  echo "==> the test IdP (npm)" >&2; \
+	  [ -d tests/idp/node_modules/oidc-provider ] || npm ci --no-audit --no-fund --prefix tests/idp; \
+	  echo "==> cargo build: the operator and the demo (a first build takes minutes)" >&2; \
+	  cargo build --locked --bin idv-token-operator --example demo; \
+	  KUBEBUILDER_ASSETS="$$assets" IDV_OPERATOR_BIN="$(CARGO_TARGET_DIR)/debug/idv-token-operator" \
+	  DEMO_STATE_DIR="$(DEMO_STATE_DIR)" "$(CARGO_TARGET_DIR)/debug/examples/demo"
 
 .PHONY: demo
-demo: ## local control plane + IdP, the operator, an example IdvClient and its token Secret
-	@assets="$$(bash tests/envtest/build-assets.sh | tail -n1)"; \
-	  [ -d tests/idp/node_modules/oidc-provider ] || npm ci --no-audit --no-fund --prefix tests/idp; \
-	  cargo build --locked --quiet; \
-	  KUBEBUILDER_ASSETS="$$assets" IDV_OPERATOR_BIN="$(CARGO_TARGET_DIR)/debug/idv-token-operator" \
-	  cargo run --locked --quiet --example demo
+demo: ## local control plane + IdP, the operator, an example IdvClient and its token Secret; stops at the end
+	@$(DEMO_RUN)
+
+.PHONY: demo-up
+demo-up: ## the demo, left running to try kubectl by hand: prints the KUBECONFIG to export; stop with Ctrl-C or make demo-down
+	@if [ -f "$(DEMO_STATE_DIR)/pid" ] && kill -0 "$$(cat "$(DEMO_STATE_DIR)/pid")" 2>/dev/null; then \
+	  echo "a demo is running already (pid $$(cat "$(DEMO_STATE_DIR)/pid")): source $(DEMO_STATE_DIR)/env, or make demo-down" >&2; exit 1; fi
+	@DEMO_KEEP=1; export DEMO_KEEP; $(DEMO_RUN)
+
+.PHONY: demo-down
+demo-down: ## stop the demo that make demo-up left running
+	@pid="$$(cat "$(DEMO_STATE_DIR)/pid" 2>/dev/null)" || { echo "no demo is running" >&2; exit 0; }; \
+	  ps -p "$$pid" -o args= 2>/dev/null | grep -q 'examples/demo' \
+	    || { rm -f "$(DEMO_STATE_DIR)/pid"; echo "no demo is running" >&2; exit 0; }; \
+	  kill -TERM "$$pid"; \
+	  for _ in $$(seq 100); do kill -0 "$$pid" 2>/dev/null || { echo "demo stopped" >&2; exit 0; }; sleep 0.2; done; \
+	  echo "the demo (pid $$pid) did not stop within 20 s" >&2; exit 1
 
 .PHONY: bench
 bench: ## convergence benchmark: N IdvClients (BENCH_CLIENTS, default 1000) vs the bare work; see docs/benchmarks.md

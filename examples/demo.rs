@@ -1,10 +1,14 @@
 //! `make demo`: a local control plane and IdP, the operator, an example IdvClient, and the
 //! token Secret it produces. Everything it starts stops when it ends.
+//!
+//! `make demo-up` (DEMO_KEEP=1): the same, then it keeps running, printing the operator's log,
+//! until Ctrl-C or SIGTERM (`make demo-down`), so that one can try kubectl by hand. It writes the
+//! KUBECONFIG to export and its pid to DEMO_STATE_DIR.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::{process::Command, time::Duration};
+use std::{path::Path, process::Command, time::Duration};
 
 use support::{ControlPlane, Idp, LOCAL_IDP_HOSTS, Operator, eventually};
 
@@ -140,7 +144,8 @@ fn main() {
         "Running the operator (as its ServiceAccount, with deploy/rbac.yaml's permissions; \
          --allowed-token-hosts 127.0.0.1 lets it send to the local IdP, the default being the IDV hosts)",
     );
-    let operator = Operator::start(
+    // Its default log level, so the log stays readable when it is followed by hand.
+    let operator = Operator::start_with_env(
         &plane.operator_kubeconfig,
         &[
             "--watch-namespace",
@@ -148,6 +153,7 @@ fn main() {
             LOCAL_IDP_HOSTS[0],
             LOCAL_IDP_HOSTS[1],
         ],
+        &[("RUST_LOG", "info")],
     );
     rt.block_on(eventually(
         Duration::from_secs(60),
@@ -200,9 +206,76 @@ fn main() {
     {
         eprintln!("    {line}");
     }
+    if std::env::var_os("DEMO_KEEP").is_some() {
+        keep_running(&rt, &admin, &operator);
+    }
     step("Stopping the operator, the IdP and the control plane");
     drop(operator);
     drop(idp);
     drop(plane);
     eprintln!("done.");
+}
+
+/// Leave everything running for a person at a terminal: say what to export and what to try,
+/// follow the operator's log, and return on Ctrl-C or SIGTERM (`make demo-down`).
+fn keep_running(rt: &tokio::runtime::Runtime, kubeconfig: &Path, operator: &Operator) {
+    let state = std::env::var_os("DEMO_STATE_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("idv-token-operator-demo"));
+    std::fs::create_dir_all(&state).unwrap();
+    let env_file = state.join("env");
+    std::fs::write(
+        &env_file,
+        format!("export KUBECONFIG={}\n", kubeconfig.display()),
+    )
+    .unwrap();
+    std::fs::write(state.join("pid"), format!("{}\n", std::process::id())).unwrap();
+    step("The demo keeps running. In another terminal:");
+    eprintln!(
+        r#"
+    export KUBECONFIG={kubeconfig}        # or: source {env_file}
+
+    kubectl get idvclients -n demo
+    kubectl describe idvclient gipod -n demo
+    kubectl get secret gipod-token -n demo -o jsonpath='{{.data.expires_at}}' | base64 -d; echo
+
+    # A new token now (any new value of the annotation):
+    kubectl annotate idvclient gipod -n demo --overwrite idv-token-operator.dev/force-refresh="$(date +%s)"
+
+    # A broken key: READY turns False with reason InvalidKey; the last token stays in its Secret.
+    kubectl create secret generic broken-jwk -n demo --from-literal=jwk.json='{{"kty":"EC","crv":"P-256"}}'
+    kubectl label secret broken-jwk -n demo idv-token-operator.dev/credential=true
+    kubectl patch idvclient gipod -n demo --type merge -p '{{"spec":{{"privateKey":{{"secretRef":{{"name":"broken-jwk","key":"jwk.json"}}}}}}}}'
+    kubectl get idvclients -n demo
+    # ...and back to the good key:
+    kubectl patch idvclient gipod -n demo --type merge -p '{{"spec":{{"privateKey":{{"secretRef":{{"name":"gipod-jwk","key":"jwk.json"}}}}}}}}'
+
+Stop it with Ctrl-C here, or `make demo-down`. The operator's log follows.
+"#,
+        kubeconfig = kubeconfig.display(),
+        env_file = env_file.display(),
+    );
+    rt.block_on(async {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+        let mut shown = 0;
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = terminate.recv() => break,
+                _ = tick.tick() => {
+                    // Whole lines only: the last one may still be arriving.
+                    let output = operator.output();
+                    let complete = output.rfind('\n').map_or(0, |end| end + 1);
+                    if let Some(new) = output.get(shown..complete) {
+                        eprint!("{new}");
+                        shown = complete;
+                    }
+                }
+            }
+        }
+    });
+    let _ = std::fs::remove_file(state.join("pid"));
+    let _ = std::fs::remove_file(env_file);
 }
