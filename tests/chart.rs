@@ -560,6 +560,72 @@ fn one_version_and_one_image_everywhere() {
     assert!(readme.contains("oci://ghcr.io/idv-token-operator/charts/idv-token-operator"));
 }
 
+/// The values a user can set: the schema's properties, down to those that are not groups of
+/// values (an object schema with properties of its own is a group).
+fn value_paths(schema: &Value, prefix: &str, out: &mut Vec<String>) {
+    for (name, property) in schema["properties"].as_object().unwrap() {
+        let path = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}.{name}")
+        };
+        if property.get("properties").is_some() {
+            value_paths(property, &path, out);
+        } else if path != "global" {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn the_schema_closes_every_group_and_the_readme_documents_every_value() {
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{CHART}/values.schema.json")).unwrap(),
+    )
+    .unwrap();
+    fn closed(schema: &Value, path: &str) {
+        if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
+            assert_eq!(
+                schema["additionalProperties"], false,
+                "{path}: typos would pass"
+            );
+            for (name, property) in properties {
+                closed(property, &format!("{path}.{name}"));
+            }
+        }
+    }
+    closed(&schema, "values");
+    let mut paths = Vec::new();
+    value_paths(&schema, "", &mut paths);
+    let readme = std::fs::read_to_string(format!("{CHART}/README.md")).unwrap();
+    let undocumented: Vec<_> = paths
+        .iter()
+        .filter(|p| !readme.contains(&format!("`{p}`")))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "values the chart README does not document: {undocumented:?}"
+    );
+    // And values.yaml sets nothing the schema does not know (helm would refuse its own defaults).
+    let output = helm(&["show", "values", CHART]);
+    assert!(output.status.success());
+    let defaults: Value = serde_yaml::from_str(&text(&output.stdout)).unwrap();
+    fn known(defaults: &Value, schema: &Value, path: &str) {
+        if let (Some(values), Some(properties)) = (
+            defaults.as_object(),
+            schema.get("properties").and_then(Value::as_object),
+        ) {
+            for (name, value) in values {
+                let property = properties
+                    .get(name)
+                    .unwrap_or_else(|| panic!("{path}.{name} is not in the schema"));
+                known(value, property, &format!("{path}.{name}"));
+            }
+        }
+    }
+    known(&defaults, &schema, "values");
+}
+
 #[test]
 fn the_release_workflow_passes_actionlint() {
     let workflows = PathBuf::from(REPO).join(".github/workflows");
