@@ -149,8 +149,15 @@ pub(crate) async fn the_helm_chart_installs_upgrades_and_uninstalls(env: &Env) {
     let values = env.plane.dir.join("helm-values.yaml");
     std::fs::write(&values, "allowedTokenHosts: [\"127.0.0.1\"]\n").unwrap();
     let values = values.to_str().unwrap();
-    helm.ok(&[&install[..], &["--values", values]].concat())
+    // The NOTES say what was installed.
+    let notes = helm
+        .ok(&[&install[..], &["--values", values]].concat())
         .await;
+    assert!(
+        notes.contains("serving every namespace")
+            && notes.contains("Tokens are sent only to 127.0.0.1."),
+        "{notes}"
+    );
     let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &release_ns);
     let deployment = deployments.get(fullname).await.unwrap();
     let crd = crds.get(CRD).await.unwrap();
@@ -190,18 +197,23 @@ pub(crate) async fn the_helm_chart_installs_upgrades_and_uninstalls(env: &Env) {
     // `helm upgrade` to the namespaced mode: Roles in the served namespace instead of the
     // ClusterRole, and the operator told to watch only it.
     let namespaced = format!("watchNamespaces={{{apps}}}");
-    helm.ok(&[
-        "upgrade",
-        release,
-        CHART,
-        "--namespace",
-        &release_ns,
-        "--values",
-        values,
-        "--set",
-        &namespaced,
-    ])
-    .await;
+    let notes = helm
+        .ok(&[
+            "upgrade",
+            release,
+            CHART,
+            "--namespace",
+            &release_ns,
+            "--values",
+            values,
+            "--set",
+            &namespaced,
+        ])
+        .await;
+    assert!(
+        notes.contains(&format!("serving the namespaces {apps}.")),
+        "{notes}"
+    );
     assert!(cluster_roles.get_opt(fullname).await.unwrap().is_none());
     assert!(cluster_bindings.get_opt(fullname).await.unwrap().is_none());
     Api::<Role>::namespaced(admin.clone(), &apps)
