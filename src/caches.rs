@@ -3,7 +3,7 @@
 //! yet seen. Other Secrets are never watched.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     hash::{Hash, Hasher},
     sync::{Arc, Mutex},
 };
@@ -11,7 +11,12 @@ use std::{
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::watcher;
 
-use crate::resources::{self, TokenSecretRecord};
+use crate::{
+    api::IdvClient,
+    credential::Credential,
+    policy::{self, Lookup},
+    token_secret::{self, TokenSecretRecord},
+};
 
 /// One watched namespace (`namespace: None`: all namespaces).
 pub struct ScopeCaches {
@@ -26,6 +31,8 @@ pub struct Caches {
     pub scopes: Vec<ScopeCaches>,
     /// Token Secret writes whose watch events are still to come.
     pub own_writes: Arc<OwnWrites>,
+    /// Credentials parsed from the Secrets they name.
+    pub parsed_keys: ParsedKeys,
 }
 
 impl Caches {
@@ -35,8 +42,16 @@ impl Caches {
             .find(|s| s.namespace.as_deref().is_none_or(|n| n == namespace))
     }
 
-    pub fn token_secret(&self, namespace: &str, name: &str) -> Option<TokenSecretRecord> {
-        self.scope(namespace)?.token_secrets.get(namespace, name)
+    /// The record of a token Secret, or `Ask` when the cache may not know (`policy::lookup`).
+    pub fn token_secret(&self, namespace: &str, name: &str) -> Lookup<TokenSecretRecord> {
+        let Some(scope) = self.scope(namespace) else {
+            return Lookup::Ask;
+        };
+        policy::lookup(
+            scope.token_secrets.get(namespace, name),
+            self.own_writes.in_flight(namespace, name),
+            scope.token_secrets.listed(),
+        )
     }
 
     /// A labelled credential Secret as its watch last saw it.
@@ -47,12 +62,6 @@ impl Caches {
     /// Its resourceVersion only.
     pub fn credential_version(&self, namespace: &str, name: &str) -> Option<String> {
         self.scope(namespace)?.credentials.version(namespace, name)
-    }
-
-    /// Whether the watch of the operator's token Secrets has listed them.
-    pub fn token_secrets_listed(&self, namespace: &str) -> bool {
-        self.scope(namespace)
-            .is_some_and(|scope| scope.token_secrets.listed())
     }
 }
 
@@ -202,6 +211,81 @@ impl TokenSecrets {
     }
 }
 
+/// Parsed credentials by what they are read from (`credential_reference`), each with the
+/// namespace and the resourceVersion of the Secret it was parsed from: a new version replaces
+/// the old one in place. Shared by the IdvClients that name the same key.
+#[derive(Default)]
+pub struct ParsedKeys(Mutex<HashMap<u64, ParsedCredential>>);
+
+struct ParsedCredential {
+    namespace: String,
+    version: String,
+    credential: Credential,
+}
+
+/// Where the parsed credential of this IdvClient is kept in `ParsedKeys`: a hash of the
+/// namespace, Secret, key, kind and keyId it names (None: it names none).
+pub fn credential_reference(client: &IdvClient) -> Option<u64> {
+    // The kind belongs in the key: the same bytes are a client secret to one client and an
+    // unparseable key to another.
+    let (reference, kind, key_id) = match (&client.spec.private_key, &client.spec.client_secret) {
+        (Some(private_key), _) => (
+            &private_key.secret_ref,
+            "private-key",
+            private_key.key_id.as_ref(),
+        ),
+        (None, Some(client_secret)) => (&client_secret.secret_ref, "client-secret", None),
+        (None, None) => return None,
+    };
+    let namespace = client.metadata.namespace.as_deref().unwrap_or_default();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (namespace, &reference.name, &reference.key, kind, key_id).hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+impl ParsedKeys {
+    /// The credential parsed from this version of the Secret, if it was.
+    pub fn get(&self, reference: u64, version: &str) -> Option<Credential> {
+        self.0
+            .lock()
+            .expect("lock")
+            .get(&reference)
+            .filter(|parsed| parsed.version == version)
+            .map(|parsed| parsed.credential.clone())
+    }
+
+    /// Replaces the credential parsed from an older version.
+    pub fn insert(&self, reference: u64, namespace: &str, version: &str, credential: &Credential) {
+        self.0.lock().expect("lock").insert(
+            reference,
+            ParsedCredential {
+                namespace: namespace.to_string(),
+                version: version.to_string(),
+                credential: credential.clone(),
+            },
+        );
+    }
+
+    /// A deleted IdvClient's (another client of the same key parses it again).
+    pub fn forget(&self, client: &IdvClient) {
+        if let Some(reference) = credential_reference(client) {
+            self.0.lock().expect("lock").remove(&reference);
+        }
+    }
+
+    /// After a relist of the IdvClients of `scope`: keep the credentials that `live` clients
+    /// still name (and those of other scopes).
+    pub fn retain(&self, scope: Option<&str>, live: &[Arc<IdvClient>]) {
+        let named: HashSet<u64> = live
+            .iter()
+            .filter_map(|c| credential_reference(c))
+            .collect();
+        self.0.lock().expect("lock").retain(|reference, parsed| {
+            named.contains(reference) || scope.is_some_and(|s| s != parsed.namespace)
+        });
+    }
+}
+
 /// The operator's own token Secret writes, by content fingerprint, until the watch delivers
 /// them. Their echo needs no reconcile: without this filter every new token would reconcile
 /// its IdvClient a second time (from a cache that has not yet seen the status just written).
@@ -215,7 +299,7 @@ impl OwnWrites {
     pub fn expect(&self, secret: &Secret) {
         self.0.lock().expect("lock").insert(
             key_of(&secret.metadata),
-            resources::content_fingerprint(secret),
+            token_secret::content_fingerprint(secret),
         );
     }
 
@@ -236,7 +320,7 @@ impl OwnWrites {
             .lock()
             .expect("lock")
             .remove(&key_of(&secret.metadata));
-        expected == Some(resources::content_fingerprint(secret))
+        expected == Some(token_secret::content_fingerprint(secret))
     }
 
     /// A Secret deleted or relisted: whatever was expected of it will not come as an event.
@@ -251,7 +335,7 @@ impl OwnWrites {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api;
+    use crate::{api, schedule::TokenTimes};
     use k8s_openapi::{ByteString, apimachinery::pkg::apis::meta::v1::ObjectMeta};
 
     fn token_secret(token: &str) -> Secret {
@@ -260,23 +344,22 @@ mod tests {
             ByteString(token.as_bytes().to_vec()),
         )]
         .into();
-        let hash = resources::data_hash(&data);
+        let hash = token_secret::data_hash(&data);
         let mut client = api::test_client("gipod");
         client.metadata.uid = Some("client-uid".into());
         let at = jiff::Timestamp::from_second(1_800_000_000).unwrap();
-        let times = resources::TokenTimes {
+        let times = TokenTimes {
             issued_at: at,
             expires_at: at,
             refresh_at: at,
         };
-        resources::desired_secret(&client, data, &hash, "inputs", &times)
+        token_secret::desired_secret(&client, data, &hash, "inputs", &times)
     }
 
-    /// What the watch delivers: the stored Secret, as the cache slims it.
+    /// What the watch delivers: the stored Secret.
     fn watched(mut secret: Secret, resource_version: &str) -> Secret {
         secret.metadata.resource_version = Some(resource_version.into());
         secret.metadata.uid = Some("u".into());
-        resources::strip_token_data(&mut secret);
         secret
     }
 
@@ -324,6 +407,75 @@ mod tests {
         assert!(record.observed.data_intact);
         secrets.apply(&Delete(stored));
         assert_eq!(secrets.get("ns", "gipod-token"), None);
+    }
+
+    fn keyed_client(name: &str, secret: &str, key_id: Option<&str>) -> IdvClient {
+        let mut c = api::test_client(name);
+        c.spec.private_key = Some(api::PrivateKey {
+            secret_ref: api::SecretKeyRef {
+                name: secret.into(),
+                key: "jwk.json".into(),
+            },
+            key_id: key_id.map(str::to_string),
+        });
+        c
+    }
+
+    #[test]
+    fn parsed_keys_are_kept_by_what_is_read_not_by_who_reads_it() {
+        let key = |c: &IdvClient| credential_reference(c).unwrap();
+        assert_eq!(
+            key(&keyed_client("a", "jwk", None)),
+            key(&keyed_client("b", "jwk", None))
+        );
+        assert_ne!(
+            key(&keyed_client("a", "jwk", None)),
+            key(&keyed_client("a", "jwk", Some("k1")))
+        );
+        assert_ne!(
+            key(&keyed_client("a", "jwk", None)),
+            key(&keyed_client("a", "other", None))
+        );
+        let mut elsewhere = keyed_client("a", "jwk", None);
+        elsewhere.metadata.namespace = Some("ns2".into());
+        assert_ne!(key(&keyed_client("a", "jwk", None)), key(&elsewhere));
+        let mut secret = keyed_client("a", "jwk", None);
+        secret.spec.private_key = None;
+        secret.spec.client_secret = Some(api::ClientSecret {
+            secret_ref: api::SecretKeyRef {
+                name: "jwk".into(),
+                key: "jwk.json".into(),
+            },
+        });
+        assert_ne!(key(&keyed_client("a", "jwk", None)), key(&secret), "kind");
+
+        // Kept per version; pruned to what live clients name, in the relisted scope only.
+        let parsed = ParsedKeys::default();
+        let credential = crate::credential::parse(
+            crate::credential::Kind::ClientSecret,
+            b"s".to_vec(),
+            None,
+            "v".into(),
+        )
+        .unwrap();
+        let (a, b) = (
+            keyed_client("a", "jwk", None),
+            keyed_client("b", "b-jwk", None),
+        );
+        parsed.insert(key(&a), "ns", "1", &credential);
+        parsed.insert(key(&b), "ns", "1", &credential);
+        parsed.insert(key(&elsewhere), "ns2", "1", &credential);
+        assert!(parsed.get(key(&a), "1").is_some());
+        assert!(parsed.get(key(&a), "2").is_none(), "another version");
+        parsed.retain(Some("ns"), &[Arc::new(a.clone())]);
+        assert!(parsed.get(key(&a), "1").is_some());
+        assert!(
+            parsed.get(key(&b), "1").is_none(),
+            "named by no live client"
+        );
+        assert!(parsed.get(key(&elsewhere), "1").is_some(), "another scope");
+        parsed.forget(&a);
+        assert!(parsed.get(key(&a), "1").is_none());
     }
 
     fn meta(name: &str, version: &str) -> Secret {

@@ -24,7 +24,7 @@ use crate::{
     events::EventType,
     liveness::Progress,
     reconcile::{self, Context},
-    resources, schedule,
+    schedule,
 };
 
 /// Where and how hard to work.
@@ -98,48 +98,17 @@ fn client_with_timeouts(
     kube::Client::try_from(config)
 }
 
-/// Consecutive timed-out reconciles per IdvClient, for their backoff. Cleared by a reconcile
-/// that finishes, pruned when the IdvClient is deleted.
-#[derive(Default)]
-struct TimedOut(std::sync::Mutex<std::collections::HashMap<ObjectRef<IdvClient>, u32>>);
-
-impl TimedOut {
-    fn record(&self, client: &IdvClient) -> u32 {
-        let mut counts = self.0.lock().expect("lock");
-        let count = counts.entry(ObjectRef::from_obj(client)).or_default();
-        *count = count.saturating_add(1);
-        *count
-    }
-
-    /// After a relist of `scope`: keep the counts of the IdvClients still there.
-    fn retain(&self, scope: Option<&str>, live: &[Arc<IdvClient>]) {
-        let alive: std::collections::HashSet<_> =
-            live.iter().map(|c| ObjectRef::from_obj(&**c)).collect();
-        self.0.lock().expect("lock").retain(|key, _| {
-            scope.is_some_and(|s| key.namespace.as_deref() != Some(s)) || alive.contains(key)
-        });
-    }
-
-    fn clear(&self, client: &IdvClient) {
-        let mut counts = self.0.lock().expect("lock");
-        if !counts.is_empty() {
-            counts.remove(&ObjectRef::from_obj(client));
-        }
-    }
-}
-
 /// One reconcile under its deadline, counted in flight for `/healthz`.
 async fn bounded_reconcile(
     client: Arc<IdvClient>,
     ctx: Arc<Context>,
     deadline: Duration,
     progress: Arc<Progress>,
-    timed_out: Arc<TimedOut>,
 ) -> Result<controller::Action, Error> {
     let _in_flight = progress.begin(std::time::Instant::now());
-    let result = within(deadline, reconcile::reconcile(client.clone(), ctx)).await;
+    let result = within(deadline, reconcile::reconcile(client.clone(), ctx.clone())).await;
     if !matches!(result, Err(Error::ReconcileTimeout { .. })) {
-        timed_out.clear(&client);
+        ctx.reconcile_ended(&client, false);
     }
     result
 }
@@ -159,16 +128,11 @@ async fn within<T>(
 /// A timed-out reconcile is transient: retried with backoff, logged and reported as an Event
 /// (what is known of it is its name and the deadline: nothing secret). Other errors go to
 /// `reconcile::error_policy`.
-fn error_policy(
-    client: Arc<IdvClient>,
-    error: &Error,
-    ctx: Arc<Context>,
-    timed_out: &TimedOut,
-) -> controller::Action {
+fn error_policy(client: Arc<IdvClient>, error: &Error, ctx: Arc<Context>) -> controller::Action {
     if !matches!(error, Error::ReconcileTimeout { .. }) {
         return reconcile::error_policy(client, error, ctx);
     }
-    let failures = timed_out.record(&client);
+    let failures = ctx.reconcile_ended(&client, true);
     let delay = schedule::backoff(error.class(), failures, false, None, rand::random::<f64>());
     ctx.metrics.reconcile_error(error.reason());
     warn!(
@@ -265,10 +229,11 @@ fn slim_client(client: &mut IdvClient) {
     }
 }
 
-/// Token Secrets as cached: no managedFields, and the hash of the data instead of the data.
+/// Token Secrets as passed on to the controller (which needs only their owner): no
+/// managedFields, no token data.
 fn slim_token_secret(secret: &mut Secret) {
     drop_managed_fields(secret);
-    resources::strip_token_data(secret);
+    secret.data = None;
 }
 
 /// Credential Secrets as cached: identity and data only. Annotations in particular go:
@@ -346,7 +311,6 @@ pub async fn run(
                 WatcherConfig::default().labels(&ours),
             )
             .backoff(watch_backoff())
-            .modify(slim_token_secret)
             .inspect(move |event| {
                 if let Ok(event) = event {
                     records.apply(event);
@@ -365,6 +329,7 @@ pub async fn run(
                 };
                 futures::future::ready(!echo)
             })
+            .modify(slim_token_secret)
             .touched_objects()
             .boxed();
             // Secrets labelled as credentials, to notice a changed key at once and to read it
@@ -402,45 +367,37 @@ pub async fn run(
     let ctx = Arc::new(make_context(Caches {
         scopes: scope_caches,
         own_writes,
+        parsed_keys: Default::default(),
     }));
 
     // One shutdown signal, shared by every controller.
     let shutdown = shutdown.shared();
-    let timed_out = Arc::new(TimedOut::default());
     let mut controllers = Vec::new();
     for scope in watches {
         let namespace = scope.namespace.as_deref();
         let (client_store, client_writer) = reflector::store();
-        let seen = ctx.clone();
-        let forget_timeouts = timed_out.clone();
-        let (listed, scope_name) = (client_store.clone(), scope.namespace.clone());
+        let (memory, listed, scope_name) =
+            (ctx.clone(), client_store.clone(), scope.namespace.clone());
         let clients =
             watcher::watcher(api::<IdvClient>(&kube, namespace), WatcherConfig::default())
                 .backoff(watch_backoff())
                 .modify(slim_client)
                 .reflect(client_writer)
                 .inspect(readiness.watch())
-                .inspect(move |event| match event {
-                    Ok(watcher::Event::Apply(client)) => seen.writeback.observed(client),
-                    Ok(watcher::Event::Delete(client)) => {
-                        seen.forget(client);
-                        forget_timeouts.clear(client);
+                .inspect(move |event| {
+                    if let Ok(event) = event {
+                        memory.follow_clients(scope_name.as_deref(), &listed, event);
                     }
-                    // A (re)list is complete: whatever was deleted while the watch was down
-                    // sent no Delete event; forget it now.
-                    Ok(watcher::Event::InitDone) => {
-                        let live = listed.state();
-                        seen.prune(scope_name.as_deref(), &live);
-                        forget_timeouts.retain(scope_name.as_deref(), &live);
-                    }
-                    _ => {}
                 })
                 .applied_objects()
                 .predicate_filter(spec_or_force_refresh, PredicateConfig::default());
         let controller = Controller::for_stream(clients, client_store.clone());
         let lookup = controller.store();
         // A finished token request reconciles its client again (to store the token).
-        let fetched = ctx.fetcher.subscribe(scope.namespace.clone());
+        let fetched = ctx
+            .fetcher
+            .subscribe(scope.namespace.clone())
+            .map(|key| key.object_ref());
         info!(
             namespace = namespace.unwrap_or("(all)"),
             concurrency = options.concurrency,
@@ -459,22 +416,11 @@ pub async fn run(
             .graceful_shutdown_on(shutdown.clone())
             .run(
                 {
-                    let (progress, timed_out) = (options.progress.clone(), timed_out.clone());
-                    let deadline = options.reconcile_deadline;
-                    move |client, ctx| {
-                        bounded_reconcile(
-                            client,
-                            ctx,
-                            deadline,
-                            progress.clone(),
-                            timed_out.clone(),
-                        )
-                    }
+                    let (progress, deadline) =
+                        (options.progress.clone(), options.reconcile_deadline);
+                    move |client, ctx| bounded_reconcile(client, ctx, deadline, progress.clone())
                 },
-                {
-                    let timed_out = timed_out.clone();
-                    move |client, error: &Error, ctx| error_policy(client, error, ctx, &timed_out)
-                },
+                error_policy,
                 ctx.clone(),
             )
             .for_each(

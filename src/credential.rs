@@ -1,9 +1,14 @@
 //! The client's credential, parsed from the bytes of a Secret key (operator) or a file (CLI):
-//! one copy of the rules for both. Pure.
+//! one copy of the rules for both; and the credential Secret `keygen` writes. Pure.
 
-use std::{fmt, sync::Arc};
+use std::{collections::BTreeMap, fmt, sync::Arc};
 
-use crate::jwk::{self, KeyError, SigningKey};
+use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta};
+
+use crate::{
+    api,
+    jwk::{self, KeyError, SigningKey},
+};
 
 /// How the client proves who it is.
 #[derive(Clone, Debug)]
@@ -100,6 +105,31 @@ pub fn parse(
                 version,
             })
         }
+    }
+}
+
+/// Key of the private JWK in a Secret that `keygen --secret-name` writes.
+pub const KEY_SECRET_KEY: &str = "jwk.json";
+
+/// A Secret holding a private JWK under `KEY_SECRET_KEY`, labelled so that the operator may
+/// read it as a credential (`keygen --secret-name`). `stringData`, so that it reads as JSON.
+pub fn credential_secret(name: &str, namespace: Option<&str>, jwk_json: &str) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: namespace.map(str::to_string),
+            labels: Some(BTreeMap::from([(
+                api::CREDENTIAL_LABEL.to_string(),
+                "true".to_string(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".into()),
+        string_data: Some(BTreeMap::from([(
+            KEY_SECRET_KEY.to_string(),
+            jwk_json.to_string(),
+        )])),
+        ..Secret::default()
     }
 }
 

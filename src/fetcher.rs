@@ -16,14 +16,15 @@ use std::{
 };
 
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
-use jiff::{SignedDuration, Timestamp};
-use kube::runtime::reflector::ObjectRef;
+use jiff::Timestamp;
 use tokio::sync::Semaphore;
 
-use crate::{api::IdvClient, error::Error, oauth::TokenAnswer};
-
-/// Per-IdvClient memory is keyed by this, everywhere.
-pub type ClientKey = ObjectRef<IdvClient>;
+use crate::{
+    error::Error,
+    memory::{ClientKey, ClientMemory},
+    oauth::TokenAnswer,
+    policy::{Answer, FetchState},
+};
 
 /// A token the IdP issued, with the time the request was sent (its lifetime counts from then).
 #[derive(Debug)]
@@ -35,30 +36,19 @@ pub struct Fetched {
 }
 
 impl Fetched {
-    /// Whether to store this token at `now`: a new answer always (however short its
-    /// lifetime), a kept one while at most half its lifetime has passed (a fresh one would be
-    /// refreshed at 2/3 anyway).
-    pub fn is_worth_storing_at(&self, now: Timestamp) -> bool {
-        let half = SignedDuration::from_secs((self.answer.expires_in / 2) as i64);
-        !self.kept
-            || now
-                < self
-                    .requested_at
-                    .saturating_add(half)
-                    .unwrap_or(self.requested_at)
+    /// What deciding needs of it (not the token).
+    fn summary(&self) -> Answer {
+        Answer {
+            requested_at: self.requested_at,
+            expires_in: self.answer.expires_in,
+            kept: self.kept,
+        }
     }
 }
 
-/// Where a client's token request stands.
-pub enum Poll {
-    /// Nothing running or waiting: start one.
-    Idle,
-    /// A request is queued or in flight; the client is reconciled when it ends.
-    Running,
-    /// The outcome of the request for these inputs (taken: a second poll gives `Idle`), with
-    /// what was held for it since it started: keep it until the token is stored.
-    Done(Result<Fetched, Error>, Hold),
-}
+/// The outcome of a request, with what was held for it since it started: keep that until the
+/// token is stored.
+pub type Outcome = (Result<Fetched, Error>, Hold);
 
 /// Held from a request's start until its token is stored (the status writer narrows while
 /// token work is under way); dropped with the outcome when nobody takes it.
@@ -106,20 +96,30 @@ impl Fetcher {
         rx
     }
 
-    pub fn poll(&self, key: &ClientKey, inputs: &str) -> Poll {
+    /// Where the request for these inputs stands (an outcome for other inputs counts as none:
+    /// the spec or key changed meanwhile).
+    pub fn state(&self, key: &ClientKey, inputs: &str) -> FetchState {
+        match self.jobs.lock().expect("lock").get(key) {
+            None => FetchState::Idle,
+            Some(Job::Running) => FetchState::Running,
+            Some(Job::Done { inputs: done, .. }) if done != inputs => FetchState::Idle,
+            Some(Job::Done {
+                result: Ok(fetched),
+                ..
+            }) => FetchState::Answered(fetched.summary()),
+            Some(Job::Done { result: Err(_), .. }) => FetchState::Failed,
+        }
+    }
+
+    /// Take the outcome of the request for these inputs (a second take gives `None`).
+    pub fn take(&self, key: &ClientKey, inputs: &str) -> Option<Outcome> {
         let mut jobs = self.jobs.lock().expect("lock");
         match jobs.get(key) {
-            None => Poll::Idle,
-            Some(Job::Running) => Poll::Running,
-            Some(Job::Done { inputs: done, .. }) if done != inputs => {
-                // Asked for other inputs (spec or key changed meanwhile): not this client's token.
-                jobs.remove(key);
-                Poll::Idle
-            }
-            Some(Job::Done { .. }) => match jobs.remove(key) {
-                Some(Job::Done { result, hold, .. }) => Poll::Done(result, hold),
+            Some(Job::Done { inputs: done, .. }) if done == inputs => match jobs.remove(key) {
+                Some(Job::Done { result, hold, .. }) => Some((result, hold)),
                 _ => unreachable!("checked above"),
             },
+            _ => None,
         }
     }
 
@@ -139,7 +139,8 @@ impl Fetcher {
         );
     }
 
-    /// Drop an outcome nobody will take (the client's token is good as it is).
+    /// Drop an outcome nobody will take (the client's token is good as it is, or the outcome
+    /// was for other inputs or is too old to store).
     pub fn discard_outcome(&self, key: &ClientKey) {
         let mut jobs = self.jobs.lock().expect("lock");
         if matches!(jobs.get(key), Some(Job::Done { .. })) {
@@ -206,25 +207,25 @@ impl Fetcher {
         });
     }
 
-    /// A deleted IdvClient: forget its request (a running one finishes unheard).
-    pub fn forget(&self, key: &ClientKey) {
-        self.jobs.lock().expect("lock").remove(key);
-    }
-
-    /// Keep only the requests of these IdvClients (after a relist).
-    pub fn retain(&self, keep: impl Fn(&ClientKey) -> bool) {
-        self.jobs.lock().expect("lock").retain(|key, _| keep(key));
-    }
-
     fn wake(&self, key: ClientKey) {
-        let namespace = key.namespace.clone().unwrap_or_default();
         let wakers = self.wakers.lock().expect("lock");
         if let Some((_, tx)) = wakers
             .iter()
-            .find(|(scope, _)| scope.as_deref().is_none_or(|s| s == namespace))
+            .find(|(scope, _)| scope.as_deref().is_none_or(|s| s == key.namespace()))
         {
             let _ = tx.unbounded_send(key);
         }
+    }
+}
+
+impl ClientMemory for Fetcher {
+    /// A deleted IdvClient: forget its request (a running one finishes unheard).
+    fn forget(&self, key: &ClientKey) {
+        self.jobs.lock().expect("lock").remove(key);
+    }
+
+    fn retain(&self, keep: &dyn Fn(&ClientKey) -> bool) {
+        self.jobs.lock().expect("lock").retain(|key, _| keep(key));
     }
 }
 
@@ -236,7 +237,7 @@ mod tests {
     use std::time::Duration;
 
     fn key(name: &str) -> ClientKey {
-        ObjectRef::new(name).within("ns")
+        ClientKey::new("ns", name)
     }
 
     fn fetched(at: i64, lifetime: u64) -> Fetched {
@@ -253,23 +254,6 @@ mod tests {
     }
 
     #[test]
-    fn a_new_token_is_stored_a_kept_one_for_half_its_lifetime() {
-        let at = |s: i64| Timestamp::from_second(1_800_000_000 + s).unwrap();
-        let tiny = fetched(0, 1);
-        assert!(
-            tiny.is_worth_storing_at(at(5)),
-            "a new answer, however short"
-        );
-        let kept = Fetched {
-            kept: true,
-            ..fetched(0, 3600)
-        };
-        assert!(kept.is_worth_storing_at(at(0)));
-        assert!(kept.is_worth_storing_at(at(1799)));
-        assert!(!kept.is_worth_storing_at(at(1800)));
-    }
-
-    #[test]
     fn slots_per_host_leave_room_for_other_hosts() {
         assert_eq!(per_host_slots(8), 7);
         assert_eq!(per_host_slots(2), 1);
@@ -281,20 +265,34 @@ mod tests {
     async fn an_outcome_is_kept_for_its_inputs_and_taken_once() {
         let fetcher = Arc::new(Fetcher::new(2, 1));
         let mut woken = fetcher.subscribe(Some("ns".into()));
-        assert!(matches!(fetcher.poll(&key("a"), "i1"), Poll::Idle));
+        assert_eq!(fetcher.state(&key("a"), "i1"), FetchState::Idle);
         fetcher.start(key("a"), "i1".into(), "https://idp", None, async {
             Ok(fetched(0, 60))
         });
-        assert!(matches!(fetcher.poll(&key("a"), "i1"), Poll::Running));
+        assert_eq!(fetcher.state(&key("a"), "i1"), FetchState::Running);
+        assert!(fetcher.take(&key("a"), "i1").is_none(), "still running");
         let next = tokio::time::timeout(Duration::from_secs(5), woken.next()).await;
         assert_eq!(next.unwrap(), Some(key("a")));
-        assert!(
-            matches!(fetcher.poll(&key("a"), "i2"), Poll::Idle),
+        let answered = FetchState::Answered(fetched(0, 60).summary());
+        assert_eq!(fetcher.state(&key("a"), "i1"), answered);
+        assert_eq!(
+            fetcher.state(&key("a"), "i2"),
+            FetchState::Idle,
             "other inputs"
         );
+        assert!(fetcher.take(&key("a"), "i2").is_none());
         fetcher.keep(key("a"), "i1".into(), fetched(0, 60));
-        assert!(matches!(fetcher.poll(&key("a"), "i1"), Poll::Done(Ok(f), _) if f.kept));
-        assert!(matches!(fetcher.poll(&key("a"), "i1"), Poll::Idle), "taken");
+        assert!(matches!(fetcher.take(&key("a"), "i1"), Some((Ok(f), _)) if f.kept));
+        assert!(fetcher.take(&key("a"), "i1").is_none(), "taken");
+        assert_eq!(fetcher.state(&key("a"), "i1"), FetchState::Idle);
+        fetcher.start(key("b"), "i1".into(), "https://idp", None, async {
+            Err(Error::InvalidSpec("no".into()))
+        });
+        let next = tokio::time::timeout(Duration::from_secs(5), woken.next()).await;
+        assert_eq!(next.unwrap(), Some(key("b")));
+        assert_eq!(fetcher.state(&key("b"), "i1"), FetchState::Failed);
+        fetcher.discard_outcome(&key("b"));
+        assert_eq!(fetcher.state(&key("b"), "i1"), FetchState::Idle);
     }
 
     #[tokio::test]
@@ -315,7 +313,7 @@ mod tests {
             next.expect("the other host's request ends"),
             Some(key("ok"))
         );
-        assert!(matches!(fetcher.poll(&key("h1"), "i"), Poll::Running));
+        assert_eq!(fetcher.state(&key("h1"), "i"), FetchState::Running);
     }
 
     #[tokio::test]
@@ -329,6 +327,6 @@ mod tests {
         fetcher.forget(&key("gone"));
         release.send(()).unwrap();
         tokio::task::yield_now().await;
-        assert!(matches!(fetcher.poll(&key("gone"), "i"), Poll::Idle));
+        assert_eq!(fetcher.state(&key("gone"), "i"), FetchState::Idle);
     }
 }

@@ -1,9 +1,10 @@
 //! idv-token-operator: keeps OAuth2 access tokens from the Flemish government's IDV
 //! authorization servers fresh in Kubernetes Secrets.
 //!
-//! Pure decision logic (`api`, `names`, `jwk`, `assertion`, `authserver`, `policy`,
-//! `schedule`, `resources`, `liveness`) sits in the middle; I/O (`oauth`'s HTTP client,
-//! `token_client`, `reconcile`, `controller`) at the edges.
+//! Pure decision logic (`api`, `names`, `jwk`, `credential`, `assertion`, `authserver`,
+//! `policy`, `schedule`, `token_secret`, `status`, `liveness`) sits in the middle; I/O
+//! (`oauth`'s HTTP client, `token_client`, `caches`, `reconcile`, `controller`, `http`) at
+//! the edges.
 
 pub mod api;
 pub mod assertion;
@@ -19,13 +20,15 @@ pub mod http;
 pub mod jwk;
 pub mod leader;
 pub mod liveness;
+pub mod memory;
 pub mod metrics;
 pub mod names;
 pub mod oauth;
 pub mod policy;
 pub mod reconcile;
-pub mod resources;
 pub mod schedule;
+pub mod status;
 pub mod telemetry;
 pub mod token_client;
+pub mod token_secret;
 pub mod writeback;

@@ -501,7 +501,7 @@ fn keygen(args: KeygenArgs) -> Result<(), String> {
     let public = serde_json::to_string_pretty(&jwk::public_jwk(&private)).expect("JSON");
     let private_text = match &args.secret_name {
         Some(name) => {
-            let secret = idv_token_operator::resources::credential_secret(
+            let secret = credential::credential_secret(
                 name,
                 args.namespace.as_deref(),
                 &serde_json::to_string_pretty(&private).expect("JSON"),

@@ -12,7 +12,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::api::reasons;
+use crate::{
+    api::reasons,
+    memory::{ClientKey, ClientMemory},
+};
 
 /// The `result` of a token request that brought a token (the others are failure reasons).
 pub const TOKEN_REQUEST_SUCCESS: &str = "success";
@@ -33,13 +36,22 @@ struct ClientLabels {
     name: String,
 }
 
+impl ClientLabels {
+    fn of(client: &ClientKey) -> Self {
+        ClientLabels {
+            namespace: client.namespace().into(),
+            name: client.name().into(),
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     token_requests: Family<ResultLabel, Counter>,
     token_request_duration: Histogram,
     token_expiry: Family<ClientLabels, Gauge>,
     /// The IdvClients with a `token_expiry` series (a Family cannot list its series).
-    clients: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+    clients: std::sync::Mutex<std::collections::HashSet<ClientKey>>,
     reconciles: Counter,
     reconcile_errors: Family<CategoryLabel, Counter>,
 }
@@ -109,44 +121,11 @@ impl Metrics {
         self.token_request_duration.observe(seconds);
     }
 
-    pub fn token_expiry(&self, namespace: &str, name: &str, expires_at_unix: i64) {
-        self.clients
-            .lock()
-            .expect("lock")
-            .insert((namespace.into(), name.into()));
+    pub fn token_expiry(&self, client: &ClientKey, expires_at_unix: i64) {
+        self.clients.lock().expect("lock").insert(client.clone());
         self.token_expiry
-            .get_or_create(&ClientLabels {
-                namespace: namespace.into(),
-                name: name.into(),
-            })
+            .get_or_create(&ClientLabels::of(client))
             .set(expires_at_unix);
-    }
-
-    /// A deleted IdvClient's series must go, or alerts would fire on it.
-    pub fn forget_client(&self, namespace: &str, name: &str) {
-        self.clients
-            .lock()
-            .expect("lock")
-            .remove(&(namespace.to_string(), name.to_string()));
-        self.token_expiry.remove(&ClientLabels {
-            namespace: namespace.into(),
-            name: name.into(),
-        });
-    }
-
-    /// Keep only the series of these IdvClients (`keep(namespace, name)`), after a relist.
-    pub fn retain_clients(&self, keep: impl Fn(&str, &str) -> bool) {
-        let mut clients = self.clients.lock().expect("lock");
-        clients.retain(|(namespace, name)| {
-            let kept = keep(namespace, name);
-            if !kept {
-                self.token_expiry.remove(&ClientLabels {
-                    namespace: namespace.clone(),
-                    name: name.clone(),
-                });
-            }
-            kept
-        });
     }
 
     pub fn reconciled(&self) {
@@ -169,6 +148,24 @@ impl Metrics {
     }
 }
 
+impl ClientMemory for Metrics {
+    /// A deleted IdvClient's series must go, or alerts would fire on it.
+    fn forget(&self, client: &ClientKey) {
+        self.clients.lock().expect("lock").remove(client);
+        self.token_expiry.remove(&ClientLabels::of(client));
+    }
+
+    fn retain(&self, keep: &dyn Fn(&ClientKey) -> bool) {
+        self.clients.lock().expect("lock").retain(|client| {
+            let kept = keep(client);
+            if !kept {
+                self.token_expiry.remove(&ClientLabels::of(client));
+            }
+            kept
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,10 +173,10 @@ mod tests {
     #[test]
     fn series_of_clients_gone_meanwhile_are_pruned() {
         let m = Metrics::default();
-        m.token_expiry("ns", "kept", 1);
-        m.token_expiry("ns", "gone", 2);
-        m.token_expiry("other", "gone", 3);
-        m.retain_clients(|namespace, name| namespace != "ns" || name == "kept");
+        m.token_expiry(&ClientKey::new("ns", "kept"), 1);
+        m.token_expiry(&ClientKey::new("ns", "gone"), 2);
+        m.token_expiry(&ClientKey::new("other", "gone"), 3);
+        m.retain(&|client| client.namespace() != "ns" || client.name() == "kept");
         let text = m.render();
         assert!(text.contains("name=\"kept\""));
         assert!(
@@ -222,7 +219,7 @@ mod tests {
         let m = Metrics::default();
         m.token_request("success", 0.02);
         m.token_request("IdpUnavailable", 1.0);
-        m.token_expiry("ns", "gipod", 1_800_000_000);
+        m.token_expiry(&ClientKey::new("ns", "gipod"), 1_800_000_000);
         m.reconciled();
         m.reconcile_error("InvalidKey");
         let text = m.render();
@@ -236,7 +233,7 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
-        m.forget_client("ns", "gipod");
+        m.forget(&ClientKey::new("ns", "gipod"));
         assert!(!m.render().contains("name=\"gipod\""));
     }
 }

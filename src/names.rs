@@ -5,7 +5,7 @@
 //! such names; `validate` refuses them again before any API call, for objects stored before
 //! the CRD did (and for apiservers that skip CEL).
 
-use crate::{api::IdvClient, error::Error};
+use crate::api::IdvClient;
 
 /// Longest Secret name (and data key) Kubernetes accepts.
 pub const MAX_NAME_LENGTH: usize = 253;
@@ -45,9 +45,10 @@ pub fn is_secret_key(key: &str) -> bool {
 
 const SUBDOMAIN_RULE: &str = "a DNS-1123 subdomain: at most 253 lower-case letters, digits, '-' and '.', beginning and ending with a letter or digit";
 
-/// Every Secret name and key the IdvClient makes the operator use. The message names the
-/// field, never the value (hostile input stays out of status and logs).
-pub fn validate(client: &IdvClient) -> Result<(), Error> {
+/// Every Secret name and key the IdvClient makes the operator use: the error says which is
+/// invalid. The message names the field, never the value (hostile input stays out of status
+/// and logs).
+pub fn validate(client: &IdvClient) -> Result<(), String> {
     let spec = &client.spec;
     let refs = [
         (
@@ -62,26 +63,24 @@ pub fn validate(client: &IdvClient) -> Result<(), Error> {
     for (field, reference) in refs {
         let Some(reference) = reference else { continue };
         if !is_dns1123_subdomain(&reference.name) {
-            return Err(Error::InvalidSpec(format!(
+            return Err(format!(
                 "spec.{field}.secretRef.name must be {SUBDOMAIN_RULE}"
-            )));
+            ));
         }
         if !is_secret_key(&reference.key) {
-            return Err(Error::InvalidSpec(format!(
+            return Err(format!(
                 "spec.{field}.secretRef.key must be a Secret data key: at most 253 letters, digits, '-', '_' and '.', not '.' or '..'"
-            )));
+            ));
         }
     }
     match &spec.secret.name {
-        Some(name) if !is_dns1123_subdomain(name) => Err(Error::InvalidSpec(format!(
-            "spec.secret.name must be {SUBDOMAIN_RULE}"
-        ))),
-        Some(_) => Ok(()),
-        None if !is_dns1123_subdomain(&client.token_secret_name()) => {
-            Err(Error::InvalidSpec(format!(
-                "the default token Secret name <metadata.name>{DEFAULT_SECRET_SUFFIX} is longer than {MAX_NAME_LENGTH} characters; set spec.secret.name or use a name of at most {MAX_NAME_WITH_DEFAULT_SECRET} characters"
-            )))
+        Some(name) if !is_dns1123_subdomain(name) => {
+            Err(format!("spec.secret.name must be {SUBDOMAIN_RULE}"))
         }
+        Some(_) => Ok(()),
+        None if !is_dns1123_subdomain(&client.token_secret_name()) => Err(format!(
+            "the default token Secret name <metadata.name>{DEFAULT_SECRET_SUFFIX} is longer than {MAX_NAME_LENGTH} characters; set spec.secret.name or use a name of at most {MAX_NAME_WITH_DEFAULT_SECRET} characters"
+        )),
         None => Ok(()),
     }
 }
@@ -182,11 +181,7 @@ mod tests {
             c.metadata.name = Some(name.into());
             c
         };
-        let field = |c: &IdvClient| match validate(c) {
-            Ok(()) => None,
-            Err(Error::InvalidSpec(message)) => Some(message),
-            Err(other) => panic!("not InvalidSpec: {other}"),
-        };
+        let field = |c: &IdvClient| validate(c).err();
         for (client, expected) in [
             (with_key("k", "jwk.json"), None),
             (with_client_secret("s", "secret"), None),

@@ -64,6 +64,15 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     Some(total)
 }
 
+/// A token's times: issued, expires, to be refreshed. What the token Secret records and the
+/// status shows, in whole seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenTimes {
+    pub issued_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub refresh_at: Timestamp,
+}
+
 /// When to refresh, and whether `beforeExpiry` had to be overruled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RefreshPlan {

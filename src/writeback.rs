@@ -28,12 +28,13 @@ use tracing::warn;
 use crate::{
     api::{self, IdvClient, IdvClientStatus},
     events::{EventPublisher, EventType},
+    memory::{ClientKey, ClientMemory},
 };
 
 /// Thousands of jobs can wait during a burst: kept small (24 bytes).
 enum Job {
-    /// Write the status pending for this IdvClient (`Path`), if it still is.
-    Status(Path),
+    /// Write the status pending for this IdvClient, if it still is.
+    Status(ClientKey),
     Event(Box<EventJob>),
 }
 
@@ -44,21 +45,6 @@ struct EventJob {
     type_: EventType,
     reason: &'static str,
     note: String,
-}
-
-/// An IdvClient as the queue knows it: "namespace/name" (a name cannot contain '/').
-type Path = Box<str>;
-
-fn key_of(client: &IdvClient) -> Path {
-    let meta = client.meta();
-    path(
-        meta.namespace.as_deref().unwrap_or_default(),
-        meta.name.as_deref().unwrap_or_default(),
-    )
-}
-
-fn path(namespace: &str, name: &str) -> Path {
-    format!("{namespace}/{name}").into()
 }
 
 /// A status as queued: the IdvClient's uid (the write is conditional on it: a client deleted
@@ -83,7 +69,7 @@ fn to_json(status: &IdvClientStatus) -> Box<str> {
 struct State {
     jobs: VecDeque<Job>,
     /// Statuses to write, by IdvClient.
-    pending: HashMap<Path, Pending>,
+    pending: HashMap<ClientKey, Pending>,
     /// Event jobs in `jobs`: capped, so that a failure storm cannot fill memory.
     events: usize,
     /// Statuses written that the IdvClient watch has not shown yet, as `fingerprint`s: a
@@ -91,7 +77,7 @@ struct State {
     /// for a minute at most, in case the watch shows someone else's write instead.
     /// The JSON is kept too: a reconcile in between decides on what was written (the uid of a
     /// token Secret just created, say), not on the older cached status.
-    written: HashMap<Path, (u64, Box<str>, Instant)>,
+    written: HashMap<ClientKey, (u64, Box<str>, Instant)>,
 }
 
 const TRUST_WRITTEN: Duration = Duration::from_secs(60);
@@ -116,7 +102,7 @@ impl State {
     /// cached).
     fn is_latest(
         &self,
-        key: &Path,
+        key: &ClientKey,
         cached: Option<&IdvClientStatus>,
         status: &IdvClientStatus,
         json: &str,
@@ -177,7 +163,7 @@ impl Writeback {
     /// seen by the watch, or the cached one.
     pub fn latest_status(&self, client: &IdvClient) -> Option<IdvClientStatus> {
         let state = self.state.lock().expect("lock");
-        let key = key_of(client);
+        let key = ClientKey::of(client);
         if let Some(pending) = state.pending.get(&key) {
             return serde_json::from_str(&pending.json).ok();
         }
@@ -187,9 +173,20 @@ impl Writeback {
         }
     }
 
+    /// The IdvClient with the newest status known (`latest_status`).
+    pub fn with_latest_status(&self, client: Arc<IdvClient>) -> Arc<IdvClient> {
+        let latest = self.latest_status(&client);
+        if latest == client.status {
+            return client;
+        }
+        let mut newer = (*client).clone();
+        newer.status = latest;
+        Arc::new(newer)
+    }
+
     /// Queue `status` unless it is already the latest.
     pub fn set_status(&self, client: &IdvClient, status: IdvClientStatus) {
-        let key = key_of(client);
+        let key = ClientKey::of(client);
         let json = to_json(&status);
         let mut state = self.state.lock().expect("lock");
         if state.is_latest(&key, client.status.as_ref(), &status, &json) {
@@ -229,7 +226,7 @@ impl Writeback {
 
     /// The IdvClient watch delivered this object: what was written is now in the cache.
     pub fn observed(&self, client: &IdvClient) {
-        let key = key_of(client);
+        let key = ClientKey::of(client);
         let mut state = self.state.lock().expect("lock");
         if state.written.get(&key).is_some_and(|(written, _, at)| {
             client.status.as_ref().map(fingerprint) == Some(*written)
@@ -237,25 +234,6 @@ impl Writeback {
         }) {
             state.written.remove(&key);
         }
-    }
-
-    /// A deleted IdvClient: nothing more to write.
-    pub fn forget(&self, namespace: &str, name: &str) {
-        let key = path(namespace, name);
-        let mut state = self.state.lock().expect("lock");
-        state.pending.remove(&key);
-        state.written.remove(&key);
-    }
-
-    /// Keep only what concerns these IdvClients (`keep(namespace, name)`), after a relist.
-    pub fn retain(&self, keep: impl Fn(&str, &str) -> bool) {
-        let wanted = |path: &Path| {
-            let (namespace, name) = path.split_once('/').unwrap_or_default();
-            keep(namespace, name)
-        };
-        let mut state = self.state.lock().expect("lock");
-        state.pending.retain(|path, _| wanted(path));
-        state.written.retain(|path, _| wanted(path));
     }
 
     /// Writes queued by reconciles, oldest first.
@@ -365,7 +343,7 @@ impl Writeback {
                     );
                     status
                 };
-                let (namespace, name) = key.split_once('/').unwrap_or_default();
+                let (namespace, name) = (key.namespace(), key.name());
                 let not_written = || {
                     self.state.lock().expect("lock").written.remove(&key);
                 };
@@ -436,6 +414,21 @@ impl Writeback {
     }
 }
 
+impl ClientMemory for Writeback {
+    /// A deleted IdvClient: nothing more to write.
+    fn forget(&self, key: &ClientKey) {
+        let mut state = self.state.lock().expect("lock");
+        state.pending.remove(key);
+        state.written.remove(key);
+    }
+
+    fn retain(&self, keep: &dyn Fn(&ClientKey) -> bool) {
+        let mut state = self.state.lock().expect("lock");
+        state.pending.retain(|key, _| keep(key));
+        state.written.retain(|key, _| keep(key));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -472,7 +465,7 @@ mod tests {
         assert_eq!(w.latest_status(&c), Some(status("c")));
         w.set_status(&c, status("c"));
         assert_eq!(w.queued(), 1);
-        w.forget("ns", "gipod");
+        w.forget(&ClientKey::of(&c));
         assert_eq!(w.latest_status(&c), Some(status("a")), "back to the cache");
     }
 
@@ -480,7 +473,7 @@ mod tests {
     async fn a_written_status_counts_until_the_watch_shows_it() {
         let w = writeback().await;
         let c = client();
-        let key = key_of(&c);
+        let key = ClientKey::of(&c);
         w.state.lock().unwrap().written.insert(
             key,
             (
