@@ -1,6 +1,6 @@
-//! What the watches keep for the reconciles: the operator's token Secrets, the
-//! resourceVersions of the Secrets labelled as credentials, and the operator's own writes not
-//! yet seen. Other Secrets are never watched.
+//! What the watches keep for the reconciles, and how the watches feed it: the operator's
+//! token Secrets (as records), the Secrets labelled as credentials, the operator's own writes
+//! not yet seen, and the credentials parsed from them. Other Secrets are never watched.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -8,8 +8,12 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use k8s_openapi::api::core::v1::Secret;
-use kube::runtime::watcher;
+use futures::{Stream, StreamExt};
+use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta};
+use kube::{
+    Resource,
+    runtime::{WatchStreamExt, watcher},
+};
 
 use crate::{
     api::IdvClient,
@@ -142,7 +146,29 @@ pub struct CachedCredential {
     pub data: std::collections::BTreeMap<String, k8s_openapi::ByteString>,
 }
 
+/// A watch of Secrets, as kube-runtime's watcher delivers its events.
+pub trait SecretEvents:
+    Stream<Item = Result<watcher::Event<Secret>, watcher::Error>> + Send + 'static
+{
+}
+
+impl<S> SecretEvents for S where
+    S: Stream<Item = Result<watcher::Event<Secret>, watcher::Error>> + Send + 'static
+{
+}
+
 impl CredentialSecrets {
+    /// Follow the watch of the Secrets labelled as credentials: keep what is needed of each
+    /// (`keep_credential_only`), and pass every event on (a changed key reconciles the
+    /// IdvClients that name it).
+    pub fn follow(self: Arc<Self>, events: impl SecretEvents) -> impl SecretEvents {
+        events.modify(keep_credential_only).inspect(move |event| {
+            if let Ok(event) = event {
+                self.apply(event);
+            }
+        })
+    }
+
     pub fn apply(&self, event: &watcher::Event<Secret>) {
         self.0.lock().expect("lock").apply(
             event,
@@ -188,6 +214,27 @@ fn path(namespace: &str, name: &str) -> String {
 }
 
 impl TokenSecrets {
+    /// Follow the watch of the operator's token Secrets: every event goes into the cache (as
+    /// records, from the full Secret); to the controller only those that are news
+    /// (`OwnWrites::is_news`), without token data.
+    pub fn follow(
+        self: Arc<Self>,
+        events: impl SecretEvents,
+        own_writes: Arc<OwnWrites>,
+    ) -> impl SecretEvents {
+        events
+            .inspect(move |event| {
+                if let Ok(event) = event {
+                    self.apply(event);
+                }
+            })
+            .filter(move |event| {
+                let news = event.as_ref().is_ok_and(|e| own_writes.is_news(e));
+                futures::future::ready(news || event.is_err())
+            })
+            .modify(owner_only)
+    }
+
     pub fn apply(&self, event: &watcher::Event<Secret>) {
         self.0.lock().expect("lock").apply(
             event,
@@ -311,6 +358,19 @@ impl OwnWrites {
             .contains_key(&name_key(namespace, name))
     }
 
+    /// Whether a watch event of a token Secret is news to the controller: not the echo of
+    /// what this process wrote itself (which would reconcile its IdvClient a second time).
+    pub fn is_news(&self, event: &watcher::Event<Secret>) -> bool {
+        match event {
+            watcher::Event::Apply(secret) => !self.is_echo(secret),
+            watcher::Event::InitApply(secret) | watcher::Event::Delete(secret) => {
+                self.forget(secret);
+                true
+            }
+            watcher::Event::Init | watcher::Event::InitDone => true,
+        }
+    }
+
     /// Whether a watched Secret is exactly what this process last wrote. Any event for the
     /// Secret ends the wait: a later one is never taken for an echo (at worst an echo that
     /// comes after another event costs a reconcile).
@@ -330,6 +390,27 @@ impl OwnWrites {
             .expect("lock")
             .remove(&key_of(&secret.metadata));
     }
+}
+
+/// Credential Secrets as cached: identity and data only. Annotations in particular go:
+/// `kubectl apply` leaves the whole Secret, key included, in `last-applied-configuration`.
+fn keep_credential_only(secret: &mut Secret) {
+    let meta = &mut secret.metadata;
+    *meta = ObjectMeta {
+        name: meta.name.take(),
+        namespace: meta.namespace.take(),
+        resource_version: meta.resource_version.take(),
+        uid: meta.uid.take(),
+        ..ObjectMeta::default()
+    };
+    secret.string_data = None;
+}
+
+/// Token Secrets as passed on to the controller, which needs only their owner: no
+/// managedFields, no token data.
+fn owner_only(secret: &mut Secret) {
+    secret.meta_mut().managed_fields = None;
+    secret.data = None;
 }
 
 #[cfg(test)]
@@ -407,6 +488,51 @@ mod tests {
         assert!(record.observed.data_intact);
         secrets.apply(&Delete(stored));
         assert_eq!(secrets.get("ns", "gipod-token"), None);
+    }
+
+    #[tokio::test]
+    async fn the_token_secret_watch_fills_the_cache_and_passes_on_only_news_without_data() {
+        use watcher::Event::*;
+        let (records, own_writes) = (
+            Arc::new(TokenSecrets::default()),
+            Arc::new(OwnWrites::default()),
+        );
+        let ours = token_secret("t1");
+        own_writes.expect(&ours);
+        let events = [
+            Init,
+            InitDone,
+            // The echo of our own write, then someone else's edit.
+            Apply(watched(ours.clone(), "2")),
+            Apply(watched(token_secret("edited"), "3")),
+        ];
+        let passed: Vec<_> = records
+            .clone()
+            .follow(futures::stream::iter(events.map(Ok)), own_writes)
+            .map(Result::unwrap)
+            .collect()
+            .await;
+        let applied: Vec<_> = passed
+            .iter()
+            .filter_map(|e| match e {
+                InitApply(s) | Apply(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(passed.len(), 3, "all but the echo");
+        assert_eq!(applied.len(), 1);
+        assert_eq!(applied[0].metadata.resource_version.as_deref(), Some("3"));
+        assert!(
+            applied
+                .iter()
+                .all(|s| s.data.is_none() && s.metadata.owner_references.is_some()),
+            "the controller gets owners, no token data"
+        );
+        let record = records.get("ns", "gipod-token").expect("cached");
+        assert_eq!(
+            record,
+            TokenSecretRecord::of(&watched(token_secret("edited"), "3"))
+        );
     }
 
     fn keyed_client(name: &str, secret: &str, key_id: Option<&str>) -> IdvClient {

@@ -5,7 +5,7 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta};
+use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Resource, ResourceExt,
     runtime::{
@@ -214,40 +214,61 @@ struct SecretWatches {
     other_secrets: futures::stream::BoxStream<'static, Result<Secret, watcher::Error>>,
 }
 
-/// Cached objects carry no managedFields: nothing here reads them, and at 10,000 objects they
-/// would be most of the operator's memory.
-fn drop_managed_fields<K: Resource>(object: &mut K) {
-    object.meta_mut().managed_fields = None;
+/// The Secret watches of one scope, and the caches they fill.
+fn secret_watches(
+    kube: &kube::Client,
+    namespace: Option<String>,
+    own_writes: &Arc<OwnWrites>,
+    readiness: &Readiness,
+) -> (ScopeCaches, SecretWatches) {
+    let watch = |labels: String| {
+        let api = api::<Secret>(kube, namespace.as_deref());
+        watcher::watcher(api, WatcherConfig::default().labels(&labels)).backoff(watch_backoff())
+    };
+    // Only the operator's own Secrets are cached, found by label: never every Secret.
+    let token_secrets = Arc::new(TokenSecrets::default());
+    let owned_secrets = token_secrets
+        .clone()
+        .follow(
+            watch(format!(
+                "{}={}",
+                api::MANAGED_BY_LABEL,
+                api::MANAGED_BY_VALUE
+            )),
+            own_writes.clone(),
+        )
+        .inspect(readiness.watch())
+        .touched_objects()
+        .boxed();
+    // Secrets labelled as credentials, to notice a changed key at once and to read it without
+    // asking the API (also after a restart). Unlabelled Secrets are neither watched nor read.
+    let credentials = Arc::new(CredentialSecrets::default());
+    let other_secrets = credentials
+        .clone()
+        .follow(watch(format!("{}=true", api::CREDENTIAL_LABEL)))
+        .touched_objects()
+        .boxed();
+    let caches = ScopeCaches {
+        namespace: namespace.clone(),
+        token_secrets,
+        credentials,
+    };
+    let watches = SecretWatches {
+        namespace,
+        owned_secrets,
+        other_secrets,
+    };
+    (caches, watches)
 }
 
-/// IdvClients as cached: no managedFields, and no copy of the spec in kubectl's
+/// IdvClients as cached: no managedFields (nothing here reads them, and at 10,000 objects they
+/// would be most of the operator's memory), and no copy of the spec in kubectl's
 /// `last-applied-configuration`.
 fn slim_client(client: &mut IdvClient) {
-    drop_managed_fields(client);
+    client.meta_mut().managed_fields = None;
     if let Some(annotations) = client.metadata.annotations.as_mut() {
         annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
     }
-}
-
-/// Token Secrets as passed on to the controller (which needs only their owner): no
-/// managedFields, no token data.
-fn slim_token_secret(secret: &mut Secret) {
-    drop_managed_fields(secret);
-    secret.data = None;
-}
-
-/// Credential Secrets as cached: identity and data only. Annotations in particular go:
-/// `kubectl apply` leaves the whole Secret, key included, in `last-applied-configuration`.
-fn keep_credential_only(secret: &mut Secret) {
-    let meta = &mut secret.metadata;
-    *meta = ObjectMeta {
-        name: meta.name.take(),
-        namespace: meta.namespace.take(),
-        resource_version: meta.resource_version.take(),
-        uid: meta.uid.take(),
-        ..ObjectMeta::default()
-    };
-    secret.string_data = None;
 }
 
 /// Calls `ready` once every registered watch has listed its objects once. kube's
@@ -280,6 +301,71 @@ impl Readiness {
     }
 }
 
+/// The controller of one scope: its IdvClient watch (which also tells `Context` what to
+/// forget), the Secret watches, the finished token requests, and the reconciles.
+fn scope_controller(
+    kube: &kube::Client,
+    ctx: &Arc<Context>,
+    scope: SecretWatches,
+    options: &RunOptions,
+    readiness: &Readiness,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> impl Future<Output = ()> {
+    let namespace = scope.namespace.as_deref();
+    let (client_store, client_writer) = reflector::store();
+    let (memory, listed, scope_name) = (ctx.clone(), client_store.clone(), scope.namespace.clone());
+    let clients = watcher::watcher(api::<IdvClient>(kube, namespace), WatcherConfig::default())
+        .backoff(watch_backoff())
+        .modify(slim_client)
+        .reflect(client_writer)
+        .inspect(readiness.watch())
+        .inspect(move |event| {
+            if let Ok(event) = event {
+                memory.follow_clients(scope_name.as_deref(), &listed, event);
+            }
+        })
+        .applied_objects()
+        .predicate_filter(spec_or_force_refresh, PredicateConfig::default());
+    let controller = Controller::for_stream(clients, client_store);
+    let lookup = controller.store();
+    // A finished token request reconciles its client again (to store the token).
+    let fetched = ctx
+        .fetcher
+        .subscribe(scope.namespace.clone())
+        .map(|key| key.object_ref());
+    info!(
+        namespace = namespace.unwrap_or("(all)"),
+        concurrency = options.concurrency,
+        "controller starting"
+    );
+    let (progress, deadline) = (options.progress.clone(), options.reconcile_deadline);
+    controller
+        .owns_stream(scope.owned_secrets)
+        .watches_stream(scope.other_secrets, move |secret| {
+            clients_using(&secret, &lookup)
+        })
+        .reconcile_on(fetched)
+        .with_config(controller::Config::default().concurrency(options.concurrency))
+        // The controller pauses all triggers after an error of any of its watches; keep that
+        // pause short (the watches back off on their own), or errors of four watches add up.
+        .trigger_backoff(backoff(Duration::from_millis(100), Duration::from_secs(1)))
+        .graceful_shutdown_on(shutdown)
+        .run(
+            move |client, ctx| bounded_reconcile(client, ctx, deadline, progress.clone()),
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(
+            |result: Result<_, controller::Error<Error, watcher::Error>>| {
+                match result {
+                    Ok((object, _action)) => debug!(object = %object, "reconciled"),
+                    Err(error) => debug!("controller: {error}"),
+                }
+                futures::future::ready(())
+            },
+        )
+}
+
 /// Run until `shutdown` resolves; in-flight reconciles finish first. `ready` is called once
 /// every watch has listed its objects.
 pub async fn run(
@@ -297,72 +383,9 @@ pub async fn run(
     // Per scope: the IdvClient watch and the token Secret watch must have listed.
     let readiness = Readiness::new(2 * scopes.len(), ready);
     let own_writes = Arc::new(OwnWrites::default());
-    let ours = format!("{}={}", api::MANAGED_BY_LABEL, api::MANAGED_BY_VALUE);
-    let credentials = format!("{}=true", api::CREDENTIAL_LABEL);
     let (scope_caches, watches): (Vec<ScopeCaches>, Vec<SecretWatches>) = scopes
         .into_iter()
-        .map(|namespace| {
-            // Only the operator's own Secrets are cached, found by label: never every Secret.
-            let token_secrets = Arc::new(TokenSecrets::default());
-            let records = token_secrets.clone();
-            let echoes = own_writes.clone();
-            let owned_secrets = watcher::watcher(
-                api::<Secret>(&kube, namespace.as_deref()),
-                WatcherConfig::default().labels(&ours),
-            )
-            .backoff(watch_backoff())
-            .inspect(move |event| {
-                if let Ok(event) = event {
-                    records.apply(event);
-                }
-            })
-            .inspect(readiness.watch())
-            // The cache takes every event; the controller only what it did not write itself.
-            .filter(move |event| {
-                let echo = match event {
-                    Ok(watcher::Event::Apply(s)) => echoes.is_echo(s),
-                    Ok(watcher::Event::InitApply(s) | watcher::Event::Delete(s)) => {
-                        echoes.forget(s);
-                        false
-                    }
-                    _ => false,
-                };
-                futures::future::ready(!echo)
-            })
-            .modify(slim_token_secret)
-            .touched_objects()
-            .boxed();
-            // Secrets labelled as credentials, to notice a changed key at once and to read it
-            // without asking the API (also after a restart). Unlabelled Secrets are neither
-            // watched nor read.
-            let credential_secrets = Arc::new(CredentialSecrets::default());
-            let versions = credential_secrets.clone();
-            let other_secrets_stream = watcher::watcher(
-                api::<Secret>(&kube, namespace.as_deref()),
-                WatcherConfig::default().labels(&credentials),
-            )
-            .backoff(watch_backoff())
-            .modify(keep_credential_only)
-            .inspect(move |event| {
-                if let Ok(event) = event {
-                    versions.apply(event);
-                }
-            })
-            .touched_objects()
-            .boxed();
-            (
-                ScopeCaches {
-                    namespace: namespace.clone(),
-                    token_secrets,
-                    credentials: credential_secrets,
-                },
-                SecretWatches {
-                    namespace,
-                    owned_secrets,
-                    other_secrets: other_secrets_stream,
-                },
-            )
-        })
+        .map(|namespace| secret_watches(&kube, namespace, &own_writes, &readiness))
         .unzip();
     let ctx = Arc::new(make_context(Caches {
         scopes: scope_caches,
@@ -372,68 +395,10 @@ pub async fn run(
 
     // One shutdown signal, shared by every controller.
     let shutdown = shutdown.shared();
-    let mut controllers = Vec::new();
-    for scope in watches {
-        let namespace = scope.namespace.as_deref();
-        let (client_store, client_writer) = reflector::store();
-        let (memory, listed, scope_name) =
-            (ctx.clone(), client_store.clone(), scope.namespace.clone());
-        let clients =
-            watcher::watcher(api::<IdvClient>(&kube, namespace), WatcherConfig::default())
-                .backoff(watch_backoff())
-                .modify(slim_client)
-                .reflect(client_writer)
-                .inspect(readiness.watch())
-                .inspect(move |event| {
-                    if let Ok(event) = event {
-                        memory.follow_clients(scope_name.as_deref(), &listed, event);
-                    }
-                })
-                .applied_objects()
-                .predicate_filter(spec_or_force_refresh, PredicateConfig::default());
-        let controller = Controller::for_stream(clients, client_store.clone());
-        let lookup = controller.store();
-        // A finished token request reconciles its client again (to store the token).
-        let fetched = ctx
-            .fetcher
-            .subscribe(scope.namespace.clone())
-            .map(|key| key.object_ref());
-        info!(
-            namespace = namespace.unwrap_or("(all)"),
-            concurrency = options.concurrency,
-            "controller starting"
-        );
-        let run = controller
-            .owns_stream(scope.owned_secrets)
-            .watches_stream(scope.other_secrets, move |secret| {
-                clients_using(&secret, &lookup)
-            })
-            .reconcile_on(fetched)
-            .with_config(controller::Config::default().concurrency(options.concurrency))
-            // The controller pauses all triggers after an error of any of its watches; keep that
-            // pause short (the watches back off on their own), or errors of four watches add up.
-            .trigger_backoff(backoff(Duration::from_millis(100), Duration::from_secs(1)))
-            .graceful_shutdown_on(shutdown.clone())
-            .run(
-                {
-                    let (progress, deadline) =
-                        (options.progress.clone(), options.reconcile_deadline);
-                    move |client, ctx| bounded_reconcile(client, ctx, deadline, progress.clone())
-                },
-                error_policy,
-                ctx.clone(),
-            )
-            .for_each(
-                |result: Result<_, controller::Error<Error, watcher::Error>>| {
-                    match result {
-                        Ok((object, _action)) => debug!(object = %object, "reconciled"),
-                        Err(error) => debug!("controller: {error}"),
-                    }
-                    futures::future::ready(())
-                },
-            );
-        controllers.push(run);
-    }
+    let controllers: Vec<_> = watches
+        .into_iter()
+        .map(|scope| scope_controller(&kube, &ctx, scope, &options, &readiness, shutdown.clone()))
+        .collect();
     let writeback = ctx.clone();
     let writer = tokio::spawn(async move { writeback.writeback.run().await });
     options.progress.loop_started(options.reconcile_deadline);
