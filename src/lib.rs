@@ -3,7 +3,7 @@
 //!
 //! Pure decision logic (`api`, `names`, `jwk`, `credential`, `assertion`, `authserver`,
 //! `policy`, `schedule`, `token_secret`, `status`, `liveness`) sits in the middle; I/O
-//! (`oauth`'s HTTP client, `token_client`, `caches`, `reconcile`, `controller`, `http`) at
+//! (`oauth`'s HTTP client, `token_client`, `caches`, `reconcile`, `controller`, `probes`) at
 //! the edges.
 
 pub mod api;
@@ -16,7 +16,6 @@ pub mod credential;
 pub mod error;
 pub mod events;
 pub mod fetcher;
-pub mod http;
 pub mod jwk;
 pub mod leader;
 pub mod liveness;
@@ -25,6 +24,7 @@ pub mod metrics;
 pub mod names;
 pub mod oauth;
 pub mod policy;
+pub mod probes;
 pub mod reconcile;
 pub mod schedule;
 pub mod status;

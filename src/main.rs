@@ -21,12 +21,12 @@ use idv_token_operator::{
     controller::{self, RunOptions},
     credential,
     events::EventPublisher,
-    http::{self, Health},
     jwk::{self, KeygenAlgorithm},
     leader::{self, LeaseSettings},
     metrics::Metrics,
     names,
     oauth::TokenParams,
+    probes::{self, Health},
     reconcile::{Context, Settings},
     schedule,
     telemetry::{self, LogFormat},
@@ -280,14 +280,14 @@ fn run(args: RunArgs) -> Result<(), String> {
         let metrics = Arc::new(Metrics::default());
         let health = Arc::new(Health::default());
         if args.metrics_bind_address != "0" {
-            let listener = http::bind(&args.metrics_bind_address).await?;
+            let listener = probes::bind(&args.metrics_bind_address).await?;
             tracing::info!(address = %listener.local_addr().map_err(|e| e.to_string())?, "serving /metrics");
-            tokio::spawn(http::serve(listener, health.clone(), Some(metrics.clone())));
+            tokio::spawn(probes::serve(listener, health.clone(), Some(metrics.clone())));
         }
         if args.health_probe_bind_address != "0" {
-            let listener = http::bind(&args.health_probe_bind_address).await?;
+            let listener = probes::bind(&args.health_probe_bind_address).await?;
             tracing::info!(address = %listener.local_addr().map_err(|e| e.to_string())?, "serving /healthz and /readyz");
-            tokio::spawn(http::serve(listener, health.clone(), None));
+            tokio::spawn(probes::serve(listener, health.clone(), None));
         }
 
         let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("{}-{}", hostname(), uuid::Uuid::new_v4()));
