@@ -14,7 +14,7 @@ use std::{
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    sync::{Arc, Condvar, Mutex},
     time::Duration,
 };
 
@@ -1237,10 +1237,51 @@ pub fn operator_binary() -> PathBuf {
     }
 }
 
+/// The port logged on a line about `what` ("serving /metrics address=127.0.0.1:PORT").
+fn port_in(output: &str, what: &str) -> Option<u16> {
+    let line = output
+        .lines()
+        .find(|l| l.contains(what) && l.contains("address"))?;
+    let after = &line[line.find("127.0.0.1:")? + "127.0.0.1:".len()..];
+    after
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .ok()
+}
+
 /// An operator process with its output captured.
 pub struct Operator {
     pub process: ChildGuard,
-    output: Arc<Mutex<Vec<u8>>>,
+    output: Arc<Output>,
+}
+
+/// What a process printed, with a signal for each piece that arrives and for each output
+/// stream that ends: waiting for a line wakes when it may have come, not on a timer.
+#[derive(Default)]
+struct Output {
+    printed: Mutex<Printed>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct Printed {
+    bytes: Vec<u8>,
+    /// Output streams (stdout, stderr) that have ended.
+    closed: usize,
+}
+
+impl Output {
+    fn add(&self, bytes: &[u8]) {
+        self.printed.lock().unwrap().bytes.extend_from_slice(bytes);
+        self.changed.notify_all();
+    }
+
+    fn close(&self) {
+        self.printed.lock().unwrap().closed += 1;
+        self.changed.notify_all();
+    }
 }
 
 impl Operator {
@@ -1280,7 +1321,7 @@ impl Operator {
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped()),
         );
-        let output = Arc::new(Mutex::new(Vec::new()));
+        let output = Arc::new(Output::default());
         for stream in [
             Box::new(process.child.stdout.take().unwrap()) as Box<dyn Read + Send>,
             Box::new(process.child.stderr.take().unwrap()),
@@ -1293,8 +1334,9 @@ impl Operator {
                     if n == 0 {
                         break;
                     }
-                    output.lock().unwrap().extend_from_slice(&buffer[..n]);
+                    output.add(&buffer[..n]);
                 }
+                output.close();
             });
         }
         Operator { process, output }
@@ -1302,22 +1344,12 @@ impl Operator {
 
     /// Everything the operator printed so far.
     pub fn output(&self) -> String {
-        String::from_utf8_lossy(&self.output.lock().unwrap()).to_string()
+        String::from_utf8_lossy(&self.output.printed.lock().unwrap().bytes).to_string()
     }
 
     /// The port the operator logged for a listener ("serving /metrics" or "serving /healthz").
     fn logged_port(&self, what: &str) -> Option<u16> {
-        let output = self.output();
-        let line = output
-            .lines()
-            .find(|l| l.contains(what) && l.contains("address"))?;
-        let after = &line[line.find("127.0.0.1:")? + "127.0.0.1:".len()..];
-        after
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect::<String>()
-            .parse()
-            .ok()
+        port_in(&self.output(), what)
     }
 
     /// Port of /metrics if the operator logged it already.
@@ -1335,18 +1367,24 @@ impl Operator {
         self.wait_for_port("serving /healthz")
     }
 
+    /// Waits on the output: each new piece of it (or its end) wakes the wait.
     fn wait_for_port(&self, what: &str) -> u16 {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut printed = self.output.printed.lock().unwrap();
         loop {
-            if let Some(port) = self.logged_port(what) {
+            let text = String::from_utf8_lossy(&printed.bytes);
+            if let Some(port) = port_in(&text, what) {
                 return port;
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the operator did not log {what:?}:\n{}",
-                self.tail(20)
-            );
-            std::thread::sleep(Duration::from_millis(20));
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            // Both output streams ended: the operator exited, nothing more will come.
+            let exited = printed.closed == 2;
+            if exited || left.is_zero() {
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+                panic!("the operator did not log {what:?} (exited: {exited}):\n{tail}");
+            }
+            printed = self.output.changed.wait_timeout(printed, left).unwrap().0;
         }
     }
 
