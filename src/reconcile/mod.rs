@@ -41,16 +41,22 @@ pub struct Settings {
     pub token_request_timeout: Duration,
 }
 
+/// What every reconcile shares: one home per concern.
 pub struct Context {
-    pub kube: kube::Client,
-    pub tokens: Arc<TokenClient>,
-    caches: Caches,
-    pub metrics: Arc<Metrics>,
-    pub writeback: Arc<Writeback>,
+    /// Calls to the apiserver (each with a deadline).
+    kube: kube::Client,
+    /// Calls to the IdPs: discovery and token requests.
+    tokens: Arc<TokenClient>,
     /// Token requests, in the background, under per-host and global limits.
-    pub fetcher: Arc<Fetcher>,
-    pub settings: Settings,
+    pub(crate) fetcher: Arc<Fetcher>,
+    /// What the watches saw, the writes they have yet to show, the parsed credentials.
+    caches: Caches,
+    /// Failed attempts and timed-out reconciles, per IdvClient.
     failures: Failures,
+    /// Status and Event writes, behind the token work.
+    pub(crate) writeback: Arc<Writeback>,
+    pub(crate) metrics: Arc<Metrics>,
+    settings: Settings,
 }
 
 impl Context {
@@ -67,16 +73,12 @@ impl Context {
         Self {
             kube: kube.clone(),
             tokens: Arc::new(tokens),
-            caches,
-            metrics,
-            writeback: Arc::new(Writeback::new(
-                kube.clone(),
-                events,
-                settings.writeback_parallelism,
-            )),
             fetcher: Arc::new(Fetcher::new(global, fetcher::per_host_slots(global))),
-            settings,
+            caches,
             failures: Failures::default(),
+            writeback: Arc::new(Writeback::new(kube, events, settings.writeback_parallelism)),
+            metrics,
+            settings,
         }
     }
 
