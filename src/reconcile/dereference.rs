@@ -68,10 +68,16 @@ impl Known {
 }
 
 impl Observed {
-    pub fn known(&self) -> Known {
+    /// What a failure of this attempt is remembered and reported with. Someone else's Secret
+    /// of the token Secret's name holds no token of ours.
+    pub fn known(&self, client: &IdvClient) -> Known {
         Known {
             inputs: self.inputs.clone(),
-            token: self.token_secret.as_ref().map(|r| r.observed.clone()),
+            token: self
+                .token_secret
+                .as_ref()
+                .filter(|record| record.is_owned_by(client))
+                .map(|record| record.observed.clone()),
         }
     }
 
@@ -301,4 +307,48 @@ async fn load_credential(
     // Replaces the key parsed from an older version of the Secret.
     parsed.insert(reference_key, namespace, &version, &key);
     Ok((key, version))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{api::IdvClientStatus, schedule::TokenTimes};
+
+    #[test]
+    fn a_failure_counts_only_a_token_of_ours() {
+        let mut client = api::test_client("gipod");
+        client.metadata.uid = Some("client-uid".into());
+        client.spec.auth_server.token_endpoint = Some("https://idp.example/token".into());
+        client.status = Some(IdvClientStatus {
+            secret_uid: Some("ours".into()),
+            ..IdvClientStatus::default()
+        });
+        let at = Timestamp::from_second(1_800_000_000).unwrap();
+        let times = TokenTimes {
+            issued_at: at,
+            expires_at: at,
+            refresh_at: at,
+        };
+        let data = token_secret::token_data("t", None, at, &[]);
+        let mut secret =
+            token_secret::desired_secret(&client, data.data, &data.hash, "inputs", &times);
+        let mut observed = |uid: &str| {
+            secret.metadata.uid = Some(uid.into());
+            Observed {
+                spec: check_spec(&client).unwrap(),
+                token_secret: Some(TokenSecretRecord::of(&secret)),
+                credential: Err(Error::InvalidSpec("no key".into())),
+                fetch: FetchState::Idle,
+                not_before: None,
+                failed_last: false,
+                inputs: "1//v".into(),
+            }
+        };
+        let ours = observed("ours").known(&client);
+        assert_eq!(ours.inputs, "1//v");
+        assert!(ours.token.is_some_and(|t| t.data_intact));
+        // Same owner reference and bookkeeping, another object: not ours.
+        assert!(observed("theirs").known(&client).token.is_none());
+        assert_eq!(Known::of(&client).inputs, "0//", "before the key is read");
+    }
 }

@@ -164,7 +164,7 @@ pub async fn reconcile(client: Arc<IdvClient>, ctx: Arc<Context>) -> Result<Acti
         Ok(observed) => observed,
         Err(error) => return Ok(failed(&client, &ctx, error, &Known::of(&client), now)),
     };
-    let known = observed.known();
+    let known = observed.known(&client);
     // Decide (pure): a plan from what is there, the spec, the clock and a jitter.
     let facts = observed.facts(
         &client,
