@@ -25,6 +25,7 @@ pub mod names;
 pub mod oauth;
 pub mod policy;
 pub mod probes;
+pub mod proxy;
 pub mod reconcile;
 pub mod schedule;
 pub mod status;

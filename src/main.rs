@@ -55,6 +55,8 @@ enum Command {
     Token(TokenArgs),
     /// Make a key pair: the private JWK to a file, the public JWK (for the Beheerportaal) to stdout.
     Keygen(KeygenArgs),
+    /// Sidecar: forward requests to one API with the token from a mounted token Secret.
+    Proxy(idv_token_operator::proxy::ProxyArgs),
     /// Print the version.
     Version,
 }
@@ -219,6 +221,7 @@ fn main() -> ExitCode {
         }
         Command::Token(args) => token(args),
         Command::Keygen(args) => keygen(args),
+        Command::Proxy(args) => idv_token_operator::proxy::main(args),
         Command::Version => {
             println!("idv-token-operator {}", env!("CARGO_PKG_VERSION"));
             Ok(())
