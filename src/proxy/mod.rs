@@ -202,6 +202,7 @@ async fn run(args: ProxyArgs) -> Result<(), String> {
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(upstream::MAX_BUF_SIZE)
             .serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
@@ -233,8 +234,8 @@ impl Proxy {
                 %method,
                 path,
                 status = status.as_u16(),
-                upstream_ms = upstream_time.map(|t| t.as_secs_f64() * 1000.0),
-                duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+                upstream_ms = upstream_time.map(millis),
+                duration_ms = millis(started.elapsed()),
                 "request"
             );
         }
@@ -357,6 +358,11 @@ async fn shutdown_signal() {
         _ = term.recv() => {},
     }
     info!("shutdown requested");
+}
+
+/// Milliseconds, to the microsecond.
+fn millis(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 1e6).round() / 1e3
 }
 
 /// The proxy's own answer: `{"error": code, "message": ...}`.

@@ -27,6 +27,7 @@ pub type UpstreamClient = Client<Counted, Incoming>;
 
 /// How long an idle upstream connection is kept (Go's http.Transport default).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+pub const MAX_BUF_SIZE: usize = 64 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The client: one pool of HTTP/1.1 connections (ALPN offers only `http/1.1`).
@@ -71,6 +72,7 @@ pub fn client(
         .wrap_connector(tcp);
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(IDLE_TIMEOUT)
+        .http1_max_buf_size(MAX_BUF_SIZE)
         .pool_timer(TokioTimer::new())
         // The request carries the upstream's Host already.
         .set_host(false)
