@@ -4,480 +4,39 @@
 //! token directory laid out as the kubelet does; every process and wait is bounded, and every
 //! proxy's output and /metrics are scanned for the tokens and credentials it handled.
 
+#[path = "../support/mod.rs"]
 mod support;
+
+mod fixtures;
 
 use std::{
     convert::Infallible,
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
+    process::Command,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use aws_lc_rs::digest;
 use bytes::Bytes;
+use fixtures::*;
 use futures::{SinkExt, StreamExt};
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
-use hyper::{
-    body::{Frame, Incoming},
-    service::service_fn,
-};
-use hyper_util::rt::TokioIo;
+use http::StatusCode;
+use http_body_util::StreamBody;
+use hyper::body::Frame;
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::Value;
-use support::{CertFiles, ChildGuard, IdpTls, spawn};
+use support::IdpTls;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-    sync::Notify,
+    net::TcpStream,
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_idv-token-operator");
-/// Upper bound of every single wait below; a scenario as a whole has `SCENARIO_LIMIT`.
-const WAIT: Duration = Duration::from_secs(10);
+/// A scenario as a whole; every single wait has `WAIT`.
 const SCENARIO_LIMIT: Duration = Duration::from_secs(60);
-const MIB: usize = 1024 * 1024;
 
 struct Env {
     rt: tokio::runtime::Runtime,
     tls: IdpTls,
-}
-
-// ---------------------------------------------------------------------------------------------
-// The upstream: HTTPS, records every request, counts connections.
-
-/// One request as the upstream received it.
-#[derive(Debug, Clone)]
-struct Seen {
-    method: String,
-    /// Path and query, as sent.
-    target: String,
-    headers: Vec<(String, String)>,
-    body_len: usize,
-    body_sha256: String,
-}
-
-impl Seen {
-    fn header(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-}
-
-#[derive(Default)]
-struct Recorded {
-    requests: Mutex<Vec<Seen>>,
-    /// TLS connections accepted (handshake done).
-    connections: AtomicUsize,
-    /// `/gated` waits for this before the rest of its body; `/slow` waits for it to answer.
-    gate: Notify,
-    /// `/upload-gated` signals its first body chunk.
-    first_chunk: Notify,
-}
-
-struct Upstream {
-    url: String,
-    recorded: Arc<Recorded>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Upstream {
-    async fn start(cert: &CertFiles) -> Upstream {
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-        let certs = CertificateDer::pem_file_iter(&cert.cert)
-            .unwrap()
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        let key = PrivateKeyDer::from_pem_file(&cert.key).unwrap();
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("https://{}", listener.local_addr().unwrap());
-        let recorded = Arc::new(Recorded::default());
-        let state = recorded.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let (acceptor, state) = (acceptor.clone(), state.clone());
-                tokio::spawn(async move {
-                    // A client that refuses the certificate ends here.
-                    let Ok(tls) = acceptor.accept(stream).await else {
-                        return;
-                    };
-                    state.connections.fetch_add(1, Ordering::SeqCst);
-                    let service = service_fn(move |request| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(answer(state, request).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
-                });
-            }
-        });
-        Upstream {
-            url,
-            recorded,
-            task,
-        }
-    }
-
-    fn requests(&self) -> Vec<Seen> {
-        self.recorded.requests.lock().unwrap().clone()
-    }
-
-    fn last(&self) -> Seen {
-        self.requests().pop().expect("the upstream got a request")
-    }
-
-    fn connections(&self) -> usize {
-        self.recorded.connections.load(Ordering::SeqCst)
-    }
-}
-
-type Body = BoxBody<Bytes, Infallible>;
-
-fn full(text: impl Into<Bytes>) -> Body {
-    Full::new(text.into()).boxed()
-}
-
-/// `len` bytes of a fixed pattern from `offset` on: what `/download` sends and uploads hold.
-fn pattern(offset: usize, len: usize) -> Bytes {
-    (offset..offset + len).map(|i| (i % 251) as u8).collect()
-}
-
-fn sha256_of_pattern(len: usize) -> String {
-    let mut context = digest::Context::new(&digest::SHA256);
-    for offset in (0..len).step_by(MIB) {
-        context.update(&pattern(offset, MIB.min(len - offset)));
-    }
-    hex(context.finish().as_ref())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-async fn answer(state: Arc<Recorded>, request: Request<Incoming>) -> Response<Body> {
-    let (parts, mut body) = request.into_parts();
-    let path = parts.uri.path().to_string();
-    let query = parts.uri.query().unwrap_or_default().to_string();
-    // The body is read as it arrives (never buffered whole): length and digest.
-    let mut context = digest::Context::new(&digest::SHA256);
-    let mut body_len = 0;
-    while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else { break };
-        if let Some(data) = frame.data_ref() {
-            if body_len == 0 && path == "/upload-gated" {
-                state.first_chunk.notify_one();
-            }
-            body_len += data.len();
-            context.update(data);
-        }
-    }
-    state.requests.lock().unwrap().push(Seen {
-        method: parts.method.to_string(),
-        target: parts
-            .uri
-            .path_and_query()
-            .map(|p| p.to_string())
-            .unwrap_or_default(),
-        headers: parts
-            .headers
-            .iter()
-            .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
-            .collect(),
-        body_len,
-        body_sha256: hex(context.finish().as_ref()),
-    });
-    let response = Response::builder();
-    match path.as_str() {
-        "/status/401" => response
-            .status(StatusCode::UNAUTHORIZED)
-            .header(
-                "www-authenticate",
-                "Bearer realm=\"api\", error=\"invalid_token\"",
-            )
-            .body(full("{\"message\":\"wrong audience\"}")),
-        "/download" => {
-            let total: usize = query.trim_start_matches("bytes=").parse().unwrap();
-            let chunks = futures::stream::iter((0..total).step_by(64 * 1024)).map(move |offset| {
-                Ok::<_, Infallible>(Frame::data(pattern(
-                    offset,
-                    (64 * 1024).min(total - offset),
-                )))
-            });
-            response.body(BodyExt::boxed(StreamBody::new(chunks)))
-        }
-        "/gated" => {
-            let first =
-                futures::stream::iter([Ok::<_, Infallible>(Frame::data(Bytes::from("first;")))]);
-            let rest = futures::stream::once(async move {
-                state.gate.notified().await;
-                Ok(Frame::data(Bytes::from("rest")))
-            });
-            response.body(BodyExt::boxed(StreamBody::new(first.chain(rest))))
-        }
-        "/slow" => {
-            state.gate.notified().await;
-            response.body(full("late"))
-        }
-        _ => response
-            .header("content-type", "application/json")
-            .header("connection", "x-hop")
-            .header("x-hop", "hop-by-hop")
-            .header("keep-alive", "timeout=30")
-            .header("x-end-to-end", "kept")
-            .body(full(format!("{{\"received\":{body_len}}}"))),
-    }
-    .unwrap()
-}
-
-// ---------------------------------------------------------------------------------------------
-// The token directory, as the kubelet writes a Secret volume.
-
-struct TokenDir {
-    path: PathBuf,
-    versions: usize,
-}
-
-impl TokenDir {
-    fn new(parent: &Path) -> TokenDir {
-        let path = parent.join("token");
-        std::fs::create_dir(&path).unwrap();
-        TokenDir { path, versions: 0 }
-    }
-
-    fn path(&self) -> &str {
-        self.path.to_str().unwrap()
-    }
-
-    /// The kubelet's atomic update: a new timestamped directory with the files, a new
-    /// `..data` symlink renamed over the old one, per-key symlinks into `..data`, the old
-    /// directory removed.
-    fn kubelet_write(&mut self, files: &[(&str, &str)]) {
-        self.versions += 1;
-        let version = format!("..2026_11_27_18_37_44.{:09}", self.versions);
-        let new = self.path.join(&version);
-        std::fs::create_dir(&new).unwrap();
-        for (name, content) in files {
-            std::fs::write(new.join(name), content).unwrap();
-        }
-        let old = std::fs::read_link(self.path.join("..data")).ok();
-        let tmp = self.path.join("..data_tmp");
-        std::os::unix::fs::symlink(&version, &tmp).unwrap();
-        std::fs::rename(&tmp, self.path.join("..data")).unwrap();
-        for (name, _) in files {
-            let link = self.path.join(name);
-            if std::fs::symlink_metadata(&link).is_err() {
-                std::os::unix::fs::symlink(Path::new("..data").join(name), &link).unwrap();
-            }
-        }
-        if let Some(old) = old {
-            std::fs::remove_dir_all(self.path.join(old)).unwrap();
-        }
-    }
-
-    /// A token as the operator writes it, expiring `expires_in` from now (negative: past).
-    fn kubelet_token(&mut self, token: &str, expires_in: i64) {
-        let expires_at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(expires_in);
-        let authorization = format!("Bearer {token}");
-        self.kubelet_write(&[
-            ("access_token", token),
-            ("authorization", &authorization),
-            ("token_type", "Bearer"),
-            (
-                "expires_at",
-                &expires_at.round(jiff::Unit::Second).unwrap().to_string(),
-            ),
-            ("scope", "api_read"),
-        ]);
-    }
-}
-
-/// A fresh random token (what must never show up in the proxy's output).
-fn new_token(what: &str) -> String {
-    format!("{what}-{}", uuid::Uuid::new_v4().simple())
-}
-
-// ---------------------------------------------------------------------------------------------
-// The proxy process.
-
-struct Proxy {
-    process: ChildGuard,
-    log: PathBuf,
-    port: u16,
-    admin_port: u16,
-    http: reqwest::Client,
-}
-
-impl Proxy {
-    /// The proxy for `upstream`, trusting the test CA, with the most verbose logging (the
-    /// secret scan then covers every line the code can print).
-    async fn start(
-        env: &Env,
-        dir: &Path,
-        upstream: &str,
-        tokens: &TokenDir,
-        extra: &[&str],
-    ) -> Proxy {
-        let mut args = vec!["--ca-bundle", env.tls.ca_path()];
-        args.extend_from_slice(extra);
-        Proxy::start_with(dir, upstream, tokens, &args).await
-    }
-
-    async fn start_with(dir: &Path, upstream: &str, tokens: &TokenDir, args: &[&str]) -> Proxy {
-        let log = dir.join(format!("proxy-{}.log", uuid::Uuid::new_v4().simple()));
-        let file = std::fs::File::create(&log).unwrap();
-        let mut process = spawn(
-            "proxy",
-            Command::new(BIN)
-                .args([
-                    "proxy",
-                    "--upstream",
-                    upstream,
-                    "--token-dir",
-                    tokens.path(),
-                ])
-                .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-                .args(args)
-                .env_remove("SSL_CERT_FILE")
-                .env_remove("SSL_CERT_DIR")
-                .env(
-                    "RUST_LOG",
-                    std::env::var("IDV_TEST_PROXY_LOG").unwrap_or_else(|_| "trace".into()),
-                )
-                .env("RUST_BACKTRACE", "1")
-                .stdin(Stdio::null())
-                .stdout(file.try_clone().unwrap())
-                .stderr(file),
-        );
-        let deadline = Instant::now() + WAIT;
-        let (port, admin_port) = loop {
-            let output = std::fs::read_to_string(&log).unwrap_or_default();
-            let port = logged_port(&output, "proxy listening");
-            let admin = logged_port(&output, "serving /healthz");
-            if let (Some(port), Some(admin)) = (port, admin) {
-                break (port, admin);
-            }
-            assert!(process.is_running(), "the proxy exited at start:\n{output}");
-            assert!(
-                Instant::now() < deadline,
-                "the proxy did not start within {WAIT:?}:\n{output}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        Proxy {
-            process,
-            log,
-            port,
-            admin_port,
-            http: reqwest::Client::builder().timeout(WAIT).build().unwrap(),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn output(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, String) {
-        let response = self.http.get(self.url(path)).send().await.unwrap();
-        (response.status(), response.text().await.unwrap())
-    }
-
-    async fn admin(&self, path: &str) -> (StatusCode, String) {
-        let response = self
-            .http
-            .get(format!("http://127.0.0.1:{}{path}", self.admin_port))
-            .send()
-            .await
-            .unwrap();
-        (response.status(), response.text().await.unwrap())
-    }
-
-    async fn metric(&self, series: &str) -> Option<f64> {
-        let (_, text) = self.admin("/metrics").await;
-        text.lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-    }
-
-    fn rss_kib(&self, field: &str) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.process.pid())).unwrap();
-        status
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(field)?
-                    .trim()
-                    .strip_suffix("kB")?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or_else(|| panic!("no {field} in /proc/PID/status"))
-    }
-
-    /// Stop with SIGTERM (it must exit in time), then check that none of `secrets` is in
-    /// anything it printed or served. Returns the output.
-    async fn finish(mut self, secrets: &[&str]) -> String {
-        let (_, metrics) = self.admin("/metrics").await;
-        assert!(
-            self.process.terminate(WAIT),
-            "the proxy did not exit within {WAIT:?} of SIGTERM"
-        );
-        let output = self.output();
-        for secret in secrets {
-            // The credential part alone too: "Basic xyz" must not leak as "xyz".
-            let bare = secret.rsplit(' ').next().unwrap();
-            for (what, text) in [("output", &output), ("/metrics", &metrics)] {
-                assert!(
-                    !text.contains(bare),
-                    "a secret ({}...) is in the proxy's {what}:\n{text}",
-                    &bare[..bare.len().min(6)]
-                );
-            }
-        }
-        assert!(output.contains("shutdown requested"), "{output}");
-        output
-    }
-}
-
-fn logged_port(output: &str, marker: &str) -> Option<u16> {
-    let line = output.lines().find(|l| l.contains(marker))?;
-    let after = &line[line.find("address=127.0.0.1:")? + "address=127.0.0.1:".len()..];
-    after
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .ok()
 }
 
 fn json(text: &str) -> Value {
@@ -525,7 +84,14 @@ async fn the_header_is_the_current_token_and_replaces_any_incoming_one(env: &Env
     let mut tokens = TokenDir::new(dir.path());
     let token = new_token("current");
     tokens.kubelet_token(&token, 3600);
-    let proxy = Proxy::start(env, dir.path(), &upstream.url, &tokens, &["--access-log"]).await;
+    let proxy = Proxy::start(
+        env.tls.ca_path(),
+        dir.path(),
+        &upstream.url,
+        &tokens,
+        &["--access-log"],
+    )
+    .await;
 
     let incoming = format!("Basic {}", new_token("incoming"));
     let proxy_credential = format!("Basic {}", new_token("proxy-credential"));
@@ -601,7 +167,7 @@ async fn a_kubelet_swap_changes_the_header_on_the_next_request(env: &Env) {
     let mut tokens = TokenDir::new(dir.path());
     let first = new_token("first");
     tokens.kubelet_token(&first, 3600);
-    let proxy = Proxy::start(env, dir.path(), &upstream.url, &tokens, &[]).await;
+    let proxy = Proxy::start(env.tls.ca_path(), dir.path(), &upstream.url, &tokens, &[]).await;
     assert_eq!(proxy.get("/a").await.0, StatusCode::OK);
     assert_eq!(
         upstream.last().header("authorization"),
@@ -638,7 +204,14 @@ async fn a_kubelet_swap_changes_the_header_on_the_next_request(env: &Env) {
     std::fs::write(plain.join("expires_at"), &expires).unwrap();
     let one = new_token("plain-one");
     std::fs::write(plain.join("authorization"), format!("Bearer {one}\n")).unwrap();
-    let plain_proxy = Proxy::start(env, dir.path(), &upstream.url, &plain_tokens, &[]).await;
+    let plain_proxy = Proxy::start(
+        env.tls.ca_path(),
+        dir.path(),
+        &upstream.url,
+        &plain_tokens,
+        &[],
+    )
+    .await;
     assert_eq!(plain_proxy.get("/c").await.0, StatusCode::OK);
     assert_eq!(
         upstream.last().header("authorization"),
@@ -663,7 +236,7 @@ async fn an_expired_or_missing_token_gives_503_until_a_good_one_arrives(env: &En
     let upstream = Upstream::start(&env.tls.good).await;
     let mut tokens = TokenDir::new(dir.path());
     // Nothing mounted yet.
-    let proxy = Proxy::start(env, dir.path(), &upstream.url, &tokens, &[]).await;
+    let proxy = Proxy::start(env.tls.ca_path(), dir.path(), &upstream.url, &tokens, &[]).await;
     let (status, body) = proxy.get("/x").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     let error = json(&body);
@@ -751,7 +324,7 @@ async fn not_an_open_proxy(env: &Env) {
     let mut tokens = TokenDir::new(dir.path());
     let token = new_token("token");
     tokens.kubelet_token(&token, 3600);
-    let proxy = Proxy::start(env, dir.path(), &upstream.url, &tokens, &[]).await;
+    let proxy = Proxy::start(env.tls.ca_path(), dir.path(), &upstream.url, &tokens, &[]).await;
     let upstream_authority = upstream.url.trim_start_matches("https://");
 
     for (request, status, code) in [
@@ -820,7 +393,7 @@ async fn upstream_certificates_are_checked_and_failures_give_502(env: &Env) {
     tokens.kubelet_token(&token, 3600);
 
     let untrusted = Upstream::start(&env.tls.untrusted).await;
-    let proxy = Proxy::start(env, dir.path(), &untrusted.url, &tokens, &[]).await;
+    let proxy = Proxy::start(env.tls.ca_path(), dir.path(), &untrusted.url, &tokens, &[]).await;
     let (status, body) = proxy.get("/x").await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
     let error = json(&body);
@@ -846,7 +419,7 @@ async fn upstream_certificates_are_checked_and_failures_give_502(env: &Env) {
 
     // Nothing listening.
     let closed = format!("https://127.0.0.1:{}", support::free_port());
-    let proxy = Proxy::start(env, dir.path(), &closed, &tokens, &[]).await;
+    let proxy = Proxy::start(env.tls.ca_path(), dir.path(), &closed, &tokens, &[]).await;
     let (status, body) = proxy.get("/x").await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
     assert_eq!(json(&body)["error"], "upstream_unreachable", "{body}");
@@ -860,7 +433,7 @@ async fn an_upstream_401_is_passed_through_and_counted(env: &Env) {
     let mut tokens = TokenDir::new(dir.path());
     let token = new_token("token");
     tokens.kubelet_token(&token, 3600);
-    let proxy = Proxy::start(env, dir.path(), &upstream.url, &tokens, &[]).await;
+    let proxy = Proxy::start(env.tls.ca_path(), dir.path(), &upstream.url, &tokens, &[]).await;
     for _ in 0..2 {
         let response = proxy
             .http
@@ -907,7 +480,7 @@ async fn a_slow_upstream_gives_504(env: &Env) {
     let token = new_token("token");
     tokens.kubelet_token(&token, 3600);
     let proxy = Proxy::start(
-        env,
+        env.tls.ca_path(),
         dir.path(),
         &upstream.url,
         &tokens,
@@ -933,7 +506,7 @@ async fn bodies_stream_both_ways_in_little_memory(env: &Env) {
     let mut tokens = TokenDir::new(dir.path());
     let token = new_token("token");
     tokens.kubelet_token(&token, 3600);
-    let proxy = Proxy::start(env, dir.path(), &upstream.url, &tokens, &[]).await;
+    let proxy = Proxy::start(env.tls.ca_path(), dir.path(), &upstream.url, &tokens, &[]).await;
 
     // The response's first bytes reach the client while the upstream still holds the rest.
     let mut response = proxy.http.get(proxy.url("/gated")).send().await.unwrap();
@@ -1020,7 +593,7 @@ async fn keep_alive_reuses_upstream_connections(env: &Env) {
     let mut tokens = TokenDir::new(dir.path());
     let token = new_token("token");
     tokens.kubelet_token(&token, 3600);
-    let proxy = Proxy::start(env, dir.path(), &upstream.url, &tokens, &[]).await;
+    let proxy = Proxy::start(env.tls.ca_path(), dir.path(), &upstream.url, &tokens, &[]).await;
     for i in 0..20 {
         // A new client connection each time: the upstream connection outlives them.
         let (status, _) = raw(
