@@ -73,3 +73,7 @@ bench: ## convergence benchmark: N IdvClients (BENCH_CLIENTS, default 1000) vs t
 	  KUBEBUILDER_ASSETS="$$assets" IDV_OPERATOR_BIN="$(CARGO_TARGET_DIR)/release/idv-token-operator" \
 	  BENCH_CLIENTS="$(or $(BENCH_CLIENTS),1000)" \
 	  cargo bench --locked --quiet --bench convergence
+
+.PHONY: bench-proxy
+bench-proxy: ## the proxy's added latency, memory and CPU against a local HTTPS upstream; see docs/benchmarks.md
+	@cargo bench --locked --quiet --bench proxy
