@@ -143,16 +143,9 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Turn a received request head into the one sent upstream, with this `Authorization`.
-/// `X-Forwarded-For` gets the client's address appended (as Envoy and Go's ReverseProxy do),
-/// `X-Forwarded-Proto` is the scheme the client used (`http`), `X-Forwarded-Host` the `Host`
-/// it sent; `Host` becomes the upstream's.
-pub fn upstream_request(
-    parts: &mut request::Parts,
-    upstream: &Upstream,
-    authorization: &HeaderValue,
-    client: IpAddr,
-) -> Result<(), Refusal> {
+/// Where a received request goes upstream, or why it does not: checked before the token is
+/// even read.
+pub fn target(parts: &request::Parts, upstream: &Upstream) -> Result<Uri, Refusal> {
     if parts.method == Method::CONNECT {
         return Err(Refusal::Connect);
     }
@@ -170,8 +163,22 @@ pub fn upstream_request(
         .map(|p| p.as_str())
         .filter(|p| p.starts_with('/'))
         .ok_or(Refusal::NoPath)?;
-    parts.uri = Uri::try_from(format!("{}{}{path}", upstream.origin, upstream.base_path))
-        .map_err(|_| Refusal::NoPath)?;
+    Uri::try_from(format!("{}{}{path}", upstream.origin, upstream.base_path))
+        .map_err(|_| Refusal::NoPath)
+}
+
+/// Turn a received request head into the one sent to `target` (from `target()`), with this
+/// `Authorization`. `X-Forwarded-For` gets the client's address appended (as Envoy and Go's
+/// ReverseProxy do), `X-Forwarded-Proto` is the scheme the client used (`http`),
+/// `X-Forwarded-Host` the `Host` it sent; `Host` becomes the upstream's.
+pub fn upstream_request(
+    parts: &mut request::Parts,
+    target: Uri,
+    upstream: &Upstream,
+    authorization: &HeaderValue,
+    client: IpAddr,
+) {
+    parts.uri = target;
     parts.version = Version::HTTP_11;
 
     let headers = &mut parts.headers;
@@ -199,7 +206,6 @@ pub fn upstream_request(
         Some(host) => headers.insert(X_FORWARDED_HOST.clone(), host),
         None => headers.remove(&X_FORWARDED_HOST),
     };
-    Ok(())
 }
 
 /// The upstream's answer as the client gets it: without its hop-by-hop headers (hyper frames
@@ -245,12 +251,16 @@ mod tests {
     }
 
     fn rewrite(parts: &mut request::Parts) -> Result<(), Refusal> {
+        let upstream = upstream();
+        let target = target(parts, &upstream)?;
         upstream_request(
             parts,
-            &upstream(),
+            target,
+            &upstream,
             &HeaderValue::from_static("Bearer current"),
             "127.0.0.1".parse().unwrap(),
-        )
+        );
+        Ok(())
     }
 
     fn header<'a>(parts: &'a request::Parts, name: &str) -> Vec<&'a str> {
@@ -314,13 +324,14 @@ mod tests {
     fn a_base_path_is_prepended() {
         let upstream = Upstream::parse("https://api.example.be/gipod").unwrap();
         let mut parts = request("/v1?q", &[]);
+        let target = target(&parts, &upstream).unwrap();
         upstream_request(
             &mut parts,
+            target,
             &upstream,
             &HeaderValue::from_static("Bearer t"),
             "::1".parse().unwrap(),
-        )
-        .unwrap();
+        );
         assert_eq!(parts.uri, "https://api.example.be/gipod/v1?q");
         assert_eq!(header(&parts, "x-forwarded-for"), ["::1"]);
         assert!(header(&parts, "x-forwarded-host").is_empty());

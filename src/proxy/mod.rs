@@ -248,12 +248,20 @@ impl Proxy {
         request: Request<Incoming>,
         client: SocketAddr,
     ) -> (Response<Body>, Option<Duration>) {
+        let (mut parts, body) = request.into_parts();
+        let target = match forward::target(&parts, &self.upstream) {
+            Ok(target) => target,
+            Err(refusal) => {
+                let message = refusal.message(&self.upstream);
+                return (reply(refusal.status(), refusal.code(), &message), None);
+            }
+        };
         let now = Timestamp::now();
         let token = self.tokens.current();
         let authorization = match token
             .as_deref()
             .map_err(Clone::clone)
-            .and_then(|t| t.usable(now).cloned())
+            .and_then(|t| t.usable(now))
         {
             Ok(value) => value,
             Err(problem) => {
@@ -267,19 +275,13 @@ impl Proxy {
                 );
             }
         };
-        let (mut parts, body) = request.into_parts();
-        if let Err(refusal) =
-            forward::upstream_request(&mut parts, &self.upstream, &authorization, client.ip())
-        {
-            return (
-                reply(
-                    refusal.status(),
-                    refusal.code(),
-                    &refusal.message(&self.upstream),
-                ),
-                None,
-            );
-        }
+        forward::upstream_request(
+            &mut parts,
+            target,
+            &self.upstream,
+            authorization,
+            client.ip(),
+        );
         let sent = Instant::now();
         let answer = tokio::time::timeout(
             self.timeout,

@@ -253,6 +253,16 @@ async fn an_expired_or_missing_token_gives_503_until_a_good_one_arrives(env: &En
         StatusCode::SERVICE_UNAVAILABLE
     );
     assert_eq!(proxy.admin("/healthz").await.0, StatusCode::OK);
+    // A refusal does not depend on the token.
+    let (status, body) = raw(
+        proxy.port,
+        "CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        (status, json(&body)["error"].as_str()),
+        (405, Some("connect_refused"))
+    );
 
     // Only the authorization key mounted (a volume with `items` that left expires_at out).
     let partial = new_token("partial");
