@@ -1,6 +1,11 @@
 //! The HTTP client to the upstream: HTTP/1.1 with keep-alive, TLS verified with the same
 //! trust as the operator's IdP client (rustls-platform-verifier: the system store, plus
 //! `--ca-bundle`), and its failures in words.
+//!
+//! hyper-util's pooled client rather than reqwest (which wraps it): a proxy must send the
+//! headers it was given and no others (reqwest adds `Accept` and its own `Host` handling),
+//! and hyper takes the server's `Incoming` body as it is, so bodies stream through without a
+//! conversion or a copy.
 
 use std::{
     future::Future,
