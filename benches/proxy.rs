@@ -133,6 +133,17 @@ fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
+/// RSS, and how much of it is the proxy's own (anonymous) memory rather than pages of the
+/// binary and libraries (file-backed, shared with the page cache).
+fn rss(pid: u32) -> String {
+    format!(
+        "{} ({} anonymous, {} file)",
+        mib(status_kib(pid, "VmRSS:")),
+        mib(status_kib(pid, "RssAnon:")),
+        mib(status_kib(pid, "RssFile:"))
+    )
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
@@ -216,7 +227,7 @@ fn main() {
         )
         .await;
         let pid = proxy.process.pid();
-        let rss_idle = status_kib(pid, "VmRSS:");
+        let rss_idle = rss(pid);
         let client = client(&tls.ca);
         let direct = format!("{}/small", upstream.url);
         let proxied = proxy.url("/small");
@@ -240,7 +251,7 @@ fn main() {
             }
         }
         let cpu_per_request = (cpu_seconds(pid) - cpu_before) / proxied_samples.len() as f64;
-        let rss_after_sequential = status_kib(pid, "VmRSS:");
+        let rss_after_sequential = rss(pid);
         let (d, p) = (stats(direct_samples), stats(proxied_samples));
 
         // Concurrent.
@@ -248,7 +259,7 @@ fn main() {
         let cpu_before = cpu_seconds(pid);
         let (proxied_rate, pc) = load(&client, &proxied, concurrency, seconds).await;
         let cpu_concurrent = cpu_seconds(pid) - cpu_before;
-        let rss_after_concurrent = status_kib(pid, "VmRSS:");
+        let rss_after_concurrent = rss(pid);
         let hwm_after_concurrent = status_kib(pid, "VmHWM:");
 
         // Streaming one large response.
@@ -299,10 +310,14 @@ fn main() {
         );
         println!("\n### Proxy memory\n");
         println!("| when | RSS |\n|---|---|");
-        println!("| idle, after start | {} |", mib(rss_idle));
-        println!("| after the sequential run | {} |", mib(rss_after_sequential));
-        println!("| after the concurrent run | {} (peak {}) |", mib(rss_after_concurrent), mib(hwm_after_concurrent));
-        println!("| peak after streaming {stream_mib} MiB | {} |", mib(hwm_after_stream));
+        println!("| idle, after start | {rss_idle} |");
+        println!("| after the sequential run | {rss_after_sequential} |");
+        println!("| after the concurrent run | {} (peak {}) |", rss_after_concurrent, mib(hwm_after_concurrent));
+        println!(
+            "| peak after streaming {stream_mib} MiB | {} (now {}) |",
+            mib(hwm_after_stream),
+            rss(pid)
+        );
         proxy.finish(&[]).await;
     });
 }
