@@ -299,3 +299,74 @@ pub(crate) async fn owner_references_need_the_finalizers_rule_and_the_shipped_ru
     secrets.push(text(&secret, "access_token"));
     case.assert_no_leaks(&secrets).await;
 }
+
+/// The example workloads are what a real apiserver stores (kubectl's server-side dry run, so
+/// that YAML is read as kubectl reads it: `defaultMode: 0440` is octal there): the token proxy
+/// stays a native sidecar (an init container with `restartPolicy: Always`; an apiserver without
+/// the feature would drop the field), and the token Secret is mounted read-only, whole.
+pub(crate) async fn the_example_workloads_pass_the_apiservers_validation(env: &Env) {
+    use k8s_openapi::api::{apps::v1::Deployment, core::v1::Container};
+    let ns = create_namespace(env, "examples").await;
+    let dir = tempfile::tempdir().unwrap();
+    for file in [
+        "examples/deployment-mounting-token.yaml",
+        "examples/deployment-with-token-proxy.yaml",
+    ] {
+        let text = std::fs::read_to_string(format!("{}/{file}", support::REPO)).unwrap();
+        let copy = dir.path().join("workload.yaml");
+        std::fs::write(
+            &copy,
+            text.replace("namespace: roadworks", &format!("namespace: {ns}")),
+        )
+        .unwrap();
+        let mut command = std::process::Command::new("kubectl");
+        command
+            .arg("--kubeconfig")
+            .arg(&env.plane.admin_kubeconfig)
+            .args(["create", "--dry-run=server", "-o", "json", "-f"])
+            .arg(&copy);
+        let created = support::run_bounded(
+            "kubectl create --dry-run=server",
+            command,
+            Duration::from_secs(60),
+        )
+        .await;
+        assert!(
+            created.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&created.stderr)
+        );
+        let stored: Deployment = serde_json::from_slice(&created.stdout).unwrap();
+        let pod = stored.spec.unwrap().template.spec.unwrap();
+        assert_eq!(
+            pod.volumes.unwrap()[0]
+                .secret
+                .as_ref()
+                .unwrap()
+                .default_mode,
+            Some(0o440),
+            "{file}"
+        );
+        let mounts_token = |c: &Container| {
+            c.volume_mounts.iter().flatten().any(|m| {
+                m.mount_path == "/var/run/idv" && m.read_only == Some(true) && m.sub_path.is_none()
+            })
+        };
+        match &pod.init_containers {
+            Some(sidecars) => {
+                let proxy = &sidecars[0];
+                assert_eq!(proxy.restart_policy.as_deref(), Some("Always"), "{file}");
+                assert_eq!(proxy.args.as_ref().unwrap()[0], "proxy", "{file}");
+                assert!(mounts_token(proxy), "{file}: the proxy mounts the token");
+                assert!(
+                    proxy.startup_probe.is_some() && proxy.readiness_probe.is_some(),
+                    "{file}"
+                );
+            }
+            None => assert!(
+                mounts_token(&pod.containers[0]),
+                "{file}: the app mounts the token"
+            ),
+        }
+    }
+}

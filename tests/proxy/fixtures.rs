@@ -464,9 +464,12 @@ impl Proxy {
     }
 }
 
+/// The port in the first line with `marker`: the first `127.0.0.1:` after it is the address
+/// field, in text (`address=127.0.0.1:N`) and JSON (`"address":"127.0.0.1:N"`) logs alike.
 pub fn logged_port(output: &str, marker: &str) -> Option<u16> {
     let line = output.lines().find(|l| l.contains(marker))?;
-    let after = &line[line.find("address=127.0.0.1:")? + "address=127.0.0.1:".len()..];
+    let rest = &line[line.find(marker)?..];
+    let after = &rest[rest.find("127.0.0.1:")? + "127.0.0.1:".len()..];
     after
         .chars()
         .take_while(char::is_ascii_digit)

@@ -634,6 +634,51 @@ async fn keep_alive_reuses_upstream_connections(env: &Env) {
     proxy.finish(&[&token]).await;
 }
 
+async fn the_example_sidecar_arguments_start_the_proxy(env: &Env) {
+    let text = std::fs::read_to_string(format!(
+        "{}/examples/deployment-with-token-proxy.yaml",
+        support::REPO
+    ))
+    .unwrap();
+    let deployment: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let sidecar = &deployment["spec"]["template"]["spec"]["initContainers"][0];
+    let args: Vec<String> = serde_yaml::from_value(sidecar["args"].clone()).unwrap();
+    assert_eq!(args[0], "proxy");
+    // This machine's upstream, addresses and token directory instead of the pod's; every
+    // other argument as the example has it.
+    let pod_specific = [
+        "--upstream=",
+        "--token-dir=",
+        "--listen=",
+        "--metrics-listen=",
+    ];
+    let kept: Vec<&str> = args[1..]
+        .iter()
+        .map(String::as_str)
+        .filter(|a| !pod_specific.iter().any(|p| a.starts_with(p)))
+        .collect();
+    assert!(kept.contains(&"--log-format=json"), "{args:?}");
+    let dir = tempdir();
+    let upstream = Upstream::start(&env.tls.good).await;
+    let mut tokens = TokenDir::new(dir.path());
+    let token = new_token("token");
+    tokens.kubelet_token(&token, 3600);
+    let proxy = Proxy::start(env.tls.ca_path(), dir.path(), &upstream.url, &tokens, &kept).await;
+    // The probes the example declares.
+    for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+        let path = sidecar[probe]["httpGet"]["path"].as_str().unwrap();
+        assert_eq!(proxy.admin(path).await.0, StatusCode::OK, "{probe} {path}");
+    }
+    assert_eq!(proxy.get("/api/v1/ping").await.0, StatusCode::OK);
+    let output = proxy.finish(&[&token]).await;
+    for line in output.lines() {
+        assert!(
+            serde_json::from_str::<Value>(line).is_ok(),
+            "not a JSON line: {line}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 
 type Scenario =
@@ -657,6 +702,7 @@ fn main() {
         a_slow_upstream_gives_504,
         bodies_stream_both_ways_in_little_memory,
         keep_alive_reuses_upstream_connections,
+        the_example_sidecar_arguments_start_the_proxy,
     ];
     if args.list {
         let trials = list
