@@ -223,7 +223,7 @@ fn main() {
             &upstream.url,
             &tokens,
             &["--ca-bundle", tls.ca_path()],
-            "info",
+            &[("RUST_LOG", "info")],
         )
         .await;
         let pid = proxy.process.pid();

@@ -337,16 +337,17 @@ impl Proxy {
 
     pub async fn start_with(dir: &Path, upstream: &str, tokens: &TokenDir, args: &[&str]) -> Proxy {
         let log_level = std::env::var("IDV_TEST_PROXY_LOG").unwrap_or_else(|_| "trace".into());
-        Proxy::spawn(dir, upstream, tokens, args, &log_level).await
+        Proxy::spawn(dir, upstream, tokens, args, &[("RUST_LOG", &log_level)]).await
     }
 
-    /// The proxy with this `RUST_LOG`.
+    /// The proxy with these environment variables (`RUST_LOG` among them); the trust-store
+    /// ones (`SSL_CERT_FILE`, `SSL_CERT_DIR`) only when given.
     pub async fn spawn(
         dir: &Path,
         upstream: &str,
         tokens: &TokenDir,
         args: &[&str],
-        log_level: &str,
+        env: &[(&str, &str)],
     ) -> Proxy {
         let log = dir.join(format!("proxy-{}.log", uuid::Uuid::new_v4().simple()));
         let file = std::fs::File::create(&log).unwrap();
@@ -364,7 +365,7 @@ impl Proxy {
                 .args(args)
                 .env_remove("SSL_CERT_FILE")
                 .env_remove("SSL_CERT_DIR")
-                .env("RUST_LOG", log_level)
+                .envs(env.iter().copied())
                 .env("RUST_BACKTRACE", "1")
                 .stdin(Stdio::null())
                 .stdout(file.try_clone().unwrap())

@@ -427,6 +427,18 @@ async fn upstream_certificates_are_checked_and_failures_give_502(env: &Env) {
     );
     without_bundle.finish(&[&token]).await;
 
+    // The system store is honoured: here it is told (SSL_CERT_FILE) to be the test CA alone.
+    let system_store = Proxy::spawn(
+        dir.path(),
+        &good.url,
+        &tokens,
+        &[],
+        &[("RUST_LOG", "trace"), ("SSL_CERT_FILE", env.tls.ca_path())],
+    )
+    .await;
+    assert_eq!(system_store.get("/x").await.0, StatusCode::OK);
+    system_store.finish(&[&token]).await;
+
     // Nothing listening.
     let closed = format!("https://127.0.0.1:{}", support::free_port());
     let proxy = Proxy::start(env.tls.ca_path(), dir.path(), &closed, &tokens, &[]).await;
