@@ -4,7 +4,8 @@
 //! Pure decision logic (`api`, `names`, `jwk`, `credential`, `assertion`, `authserver`,
 //! `policy`, `schedule`, `token_secret`, `status`, `liveness`) sits in the middle; I/O
 //! (`oauth`'s HTTP client, `token_client`, `caches`, `reconcile`, `controller`, `probes`) at
-//! the edges.
+//! the edges. `proxy` is the token-injecting sidecar: its message rewriting and token parsing
+//! are pure, its server and client I/O.
 
 pub mod api;
 pub mod assertion;
