@@ -300,6 +300,57 @@ pub(crate) async fn owner_references_need_the_finalizers_rule_and_the_shipped_ru
     case.assert_no_leaks(&secrets).await;
 }
 
+/// Every IdvClient example (with its key Secret) passes the real apiserver's schema and CEL
+/// rules, in a namespace of the test's own.
+pub(crate) async fn the_example_clients_pass_the_apiservers_validation(env: &Env) {
+    let ns = create_namespace(env, "examples").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(format!("{}/examples", support::REPO)).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        if path.extension().is_none_or(|e| e != "yaml") || !text.contains("kind: IdvClient") {
+            continue;
+        }
+        let copy = dir.path().join("clients.yaml");
+        let namespace = in_namespace(&text, &ns);
+        std::fs::write(&copy, namespace).unwrap();
+        let mut command = std::process::Command::new("kubectl");
+        command
+            .arg("--kubeconfig")
+            .arg(&env.plane.admin_kubeconfig)
+            .args(["create", "--dry-run=server", "-o", "name", "-f"])
+            .arg(&copy);
+        let created = support::run_bounded(
+            "kubectl create --dry-run=server",
+            command,
+            Duration::from_secs(60),
+        )
+        .await;
+        assert!(
+            created.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&created.stderr)
+        );
+        let names = String::from_utf8_lossy(&created.stdout);
+        assert!(names.contains("idvclient."), "{}: {names}", path.display());
+        checked += 1;
+    }
+    assert!(checked >= 3, "only {checked} IdvClient examples found");
+}
+
+/// `text` with every `namespace: X` line naming `ns` instead.
+fn in_namespace(text: &str, ns: &str) -> String {
+    text.lines()
+        .map(|line| match line.split_once("namespace: ") {
+            Some((indent, _)) if indent.trim().is_empty() => format!("{indent}namespace: {ns}"),
+            _ => line.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// The example workloads are what a real apiserver stores (kubectl's server-side dry run, so
 /// that YAML is read as kubectl reads it: `defaultMode: 0440` is octal there): the token proxy
 /// stays a native sidecar (an init container with `restartPolicy: Always`; an apiserver without

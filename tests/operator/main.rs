@@ -107,6 +107,7 @@ fn main() {
         owner_references_need_the_finalizers_rule_and_the_shipped_rules_suffice,
         gitops_tools_read_every_state_of_an_idvclient,
         the_helm_chart_installs_upgrades_and_uninstalls,
+        the_example_clients_pass_the_apiservers_validation,
         the_example_workloads_pass_the_apiservers_validation,
     ];
     // Disruptive scenarios run alone, after the others.
