@@ -75,23 +75,42 @@ fn tempdir() -> tempfile::TempDir {
         .unwrap()
 }
 
+/// A proxy in front of the good upstream, holding one valid kubelet-style token.
+struct Running {
+    dir: tempfile::TempDir,
+    upstream: Upstream,
+    tokens: TokenDir,
+    token: String,
+    proxy: Proxy,
+}
+
+async fn running(env: &Env, token: &str, args: &[&str]) -> Running {
+    let dir = tempdir();
+    let upstream = Upstream::start(&env.tls.good).await;
+    let mut tokens = TokenDir::new(dir.path());
+    let token = new_token(token);
+    tokens.kubelet_token(&token, 3600);
+    let proxy = Proxy::start(env.tls.ca_path(), dir.path(), &upstream.url, &tokens, args).await;
+    Running {
+        dir,
+        upstream,
+        tokens,
+        token,
+        proxy,
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Scenarios.
 
 async fn the_header_is_the_current_token_and_replaces_any_incoming_one(env: &Env) {
-    let dir = tempdir();
-    let upstream = Upstream::start(&env.tls.good).await;
-    let mut tokens = TokenDir::new(dir.path());
-    let token = new_token("current");
-    tokens.kubelet_token(&token, 3600);
-    let proxy = Proxy::start(
-        env.tls.ca_path(),
-        dir.path(),
-        &upstream.url,
-        &tokens,
-        &["--access-log"],
-    )
-    .await;
+    let Running {
+        dir: _dir,
+        upstream,
+        tokens: _tokens,
+        token,
+        proxy,
+    } = running(env, "current", &["--access-log"]).await;
 
     let incoming = format!("Basic {}", new_token("incoming"));
     let proxy_credential = format!("Basic {}", new_token("proxy-credential"));
@@ -329,12 +348,13 @@ async fn an_expired_or_missing_token_gives_503_until_a_good_one_arrives(env: &En
 }
 
 async fn not_an_open_proxy(env: &Env) {
-    let dir = tempdir();
-    let upstream = Upstream::start(&env.tls.good).await;
-    let mut tokens = TokenDir::new(dir.path());
-    let token = new_token("token");
-    tokens.kubelet_token(&token, 3600);
-    let proxy = Proxy::start(env.tls.ca_path(), dir.path(), &upstream.url, &tokens, &[]).await;
+    let Running {
+        dir: _dir,
+        upstream,
+        tokens: _tokens,
+        token,
+        proxy,
+    } = running(env, "token", &[]).await;
     let upstream_authority = upstream.url.trim_start_matches("https://");
 
     for (request, status, code) in [
@@ -450,12 +470,13 @@ async fn upstream_certificates_are_checked_and_failures_give_502(env: &Env) {
 }
 
 async fn an_upstream_401_is_passed_through_and_counted(env: &Env) {
-    let dir = tempdir();
-    let upstream = Upstream::start(&env.tls.good).await;
-    let mut tokens = TokenDir::new(dir.path());
-    let token = new_token("token");
-    tokens.kubelet_token(&token, 3600);
-    let proxy = Proxy::start(env.tls.ca_path(), dir.path(), &upstream.url, &tokens, &[]).await;
+    let Running {
+        dir: _dir,
+        upstream: _upstream,
+        tokens: _tokens,
+        token,
+        proxy,
+    } = running(env, "token", &[]).await;
     for _ in 0..2 {
         let response = proxy
             .http
@@ -496,19 +517,13 @@ async fn an_upstream_401_is_passed_through_and_counted(env: &Env) {
 }
 
 async fn a_slow_upstream_gives_504(env: &Env) {
-    let dir = tempdir();
-    let upstream = Upstream::start(&env.tls.good).await;
-    let mut tokens = TokenDir::new(dir.path());
-    let token = new_token("token");
-    tokens.kubelet_token(&token, 3600);
-    let proxy = Proxy::start(
-        env.tls.ca_path(),
-        dir.path(),
-        &upstream.url,
-        &tokens,
-        &["--upstream-timeout", "1s"],
-    )
-    .await;
+    let Running {
+        dir: _dir,
+        upstream,
+        tokens: _tokens,
+        token,
+        proxy,
+    } = running(env, "token", &["--upstream-timeout", "1s"]).await;
     let started = Instant::now();
     let (status, body) = proxy.get("/slow").await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
@@ -523,12 +538,13 @@ async fn a_slow_upstream_gives_504(env: &Env) {
 }
 
 async fn bodies_stream_both_ways_in_little_memory(env: &Env) {
-    let dir = tempdir();
-    let upstream = Upstream::start(&env.tls.good).await;
-    let mut tokens = TokenDir::new(dir.path());
-    let token = new_token("token");
-    tokens.kubelet_token(&token, 3600);
-    let proxy = Proxy::start(env.tls.ca_path(), dir.path(), &upstream.url, &tokens, &[]).await;
+    let Running {
+        dir: _dir,
+        upstream,
+        tokens: _tokens,
+        token,
+        proxy,
+    } = running(env, "token", &[]).await;
 
     // The response's first bytes reach the client while the upstream still holds the rest.
     let mut response = proxy.http.get(proxy.url("/gated")).send().await.unwrap();
@@ -610,12 +626,13 @@ async fn bodies_stream_both_ways_in_little_memory(env: &Env) {
 }
 
 async fn keep_alive_reuses_upstream_connections(env: &Env) {
-    let dir = tempdir();
-    let upstream = Upstream::start(&env.tls.good).await;
-    let mut tokens = TokenDir::new(dir.path());
-    let token = new_token("token");
-    tokens.kubelet_token(&token, 3600);
-    let proxy = Proxy::start(env.tls.ca_path(), dir.path(), &upstream.url, &tokens, &[]).await;
+    let Running {
+        dir: _dir,
+        upstream,
+        tokens: _tokens,
+        token,
+        proxy,
+    } = running(env, "token", &[]).await;
     for i in 0..20 {
         // A new client connection each time: the upstream connection outlives them.
         let (status, _) = raw(
@@ -670,12 +687,13 @@ async fn the_example_sidecar_arguments_start_the_proxy(env: &Env) {
         .filter(|a| !pod_specific.iter().any(|p| a.starts_with(p)))
         .collect();
     assert!(kept.contains(&"--log-format=json"), "{args:?}");
-    let dir = tempdir();
-    let upstream = Upstream::start(&env.tls.good).await;
-    let mut tokens = TokenDir::new(dir.path());
-    let token = new_token("token");
-    tokens.kubelet_token(&token, 3600);
-    let proxy = Proxy::start(env.tls.ca_path(), dir.path(), &upstream.url, &tokens, &kept).await;
+    let Running {
+        dir: _dir,
+        upstream: _upstream,
+        tokens: _tokens,
+        token,
+        proxy,
+    } = running(env, "token", &kept).await;
     // The probes the example declares.
     for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
         let path = sidecar[probe]["httpGet"]["path"].as_str().unwrap();
