@@ -1,0 +1,101 @@
+//! The bench's knobs, from the environment (see docs/benchmarks.md).
+
+use std::time::Duration;
+
+pub struct Config {
+    pub clients: usize,
+    /// Operator settings to measure: (`--concurrency`, `--max-concurrent-token-requests`).
+    pub settings: Vec<(u16, usize)>,
+    /// Parallel creates when applying key Secrets and IdvClients (the "user" applying them).
+    pub parallelism: usize,
+    pub restart_window: Duration,
+    pub idle_window: Duration,
+    pub deadline: Duration,
+    /// Single applies measured while N IdvClients exist (0: skip).
+    pub latency_samples: usize,
+    /// Token lifetime of the refresh-spread phase (None: skip the phase).
+    pub spread_lifetime: Option<Duration>,
+    /// `eso`: External Secrets Operator side by side.
+    pub peer: Option<String>,
+    pub profile: bool,
+    pub json: Option<String>,
+}
+
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(text) if !text.trim().is_empty() => text
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={text:?} is not valid")),
+        _ => default,
+    }
+}
+
+fn parse_settings(text: &str) -> Vec<(u16, usize)> {
+    text.split(',')
+        .map(|pair| {
+            let (c, r) = pair
+                .trim()
+                .split_once('/')
+                .unwrap_or_else(|| panic!("BENCH_SETTINGS: {pair:?} is not C/R"));
+            (
+                c.parse().expect("concurrency"),
+                r.parse().expect("max concurrent token requests"),
+            )
+        })
+        .collect()
+}
+
+/// The operator's shipped defaults (`run --help`): `--concurrency 4`, 8 token requests.
+pub const DEFAULT_SETTING: (u16, usize) = (4, 8);
+
+impl Config {
+    pub fn from_env() -> Config {
+        let clients: usize = env_or("BENCH_CLIENTS", 1000);
+        assert!(clients > 0, "BENCH_CLIENTS must be positive");
+        let peer = std::env::var("BENCH_PEER")
+            .ok()
+            .filter(|p| !p.trim().is_empty());
+        if let Some(peer) = &peer {
+            assert!(peer == "eso", "BENCH_PEER={peer:?}: the only peer is eso");
+        }
+        let spread_secs: u64 = env_or("BENCH_SPREAD_LIFETIME_SECS", 240);
+        let latency_samples = env_or("BENCH_LATENCY_SAMPLES", 50);
+        let settings = parse_settings(&env_or("BENCH_SETTINGS", "4/8,8/8,32/32".to_string()));
+        // Each phase has its own deadline; this one bounds the whole run whatever happens.
+        let phases = settings.len() as u64 + u64::from(peer.is_some()) + 2;
+        let deadline = Duration::from_secs(env_or(
+            "BENCH_DEADLINE_SECS",
+            300 * phases + spread_secs + (clients as u64 * 6 * phases) / 100,
+        ));
+        Config {
+            clients,
+            settings,
+            parallelism: env_or("BENCH_APPLY_PARALLELISM", 16),
+            restart_window: Duration::from_secs(env_or("BENCH_RESTART_SECS", 60)),
+            idle_window: Duration::from_secs(env_or("BENCH_IDLE_SECS", 60)),
+            deadline,
+            latency_samples,
+            spread_lifetime: (spread_secs > 0).then(|| Duration::from_secs(spread_secs)),
+            peer,
+            profile: env_or("BENCH_PROFILE", 0) == 1,
+            json: std::env::var("BENCH_JSON").ok().filter(|s| !s.is_empty()),
+        }
+    }
+
+    /// Time allowed from the first apply until all N are Ready with their Secrets.
+    pub fn converge_deadline(&self) -> Duration {
+        Duration::from_secs(60 + (self.clients as u64 * 6) / 100)
+    }
+
+    /// Time allowed after all-Ready for the operator to go quiet.
+    pub fn settle_deadline(&self) -> Duration {
+        Duration::from_secs(60 + self.clients as u64 / 100)
+    }
+
+    /// Time allowed after a restart for every IdvClient to be reconciled again.
+    pub fn restart_deadline(&self) -> Duration {
+        self.restart_window
+            .max(Duration::from_secs(30 + self.clients as u64 / 50))
+    }
+}
