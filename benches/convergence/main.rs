@@ -114,6 +114,7 @@ async fn run(cfg: &Config, dir: &Path, report: Arc<Mutex<Report>>) -> Result<(),
         plane.server, cfg.clients
     );
     let bench = Bench {
+        plane: &plane,
         kubeconfig: &kubeconfig,
         admin: &admin,
         cfg,

@@ -19,12 +19,13 @@ use crate::{
     operator::{self, Running},
     report::{Idle, Latency, Restart, Run},
     secs,
-    support::LOCAL_IDP_HOSTS,
+    support::{ControlPlane, LOCAL_IDP_HOSTS},
     watches::Settling,
 };
 
 /// What every phase needs.
 pub struct Bench<'a> {
+    pub plane: &'a ControlPlane,
     pub kubeconfig: &'a Path,
     pub admin: &'a Client,
     pub cfg: &'a Config,
@@ -311,6 +312,7 @@ async fn restart(
     };
     drop(operator);
     let started = Instant::now();
+    let restart_at = jiff::Timestamp::now();
     let mut operator = Running::start(b.kubeconfig, args, &[]);
     let pid = operator.pid();
     let cpu_before = measure::cpu_now(Some(pid));
@@ -348,6 +350,7 @@ async fn restart(
         ))
         .await;
     }
+    restart.secret_gets = secret_gets(b.plane, ns, restart_at);
     let scrape = operator.scrape().await.ok_or("restart: no /metrics")?;
     restart.operator_reconciles = Some(scrape.sum("idv_token_operator_reconciles_total"));
     restart.operator_token_requests = Some(scrape.sum("idv_token_operator_token_requests_total"));
@@ -393,4 +396,29 @@ pub async fn idle(b: &Bench<'_>, pid: u32) -> Result<Idle, String> {
         etcd_cpu_s: cpu.etcd,
         rss_mib: measure::vm_mib(pid, "VmRSS:"),
     })
+}
+
+/// The operator's Secret GETs in `ns` since `since`, from the apiserver's audit log: how many
+/// of key Secrets (`-jwk`), of token Secrets (`-token`), of others.
+fn secret_gets(plane: &ControlPlane, ns: &str, since: jiff::Timestamp) -> [usize; 3] {
+    let mut gets = [0; 3];
+    for event in plane.audit_events() {
+        if event.stage() != "ResponseComplete"
+            || event.verb() != "get"
+            || event.resource() != "secrets"
+            || event.namespace() != ns
+            || event.completed_at() < since
+        {
+            continue;
+        }
+        let name = event.name();
+        gets[if name.ends_with("-jwk") {
+            0
+        } else if name.ends_with("-token") {
+            1
+        } else {
+            2
+        }] += 1;
+    }
+    gets
 }

@@ -54,6 +54,8 @@ pub struct Restart {
     pub api: ApiCounts,
     pub api_writes: f64,
     pub api_operator_writes: f64,
+    /// The operator's Secret GETs (audit log): key Secrets, token Secrets, others.
+    pub secret_gets: [usize; 3],
     pub rss_hwm_mib: Option<f64>,
     pub operator_cpu_s: f64,
     pub operator_reconciles: Option<f64>,
@@ -378,14 +380,15 @@ fn after_rows(t: &mut Table, cfg: &Config) {
         },
     );
     t.row(
-        "restart: apiserver requests per object — target <= 0.05; writes (controller's / all)",
+        "restart: apiserver requests per object — target <= 0.05; Secret GETs (audit log); writes (controller's / all)",
         |r| {
             r.restart
                 .as_ref()
                 .map(|x| {
                     let per = measure::resource_requests(&x.api) / r.applied_objects.max(1) as f64;
+                    let [keys, tokens, other] = x.secret_gets;
                     format!(
-                        "{per:.3} ({}); {} / {}",
+                        "{per:.3} ({}); GET key / token / other Secrets {keys} / {tokens} / {other}; {} / {}",
                         mark(Some(per <= 0.05)),
                         x.api_operator_writes,
                         x.api_writes
