@@ -67,6 +67,12 @@ impl Caches {
     pub fn credential_version(&self, namespace: &str, name: &str) -> Option<String> {
         self.scope(namespace)?.credentials.version(namespace, name)
     }
+
+    /// Whether both Secret watches (token Secrets, credentials) have listed once.
+    pub fn secrets_listed(&self, namespace: &str) -> bool {
+        self.scope(namespace)
+            .is_some_and(|scope| scope.token_secrets.listed() && scope.credentials.listed())
+    }
 }
 
 /// A Secret's namespace and name, hashed. Used where an entry is only a hint: a collision
@@ -199,7 +205,6 @@ impl CredentialSecrets {
         mirror.current.get(&path(namespace, name)).cloned()
     }
 
-    #[cfg(test)]
     fn listed(&self) -> bool {
         self.0.lock().expect("lock").listed
     }
