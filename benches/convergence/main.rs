@@ -131,10 +131,11 @@ async fn run(cfg: &Config, dir: &Path, report: Arc<Mutex<Report>>) -> Result<(),
     report.lock().unwrap().sequential = Some(sequential);
 
     let mut failed = None;
-    for &(c, r) in &cfg.settings {
+    for (i, &(c, r)) in cfg.settings.iter().enumerate() {
         let mut run = Run {
             concurrency: c,
             max_token_requests: r,
+            namespace: format!("bench{i}"),
             ..Run::default()
         };
         let result = phases::operator_run(&bench, sequential_s, &mut run).await;

@@ -74,22 +74,16 @@ pub async fn operator_run(
     let (c, r, n) = (run.concurrency, run.max_token_requests, b.cfg.clients);
     let width = usize::from(c).max(r);
     eprintln!("bench: [{c}/{r}] concurrent bare baseline, {width} workers");
-    let bare = baseline::concurrent(
-        b.admin,
-        b.cfg,
-        b.endpoint,
-        b.idp,
-        &format!("bench-bare-c{c}-r{r}"),
-        width,
-    )
-    .await?;
+    // Namespaces by position, so that a setting may be measured twice in one run.
+    let ns = format!("{}-c{c}-r{r}", run.namespace);
+    let bare_ns = format!("{}-bare-c{c}-r{r}", run.namespace);
+    let bare = baseline::concurrent(b.admin, b.cfg, b.endpoint, b.idp, &bare_ns, width).await?;
     eprintln!(
         "bench: [{c}/{r}] concurrent bare baseline: {:.2}s",
         bare.seconds
     );
     run.bare = Some(bare);
 
-    let ns = format!("bench-c{c}-r{r}");
     run.namespace = ns.clone();
     run.user_requests = vec!["POST idvclients".into()];
     objects::create_namespace(b.admin, &ns).await?;
