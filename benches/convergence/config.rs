@@ -31,7 +31,11 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     }
 }
 
+/// `C/R,C/R…`; `none` measures no operator setting (e.g. only the refresh spread).
 fn parse_settings(text: &str) -> Vec<(u16, usize)> {
+    if text.trim() == "none" {
+        return Vec::new();
+    }
     text.split(',')
         .map(|pair| {
             let (c, r) = pair

@@ -290,7 +290,8 @@ pub async fn run(b: &Bench<'_>, plane: &ControlPlane, run: &mut Run) -> Result<(
         .iter()
         .map(|(c, _)| *c)
         .find(|c| *c == 8)
-        .unwrap_or(b.cfg.settings[0].0);
+        .or(b.cfg.settings.first().map(|(c, _)| *c))
+        .unwrap_or(8);
     run.concurrency = concurrency;
     run.namespace = NAMESPACE.into();
     run.user_requests = vec!["POST webhooks".into(), "POST externalsecrets".into()];

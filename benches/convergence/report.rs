@@ -196,7 +196,8 @@ fn verbs_per_object(run: &Run, counts: &ApiCounts) -> String {
     }
     verbs
         .iter()
-        .filter(|(_, v)| **v > 0.0)
+        // Leave out what rounds to nothing (kube-apiserver's own Lease renewal, a relist).
+        .filter(|(_, v)| **v / n >= 0.005)
         .map(|(verb, v)| format!("{verb} {:.2}", v / n))
         .collect::<Vec<_>>()
         .join(", ")
