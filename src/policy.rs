@@ -146,11 +146,24 @@ pub struct RefreshRules {
 
 impl RefreshRules {
     /// The times of a token issued at `requested_at` for `expires_in` seconds, and whether
-    /// `beforeExpiry` had to be overruled.
-    fn times(&self, requested_at: Timestamp, expires_in: u64, jitter: f64) -> (TokenTimes, bool) {
+    /// `beforeExpiry` had to be overruled. `spread`: a token that many clients may get at once
+    /// (news: a rollout, a recovery from an outage) is refreshed at a random point of its
+    /// wait, so that the herd does not come back together (`schedule::spread_refresh_at`).
+    fn times(
+        &self,
+        requested_at: Timestamp,
+        expires_in: u64,
+        jitter: f64,
+        spread: bool,
+    ) -> (TokenTimes, bool) {
         let issued_at = schedule::whole_seconds(requested_at);
         let expires_at = issued_at + SignedDuration::from_secs(expires_in as i64);
-        let plan = schedule::refresh_at(
+        let refresh_at = if spread {
+            schedule::spread_refresh_at
+        } else {
+            schedule::refresh_at
+        };
+        let plan = refresh_at(
             issued_at,
             expires_at,
             self.before_expiry,
@@ -257,15 +270,18 @@ pub fn decide(facts: &Facts) -> Plan {
             FetchState::Running => Plan::AwaitFetch,
             FetchState::Failed => Plan::ReportFailure,
             FetchState::Answered(answer) if answer.is_worth_storing_at(facts.now) => {
-                let (times, clamped) =
-                    facts
-                        .rules
-                        .times(answer.requested_at, answer.expires_in, facts.jitter);
+                let announce = token_is_news(reason, facts.failed_last);
+                let (times, clamped) = facts.rules.times(
+                    answer.requested_at,
+                    answer.expires_in,
+                    facts.jitter,
+                    announce,
+                );
                 Plan::Store {
                     reason,
                     times,
                     clamped,
-                    announce: token_is_news(reason, facts.failed_last),
+                    announce,
                 }
             }
             // None yet, or a kept token too old to store now.
@@ -563,6 +579,9 @@ mod tests {
             kept: true,
         };
         let issued_now = times(100, 3700, 2500);
+        // News (a first token, a recovery) is refreshed at a point of the last three quarters
+        // of its wait that the jitter picks: a quarter of it at jitter 0.
+        let spread_now = times(100, 3700, 700);
         use FetchState::*;
         let cases = [
             // Someone else's Secret comes first, also before an unusable credential.
@@ -647,7 +666,7 @@ mod tests {
                 },
                 Plan::Store {
                     reason: RefreshReason::Due,
-                    times: issued_now,
+                    times: spread_now,
                     clamped: false,
                     announce: true,
                 },
@@ -662,8 +681,8 @@ mod tests {
                 },
                 Plan::Store {
                     reason: RefreshReason::NoSecret,
-                    // The jitter advances the refresh by a minute at most.
-                    times: times(100, 3700, 2440),
+                    // Spread news at jitter 1: the default point (2/3 of the lifetime).
+                    times: times(100, 3700, 2500),
                     clamped: true,
                     announce: true,
                 },

@@ -110,14 +110,38 @@ pub fn refresh_at(
     let jitter = unit(jitter);
     let advance = ((wait as f64 * 0.05).min(MAX_JITTER.as_secs_f64()) * jitter) as u64;
     let refresh_at = base + SignedDuration::from_secs((wait - advance) as i64);
-    // The floor counts from the precise issue time, rounded up to whole seconds.
-    let floor = SignedDuration::try_from(min_interval)
+    RefreshPlan {
+        refresh_at: refresh_at.max(floor(issued, min_interval)),
+        clamped,
+    }
+}
+
+/// Earliest refresh: `min_interval` after the precise issue time, rounded up to whole seconds.
+fn floor(issued: Timestamp, min_interval: Duration) -> Timestamp {
+    SignedDuration::try_from(min_interval)
         .ok()
         .and_then(|m| issued.checked_add(m).ok())
-        .map_or(whole_seconds(Timestamp::MAX), ceil_seconds);
+        .map_or(whole_seconds(Timestamp::MAX), ceil_seconds)
+}
+
+/// For a token that many clients may get at once (a first token, a new one after a failure:
+/// a rollout, a recovery from an outage): `refresh_at`, but at a point drawn by `jitter` (0..1)
+/// from the last three quarters of the wait rather than its last 5 %. Such a herd is spread
+/// over one refresh cycle once, and stays spread: routine refreshes keep the small jitter.
+pub fn spread_refresh_at(
+    issued: Timestamp,
+    expires: Timestamp,
+    before: Option<BeforeExpiry>,
+    min_interval: Duration,
+    jitter: f64,
+) -> RefreshPlan {
+    let plan = refresh_at(issued, expires, before, min_interval, 0.0);
+    let base = whole_seconds(issued);
+    let wait = plan.refresh_at.duration_since(base).as_secs().max(0) as f64;
+    let at = base + SignedDuration::from_secs((wait * (0.25 + 0.75 * unit(jitter))) as i64);
     RefreshPlan {
-        refresh_at: refresh_at.max(floor),
-        clamped,
+        refresh_at: at.max(floor(issued, min_interval)),
+        ..plan
     }
 }
 
@@ -246,6 +270,30 @@ mod tests {
                     clamped
                 },
                 "{lifetime} {before:?} {jitter}"
+            );
+        }
+    }
+
+    #[test]
+    fn spread_refresh_times() {
+        let min = Duration::from_secs(10);
+        let d = |s| Some(BeforeExpiry::Duration(Duration::from_secs(s)));
+        // (lifetime, beforeExpiry, jitter, expected wait): a quarter of the default wait up
+        // to all of it; beforeExpiry still bounds it; never sooner than min_interval.
+        let cases = [
+            (3600, None, 0.0, 600),
+            (3600, None, 0.5, 1500),
+            (3600, None, 1.0, 2400),
+            (3600, d(1800), 1.0, 1800),
+            (3600, d(7200), 1.0, 2400),
+            (30, None, 0.0, 10),
+        ];
+        for (lifetime, before, jitter, wait) in cases {
+            let plan = spread_refresh_at(at(0), at(lifetime), before, min, jitter);
+            assert_eq!(plan.refresh_at, at(wait), "{lifetime} {before:?} {jitter}");
+            assert_eq!(
+                plan.clamped,
+                refresh_at(at(0), at(lifetime), before, min, 0.0).clamped
             );
         }
     }

@@ -153,7 +153,9 @@ pub async fn reconcile(client: Arc<IdvClient>, ctx: Arc<Context>) -> Result<Acti
     // key and token Secret (a restart cost 0.8 requests per client instead of 0.03). They list
     // within a second or so; wait for them, bounded (after that, asking is the fallback).
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !ctx.caches.secrets_listed(&client.namespace().unwrap_or_default())
+    while !ctx
+        .caches
+        .secrets_listed(&client.namespace().unwrap_or_default())
         && std::time::Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
