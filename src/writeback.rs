@@ -6,7 +6,8 @@
 //! costs about twice a Secret write. So reconciles hand their status and Events to this queue
 //! and move on. One background task writes them: one at a time while any token is being
 //! fetched or stored, up to `parallel` at a time otherwise. A status queued for an IdvClient
-//! replaces an older one that is still waiting, so a busy client costs one write.
+//! replaces an older one that is still waiting, so a busy client costs one write. Statuses go
+//! before Events: a client is Ready when its status says so, and its Event can wait.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -67,11 +68,13 @@ fn to_json(status: &IdvClientStatus) -> Box<str> {
 
 #[derive(Default)]
 struct State {
+    /// Status jobs, oldest first.
     jobs: VecDeque<Job>,
     /// Statuses to write, by IdvClient.
     pending: HashMap<ClientKey, Pending>,
-    /// Event jobs in `jobs`: capped, so that a failure storm cannot fill memory.
-    events: usize,
+    /// Event jobs, written when no status waits (a client is Ready by its status, not by its
+    /// Event); capped, so that a failure storm cannot fill memory.
+    events: VecDeque<Job>,
     /// Statuses written that the IdvClient watch has not shown yet, as `fingerprint`s: a
     /// reconcile in between compares with these, not with the cached (older) status. Trusted
     /// for a minute at most, in case the watch shows someone else's write instead.
@@ -214,12 +217,11 @@ impl Writeback {
             note,
         };
         let mut state = self.state.lock().expect("lock");
-        if state.events >= MAX_QUEUED_EVENTS {
+        if state.events.len() >= MAX_QUEUED_EVENTS {
             tracing::debug!(reason, "event queue full, event dropped");
             return;
         }
-        state.events += 1;
-        state.jobs.push_back(Job::Event(Box::new(event)));
+        state.events.push_back(Job::Event(Box::new(event)));
         drop(state);
         self.wake.notify_one();
     }
@@ -236,9 +238,10 @@ impl Writeback {
         }
     }
 
-    /// Writes queued by reconciles, oldest first.
+    /// Writes queued by reconciles.
     pub fn queued(&self) -> usize {
-        self.state.lock().expect("lock").jobs.len()
+        let state = self.state.lock().expect("lock");
+        state.jobs.len() + state.events.len()
     }
 
     /// Write what is queued, until `stop`; a batch begun is finished.
@@ -295,9 +298,10 @@ impl Writeback {
 
     fn take(&self, n: usize) -> Vec<Job> {
         let mut state = self.state.lock().expect("lock");
-        let n = n.min(state.jobs.len());
-        let batch: Vec<Job> = state.jobs.drain(..n).collect();
-        state.events -= batch.iter().filter(|j| matches!(j, Job::Event(_))).count();
+        let statuses = n.min(state.jobs.len());
+        let mut batch: Vec<Job> = state.jobs.drain(..statuses).collect();
+        let events = (n - statuses).min(state.events.len());
+        batch.extend(state.events.drain(..events));
         batch
     }
 
