@@ -67,7 +67,7 @@ demo-down: ## stop the demo that make demo-up left running
 	  echo "the demo (pid $$pid) did not stop within 20 s" >&2; exit 1
 
 .PHONY: bench
-bench: ## convergence benchmark: N IdvClients (BENCH_CLIENTS, default 1000) vs the bare work; see docs/benchmarks.md
+bench: ## apply N IdvClients (BENCH_CLIENTS, default 1000) to a running operator until all are Ready, vs the bare work (BENCH_PEER=eso: ESO beside it); see docs/benchmarks.md
 	@assets="$$(bash tests/envtest/build-assets.sh | tail -n1)"; \
 	  cargo build --release --locked --quiet; \
 	  KUBEBUILDER_ASSETS="$$assets" IDV_OPERATOR_BIN="$(CARGO_TARGET_DIR)/release/idv-token-operator" \

@@ -223,7 +223,9 @@ fn cpu_row(cpu: &Cpu) -> crate::report::CpuRow {
 }
 
 /// After all-Ready: until the controller's reconcile counter (`reconciles`, read from its
-/// /metrics) has not moved for 2 s; the apiserver's counts since `api_before`.
+/// /metrics) has not moved for 2 s and its Events are written (one per new object: the
+/// operator writes them after every status, so they can trail by seconds at N = 10,000);
+/// the apiserver's counts since `api_before`.
 pub async fn settle(
     b: &Bench<'_>,
     pid: u32,
@@ -234,13 +236,20 @@ pub async fn settle(
 ) -> Result<(), String> {
     let deadline = Instant::now() + b.cfg.settle_deadline();
     let (mut last, mut still_since) = (None, Instant::now());
+    let mut quiet_at = Instant::now();
     loop {
         let count = reconciles().await;
         if count != last {
             (last, still_since) = (count, Instant::now());
         }
         if still_since.elapsed() >= Duration::from_secs(2) {
-            break;
+            // Events: from the apiserver's counts (a large scrape, so only once quiet).
+            let api = measure::diff(&measure::apiserver_counts(b.admin).await?, api_before);
+            if api.get("POST events").copied().unwrap_or_default() >= run.applied_objects as f64 {
+                break;
+            }
+            quiet_at = Instant::now();
+            tokio::time::sleep(Duration::from_millis(400)).await;
         }
         if Instant::now() > deadline {
             return Err(format!(
@@ -251,7 +260,9 @@ pub async fn settle(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let ready_at = settling.finished().0.unwrap_or(still_since);
-    run.settle_extra_s = Some(secs(still_since.saturating_duration_since(ready_at)));
+    // Settled: the later of the last reconcile and the last Event.
+    let settled_at = still_since.max(quiet_at);
+    run.settle_extra_s = Some(secs(settled_at.saturating_duration_since(ready_at)));
     run.rss_hwm_mib_settled = measure::vm_mib(pid, "VmHWM:");
     run.operator_reconciles = last;
     run.api_settle = measure::diff(&measure::apiserver_counts(b.admin).await?, api_before);
