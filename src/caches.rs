@@ -68,10 +68,26 @@ impl Caches {
         self.scope(namespace)?.credentials.version(namespace, name)
     }
 
-    /// Whether both Secret watches (token Secrets, credentials) have listed once.
-    pub fn secrets_listed(&self, namespace: &str) -> bool {
-        self.scope(namespace)
-            .is_some_and(|scope| scope.token_secrets.listed() && scope.credentials.listed())
+    /// Resolves once both Secret watches (token Secrets, credentials) of the namespace's
+    /// scope have listed (at once if they have, or if no scope holds the namespace: there is
+    /// no list to wait for, lookups ask the apiserver).
+    pub async fn secrets_listed(&self, namespace: &str) {
+        let Some(scope) = self.scope(namespace) else {
+            return;
+        };
+        let (mut tokens, mut credentials) = (
+            scope
+                .token_secrets
+                .0
+                .lock()
+                .expect("lock")
+                .listed
+                .subscribe(),
+            scope.credentials.0.lock().expect("lock").listed.subscribe(),
+        );
+        // Err: the cache was dropped (shutdown); nothing to wait for then.
+        let _ = tokens.wait_for(|listed| *listed).await;
+        let _ = credentials.wait_for(|listed| *listed).await;
     }
 }
 
@@ -95,7 +111,8 @@ fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> 
 struct Mirror<K, V> {
     current: HashMap<K, V>,
     relisting: Option<HashMap<K, V>>,
-    listed: bool,
+    /// Whether the watch has listed once; reconciles can wait for it (`secrets_listed`).
+    listed: tokio::sync::watch::Sender<bool>,
 }
 
 impl<K: Hash + Eq, V> Default for Mirror<K, V> {
@@ -103,7 +120,7 @@ impl<K: Hash + Eq, V> Default for Mirror<K, V> {
         Self {
             current: HashMap::new(),
             relisting: None,
-            listed: false,
+            listed: tokio::sync::watch::channel(false).0,
         }
     }
 }
@@ -126,7 +143,7 @@ impl<K: Hash + Eq, V> Mirror<K, V> {
                 if let Some(next) = self.relisting.take() {
                     self.current = next;
                 }
-                self.listed = true;
+                self.listed.send_replace(true);
             }
             watcher::Event::Apply(object) => {
                 self.current.insert(key(object), value(object));
@@ -205,8 +222,9 @@ impl CredentialSecrets {
         mirror.current.get(&path(namespace, name)).cloned()
     }
 
+    #[cfg(test)]
     fn listed(&self) -> bool {
-        self.0.lock().expect("lock").listed
+        *self.0.lock().expect("lock").listed.borrow()
     }
 }
 
@@ -259,7 +277,7 @@ impl TokenSecrets {
     }
 
     pub fn listed(&self) -> bool {
-        self.0.lock().expect("lock").listed
+        *self.0.lock().expect("lock").listed.borrow()
     }
 }
 
@@ -627,6 +645,38 @@ mod tests {
             ),
             ..Secret::default()
         }
+    }
+
+    #[tokio::test]
+    async fn a_reconcile_can_wait_for_both_secret_watches_to_list() {
+        let scope = ScopeCaches {
+            namespace: Some("ns".into()),
+            token_secrets: Default::default(),
+            credentials: Default::default(),
+        };
+        let (tokens, credentials) = (scope.token_secrets.clone(), scope.credentials.clone());
+        let caches = Caches {
+            scopes: vec![scope],
+            own_writes: Default::default(),
+            parsed_keys: Default::default(),
+        };
+        let short = std::time::Duration::from_millis(50);
+        let waited = |ns: &'static str| tokio::time::timeout(short, caches.secrets_listed(ns));
+        assert!(waited("ns").await.is_err(), "neither has listed");
+        credentials.apply(&watcher::Event::InitDone);
+        assert!(
+            waited("ns").await.is_err(),
+            "the token Secrets have not listed"
+        );
+        tokens.apply(&watcher::Event::InitDone);
+        assert!(waited("ns").await.is_ok());
+        let outside = Caches {
+            scopes: vec![],
+            own_writes: Default::default(),
+            parsed_keys: Default::default(),
+        };
+        let waited = tokio::time::timeout(short, outside.secrets_listed("ns")).await;
+        assert!(waited.is_ok(), "outside every scope: no list to wait for");
     }
 
     #[test]

@@ -146,20 +146,18 @@ impl Context {
     }
 }
 
+/// How long a reconcile waits for the Secret watches' first list before it asks the apiserver.
+const SECRET_WATCHES_LISTED: Duration = Duration::from_secs(5);
+
 /// One IdvClient: dereference (what is there) -> decide (pure) -> apply (fetch, write) ->
 /// status.
 pub async fn reconcile(client: Arc<IdvClient>, ctx: Arc<Context>) -> Result<Action, Error> {
     // The IdvClient watch can list before the Secret watches: a reconcile then would GET each
     // key and token Secret (a restart cost 0.8 requests per client instead of 0.03). They list
     // within a second or so; wait for them, bounded (after that, asking is the fallback).
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !ctx
-        .caches
-        .secrets_listed(&client.namespace().unwrap_or_default())
-        && std::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let namespace = client.namespace().unwrap_or_default();
+    let _ =
+        tokio::time::timeout(SECRET_WATCHES_LISTED, ctx.caches.secrets_listed(&namespace)).await;
     let now = Timestamp::now();
     ctx.metrics.reconciled();
     // Decide on the newest status known: one still queued for writing, else the cached one.
