@@ -34,7 +34,17 @@ func main() {
 
 func run(args []string, in io.Reader, out io.Writer) error {
 	if len(args) == 0 {
-		return errors.New("usage: gitops-check kstatus | health FILE | discovery FILE | action FILE (object as JSON on stdin)")
+		return errors.New("usage: gitops-check kstatus | health FILE | discovery FILE | action FILE (object as JSON on stdin) | selftest")
+	}
+	if args[0] == "selftest" && len(args) == 1 {
+		// For the build script: the fresh binary runs kstatus on a settled object.
+		obj := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "v1", "kind": "ConfigMap"}}
+		res, err := status.Compute(obj)
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintln(out, res.Status)
+		return err
 	}
 	raw, err := io.ReadAll(in)
 	if err != nil {
