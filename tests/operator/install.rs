@@ -304,7 +304,6 @@ pub(crate) async fn owner_references_need_the_finalizers_rule_and_the_shipped_ru
 /// rules, in a namespace of the test's own.
 pub(crate) async fn the_example_clients_pass_the_apiservers_validation(env: &Env) {
     let ns = create_namespace(env, "examples").await;
-    let dir = tempfile::tempdir().unwrap();
     let mut checked = 0;
     for entry in std::fs::read_dir(format!("{}/examples", support::REPO)).unwrap() {
         let path = entry.unwrap().path();
@@ -312,43 +311,46 @@ pub(crate) async fn the_example_clients_pass_the_apiservers_validation(env: &Env
         if path.extension().is_none_or(|e| e != "yaml") || !text.contains("kind: IdvClient") {
             continue;
         }
-        let copy = dir.path().join("clients.yaml");
-        let namespace = in_namespace(&text, &ns);
-        std::fs::write(&copy, namespace).unwrap();
-        let mut command = std::process::Command::new("kubectl");
-        command
-            .arg("--kubeconfig")
-            .arg(&env.plane.admin_kubeconfig)
-            .args(["create", "--dry-run=server", "-o", "name", "-f"])
-            .arg(&copy);
-        let created = support::run_bounded(
-            "kubectl create --dry-run=server",
-            command,
-            Duration::from_secs(60),
-        )
-        .await;
-        assert!(
-            created.status.success(),
-            "{}: {}",
-            path.display(),
-            String::from_utf8_lossy(&created.stderr)
-        );
-        let names = String::from_utf8_lossy(&created.stdout);
+        let created = dry_run_create(env, &path, &ns, "name").await;
+        let names = String::from_utf8_lossy(&created);
         assert!(names.contains("idvclient."), "{}: {names}", path.display());
         checked += 1;
     }
     assert!(checked >= 3, "only {checked} IdvClient examples found");
 }
 
-/// `text` with every `namespace: X` line naming `ns` instead.
-fn in_namespace(text: &str, ns: &str) -> String {
-    text.lines()
+/// `kubectl create --dry-run=server -o OUTPUT` of the manifest at `path`, every
+/// `namespace: X` line naming `ns` instead; fails the test when the apiserver refuses it.
+async fn dry_run_create(env: &Env, path: &std::path::Path, ns: &str, output: &str) -> Vec<u8> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let moved: Vec<String> = text
+        .lines()
         .map(|line| match line.split_once("namespace: ") {
             Some((indent, _)) if indent.trim().is_empty() => format!("{indent}namespace: {ns}"),
             _ => line.to_string(),
         })
-        .collect::<Vec<_>>()
-        .join("\n")
+        .collect();
+    let copy = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(copy.path(), moved.join("\n")).unwrap();
+    let mut command = std::process::Command::new("kubectl");
+    command
+        .arg("--kubeconfig")
+        .arg(&env.plane.admin_kubeconfig)
+        .args(["create", "--dry-run=server", "-o", output, "-f"])
+        .arg(copy.path());
+    let created = support::run_bounded(
+        "kubectl create --dry-run=server",
+        command,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(
+        created.status.success(),
+        "{}: {}",
+        path.display(),
+        String::from_utf8_lossy(&created.stderr)
+    );
+    created.stdout
 }
 
 /// The example workloads are what a real apiserver stores (kubectl's server-side dry run, so
@@ -358,36 +360,13 @@ fn in_namespace(text: &str, ns: &str) -> String {
 pub(crate) async fn the_example_workloads_pass_the_apiservers_validation(env: &Env) {
     use k8s_openapi::api::{apps::v1::Deployment, core::v1::Container};
     let ns = create_namespace(env, "examples").await;
-    let dir = tempfile::tempdir().unwrap();
     for file in [
         "examples/deployment-mounting-token.yaml",
         "examples/deployment-with-token-proxy.yaml",
     ] {
-        let text = std::fs::read_to_string(format!("{}/{file}", support::REPO)).unwrap();
-        let copy = dir.path().join("workload.yaml");
-        std::fs::write(
-            &copy,
-            text.replace("namespace: roadworks", &format!("namespace: {ns}")),
-        )
-        .unwrap();
-        let mut command = std::process::Command::new("kubectl");
-        command
-            .arg("--kubeconfig")
-            .arg(&env.plane.admin_kubeconfig)
-            .args(["create", "--dry-run=server", "-o", "json", "-f"])
-            .arg(&copy);
-        let created = support::run_bounded(
-            "kubectl create --dry-run=server",
-            command,
-            Duration::from_secs(60),
-        )
-        .await;
-        assert!(
-            created.status.success(),
-            "{file}: {}",
-            String::from_utf8_lossy(&created.stderr)
-        );
-        let stored: Deployment = serde_json::from_slice(&created.stdout).unwrap();
+        let path = std::path::Path::new(support::REPO).join(file);
+        let created = dry_run_create(env, &path, &ns, "json").await;
+        let stored: Deployment = serde_json::from_slice(&created).unwrap();
         let pod = stored.spec.unwrap().template.spec.unwrap();
         assert_eq!(
             pod.volumes.unwrap()[0]
