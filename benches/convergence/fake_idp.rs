@@ -1,5 +1,5 @@
 //! A minimal OAuth token endpoint inside the bench, so that the IdP is never the bottleneck:
-//! HTTP/1.1 with keep-alive, `POST /token`, client_credentials with a client assertion (the
+//! HTTP/1.1 with keep-alive (hyper), `POST /token`, client_credentials with a client assertion (the
 //! operator) or a client secret (the ESO peer). It checks the form, decodes the assertion's
 //! payload (no signature check), counts requests per client id and, for client ids under a
 //! recorded prefix, when each request came.
@@ -14,12 +14,16 @@ use std::{
 };
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use http::{
+    Request, Response, StatusCode,
+    header::{CACHE_CONTROL, CONTENT_TYPE},
+};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper_util::rt::TokioIo;
 use idv_token_operator::oauth::CLIENT_ASSERTION_TYPE;
 use serde_json::Value;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::Task;
 
@@ -87,25 +91,25 @@ impl TokenEndpoint {
         &self,
         method: &str,
         path: &str,
-        headers: &[(String, String)],
+        headers: &http::HeaderMap,
         body: &[u8],
-    ) -> (&'static str, String) {
+    ) -> (StatusCode, String) {
         if method != "POST" || path.split('?').next() != Some("/token") {
-            return ("404 Not Found", r#"{"error":"not_found"}"#.into());
+            return (StatusCode::NOT_FOUND, r#"{"error":"not_found"}"#.into());
         }
         let form: HashMap<String, String> =
             url::form_urlencoded::parse(body).into_owned().collect();
         if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
             self.rejected.fetch_add(1, Ordering::Relaxed);
             return (
-                "400 Bad Request",
+                StatusCode::BAD_REQUEST,
                 r#"{"error":"unsupported_grant_type"}"#.into(),
             );
         }
         let Some(client_id) = client_of(&form, headers) else {
             self.rejected.fetch_add(1, Ordering::Relaxed);
             return (
-                "401 Unauthorized",
+                StatusCode::UNAUTHORIZED,
                 r#"{"error":"invalid_client","error_description":"a client assertion or secret is required"}"#.into(),
             );
         };
@@ -128,7 +132,7 @@ impl TokenEndpoint {
             "expires_in": lifetime,
             "scope": form.get("scope").map(String::as_str).unwrap_or_default(),
         });
-        ("200 OK", answer.to_string())
+        (StatusCode::OK, answer.to_string())
     }
 
     /// Keep the time of a recorded client's request; its token lifetime.
@@ -149,7 +153,7 @@ impl TokenEndpoint {
 
 /// Who is asking: the `iss` of a client assertion, or a client id sent with a client secret
 /// (form fields or HTTP Basic).
-fn client_of(form: &HashMap<String, String>, headers: &[(String, String)]) -> Option<String> {
+fn client_of(form: &HashMap<String, String>, headers: &http::HeaderMap) -> Option<String> {
     if let Some(assertion) = form.get("client_assertion") {
         return (form.get("client_assertion_type").map(String::as_str)
             == Some(CLIENT_ASSERTION_TYPE))
@@ -160,9 +164,10 @@ fn client_of(form: &HashMap<String, String>, headers: &[(String, String)]) -> Op
         return (!secret.is_empty()).then(|| id.clone());
     }
     let basic = headers
-        .iter()
-        .find(|(name, _)| name == "authorization")
-        .and_then(|(_, value)| value.strip_prefix("Basic "))?;
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Basic ")?;
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(basic.trim())
         .ok()?;
@@ -198,87 +203,29 @@ pub async fn start(state: Arc<TokenEndpoint>) -> (u16, Task) {
     (port, Task(task))
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// One request's head: method, path, lower-cased headers.
-struct Head {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-}
-
-fn parse_head(bytes: &[u8]) -> Head {
-    let text = String::from_utf8_lossy(bytes);
-    let mut lines = text.split("\r\n");
-    let mut request_line = lines.next().unwrap_or_default().split_whitespace();
-    let method = request_line.next().unwrap_or_default().to_string();
-    let path = request_line.next().unwrap_or_default().to_string();
-    let headers = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
-        .collect();
-    Head {
-        method,
-        path,
-        headers,
-    }
-}
-
-async fn serve_connection(mut stream: TcpStream, state: Arc<TokenEndpoint>) {
+/// Requests on one connection, kept alive until the client closes it.
+async fn serve_connection(stream: TcpStream, state: Arc<TokenEndpoint>) {
     let _ = stream.set_nodelay(true);
-    let mut buffer: Vec<u8> = Vec::with_capacity(8192);
-    loop {
-        let head_end = loop {
-            if let Some(at) = find(&buffer, b"\r\n\r\n") {
-                break at + 4;
-            }
-            if buffer.len() > 64 * 1024 {
-                return;
-            }
-            match stream.read_buf(&mut buffer).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        };
-        let head = parse_head(&buffer[..head_end]);
-        let header = |name: &str| {
-            head.headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.as_str())
-        };
-        if header("transfer-encoding").is_some() {
-            return; // never sent by the clients here
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let state = state.clone();
+        async move {
+            let (head, body) = request.into_parts();
+            // The forms here are a few KiB; a larger body is answered as an empty one.
+            let body = Limited::new(body, 1024 * 1024)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let (status, answer) =
+                state.answer(head.method.as_str(), head.uri.path(), &head.headers, &body);
+            Response::builder()
+                .status(status)
+                .header(CONTENT_TYPE, "application/json")
+                .header(CACHE_CONTROL, "no-store")
+                .body(Full::new(Bytes::from(answer)))
         }
-        let length: usize = header("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let close = header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        if length > 1024 * 1024 {
-            return;
-        }
-        while buffer.len() < head_end + length {
-            match stream.read_buf(&mut buffer).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-        let (status, body) = state.answer(
-            &head.method,
-            &head.path,
-            &head.headers,
-            &buffer[head_end..head_end + length],
-        );
-        buffer.drain(..head_end + length);
-        let response = format!(
-            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncache-control: no-store\r\ncontent-length: {}\r\n{}\r\n{body}",
-            body.len(),
-            if close { "connection: close\r\n" } else { "" }
-        );
-        if stream.write_all(response.as_bytes()).await.is_err() || close {
-            return;
-        }
-    }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
