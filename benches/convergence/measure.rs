@@ -19,14 +19,7 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 
 /// A `Vm*` line of /proc/PID/status (`VmHWM:` is the peak RSS), in MiB.
 pub fn vm_mib(pid: u32, field: &str) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    let kib: f64 = line[field.len()..]
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    Some(kib / 1024.0)
+    Some(crate::support::proc_status_kib(pid, field)? as f64 / 1024.0)
 }
 
 /// A child of this process by command name (kube-apiserver, etcd).

@@ -425,19 +425,9 @@ impl Proxy {
     }
 
     pub fn rss_kib(&self, field: &str) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.process.pid())).unwrap();
-        status
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(field)?
-                    .trim()
-                    .strip_suffix("kB")?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or_else(|| panic!("no {field} in /proc/PID/status"))
+        let pid = self.process.pid();
+        crate::support::proc_status_kib(pid, field)
+            .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
     }
 
     /// Stop with SIGTERM (it must exit in time), then check that none of `secrets` is in

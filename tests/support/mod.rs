@@ -134,6 +134,19 @@ pub async fn run_bounded(what: &str, command: Command, timeout: Duration) -> std
 
 /// A port that was free a moment ago. Another process may take it before ours binds it:
 /// callers that pass it to a child retry with a new one when the child cannot listen.
+/// A `kB` line of /proc/PID/status (`VmHWM:` is the peak RSS, `VmRSS:`, `RssAnon:`, ...).
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| {
+        l.strip_prefix(field)?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind a free port")
