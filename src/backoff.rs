@@ -102,10 +102,7 @@ impl ClientMemory for Failures {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn at(s: i64) -> Timestamp {
-        Timestamp::from_second(1_800_000_000 + s).unwrap()
-    }
+    use crate::schedule::test_clock::at;
 
     #[test]
     fn failures_count_per_inputs_and_hold_back_until_the_delay_passed() {

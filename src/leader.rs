@@ -544,10 +544,7 @@ impl Leadership {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn at(s: i64) -> Timestamp {
-        Timestamp::from_second(1_800_000_000 + s).unwrap()
-    }
+    use crate::schedule::test_clock::at;
 
     fn settings(lease_s: u64, retry_ms: u64) -> LeaseSettings {
         LeaseSettings {

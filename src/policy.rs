@@ -398,18 +398,7 @@ pub fn after_failure(failure: &FailureFacts) -> AfterFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn at(s: i64) -> Timestamp {
-        Timestamp::from_second(1_800_000_000 + s).unwrap()
-    }
-
-    fn times(issued: i64, expires: i64, refresh: i64) -> TokenTimes {
-        TokenTimes {
-            issued_at: at(issued),
-            expires_at: at(expires),
-            refresh_at: at(refresh),
-        }
-    }
+    use crate::schedule::test_clock::{at, times};
 
     fn good() -> ObservedToken {
         ObservedToken {

@@ -214,13 +214,32 @@ pub fn backoff(
     }
 }
 
+/// A fixed clock for the unit tests of the pure modules.
+#[cfg(test)]
+pub(crate) mod test_clock {
+    use jiff::Timestamp;
+
+    use super::TokenTimes;
+
+    /// `s` seconds after a fixed instant.
+    pub fn at(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).unwrap()
+    }
+
+    /// Token times at those offsets.
+    pub fn times(issued: i64, expires: i64, refresh: i64) -> TokenTimes {
+        TokenTimes {
+            issued_at: at(issued),
+            expires_at: at(expires),
+            refresh_at: at(refresh),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn at(s: i64) -> Timestamp {
-        Timestamp::from_second(1_800_000_000 + s).unwrap()
-    }
+    use crate::schedule::test_clock::at;
 
     #[test]
     fn parses_before_expiry() {

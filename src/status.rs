@@ -307,16 +307,13 @@ pub fn failure_message(error: &dyn Display, after: &AfterFailure) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schedule::test_clock::at;
 
     fn client() -> IdvClient {
         let mut c = api::test_client("gipod");
         c.metadata.uid = Some("uid-1".into());
         c.metadata.generation = Some(2);
         c
-    }
-
-    fn at(s: i64) -> Timestamp {
-        Timestamp::from_second(1_800_000_000 + s).unwrap()
     }
 
     fn times() -> TokenTimes {

@@ -395,6 +395,7 @@ pub fn observe(secret: &Secret) -> ObservedToken {
 mod tests {
     use super::*;
     use crate::api::{IdvClientStatus, PrivateKey};
+    use crate::schedule::test_clock::{at, times};
 
     fn client() -> IdvClient {
         let mut c = api::test_client("gipod");
@@ -405,18 +406,6 @@ mod tests {
         c.metadata.uid = Some("uid-1".into());
         c.metadata.generation = Some(2);
         c
-    }
-
-    fn at(s: i64) -> Timestamp {
-        Timestamp::from_second(1_800_000_000 + s).unwrap()
-    }
-
-    fn times(issued: i64, expires: i64, refresh: i64) -> TokenTimes {
-        TokenTimes {
-            issued_at: at(issued),
-            expires_at: at(expires),
-            refresh_at: at(refresh),
-        }
     }
 
     fn secret() -> Secret {
