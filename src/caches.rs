@@ -15,6 +15,8 @@ use kube::{
     runtime::{WatchStreamExt, watcher},
 };
 
+use jiff::Timestamp;
+
 use crate::{
     api::IdvClient,
     credential::Credential,
@@ -37,6 +39,8 @@ pub struct Caches {
     pub own_writes: Arc<OwnWrites>,
     /// Credentials parsed from the Secrets they name.
     pub parsed_keys: ParsedKeys,
+    /// Namespaces where a Secret create just succeeded.
+    pub writable: WritableNamespaces,
 }
 
 impl Caches {
@@ -647,6 +651,20 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_namespace_is_proven_writable_by_its_last_create_until_a_write_fails() {
+        use crate::schedule::test_clock::at;
+        let writable = WritableNamespaces::default();
+        assert_eq!(writable.proven_at("a"), None);
+        writable.created("a", at(1));
+        writable.created("a", at(5));
+        writable.created("b", at(2));
+        assert_eq!(writable.proven_at("a"), Some(at(5)));
+        writable.write_failed("a");
+        assert_eq!(writable.proven_at("a"), None, "a failed write ends the proof");
+        assert_eq!(writable.proven_at("b"), Some(at(2)), "per namespace");
+    }
+
     #[tokio::test]
     async fn a_reconcile_can_wait_for_both_secret_watches_to_list() {
         let scope = ScopeCaches {
@@ -659,6 +677,7 @@ mod tests {
             scopes: vec![scope],
             own_writes: Default::default(),
             parsed_keys: Default::default(),
+            writable: Default::default(),
         };
         let short = std::time::Duration::from_millis(50);
         let waited = |ns: &'static str| tokio::time::timeout(short, caches.secrets_listed(ns));
@@ -674,6 +693,7 @@ mod tests {
             scopes: vec![],
             own_writes: Default::default(),
             parsed_keys: Default::default(),
+            writable: Default::default(),
         };
         let waited = tokio::time::timeout(short, outside.secrets_listed("ns")).await;
         assert!(waited.is_ok(), "outside every scope: no list to wait for");
@@ -712,5 +732,30 @@ mod tests {
             (c.uid.as_str(), &c.data["jwk.json"].0[..]),
             ("uid-c", &b"4"[..])
         );
+    }
+}
+
+/// Per namespace: when a Secret create there (real or dry run) last succeeded, forgotten at
+/// the first Secret write there that fails (`policy::needs_dry_run` decides with it).
+#[derive(Default)]
+pub struct WritableNamespaces(Mutex<HashMap<String, Timestamp>>);
+
+impl WritableNamespaces {
+    pub fn proven_at(&self, namespace: &str) -> Option<Timestamp> {
+        self.0.lock().expect("lock").get(namespace).copied()
+    }
+
+    pub fn created(&self, namespace: &str, at: Timestamp) {
+        let mut proofs = self.0.lock().expect("lock");
+        // One entry per namespace that had a new Secret; old proofs are useless, drop them
+        // now and then.
+        if proofs.len() >= 1024 && !proofs.contains_key(namespace) {
+            proofs.retain(|_, proven| at.duration_since(*proven) <= policy::WRITABLE_PROOF);
+        }
+        proofs.insert(namespace.to_string(), at);
+    }
+
+    pub fn write_failed(&self, namespace: &str) {
+        self.0.lock().expect("lock").remove(namespace);
     }
 }

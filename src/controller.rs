@@ -391,6 +391,7 @@ pub async fn run(
         scopes: scope_caches,
         own_writes,
         parsed_keys: Default::default(),
+        writable: Default::default(),
     }));
 
     // One shutdown signal, shared by every controller.

@@ -214,6 +214,9 @@ pub struct Facts<'a> {
     pub not_before: Option<Timestamp>,
     /// The client's last attempt failed: a new token is a recovery.
     pub failed_last: bool,
+    /// When a Secret create in the client's namespace (real or dry run) last succeeded, if no
+    /// Secret write there failed since.
+    pub namespace_writable_at: Option<Timestamp>,
     pub rules: RefreshRules,
     pub now: Timestamp,
     /// In 0..1: spreads the refreshes of clients created together.
@@ -288,11 +291,27 @@ pub fn decide(facts: &Facts) -> Plan {
             FetchState::Idle | FetchState::Answered(_) => match facts.not_before {
                 Some(until) if facts.now < until => Plan::HoldBack { until },
                 _ => Plan::StartFetch {
-                    dry_run: facts.secret.is_none(),
+                    dry_run: facts.secret.is_none()
+                        && needs_dry_run(facts.failed_last, facts.namespace_writable_at, facts.now),
                 },
             },
         },
     }
+}
+
+/// How long a successful Secret create in a namespace stands in for a dry run there.
+pub const WRITABLE_PROOF: SignedDuration = SignedDuration::from_secs(10);
+
+/// Whether a first token waits for a server-side dry run of its Secret. Quota, RBAC, a
+/// terminating namespace and admission answer alike for every Secret of a namespace: a create
+/// there that succeeded seconds ago (and no write failing since) answers them as well, and
+/// saves one apiserver request per client in a rollout. A client whose last attempt failed,
+/// and any client of a namespace not proven just now, is checked by name (the dry run also
+/// finds a name taken by someone else's Secret; with the proof, the create finds it and the
+/// token is kept for the retry).
+pub fn needs_dry_run(failed_last: bool, writable_at: Option<Timestamp>, now: Timestamp) -> bool {
+    failed_last
+        || writable_at.is_none_or(|at| now.duration_since(at) > WRITABLE_PROOF || at > now)
 }
 
 /// How long to wait after a failure: the backoff, but never past the expiry of a token still
@@ -399,6 +418,28 @@ pub fn after_failure(failure: &FailureFacts) -> AfterFailure {
 mod tests {
     use super::*;
     use crate::schedule::test_clock::{at, times};
+
+    #[test]
+    fn a_first_token_is_checked_by_a_dry_run_unless_its_namespace_was_just_proven_writable() {
+        let now = at(100);
+        let cases = [
+            // (last attempt failed, namespace proven at, dry run)
+            (false, None, true),
+            (false, Some(at(100)), false),
+            (false, Some(at(90)), false),
+            (false, Some(at(89)), true),
+            // A proof from the future (a clock step back) proves nothing.
+            (false, Some(at(101)), true),
+            (true, Some(at(100)), true),
+        ];
+        for (failed_last, proven, expected) in cases {
+            assert_eq!(
+                needs_dry_run(failed_last, proven, now),
+                expected,
+                "{failed_last} {proven:?}"
+            );
+        }
+    }
 
     fn good() -> ObservedToken {
         ObservedToken {
@@ -553,6 +594,7 @@ mod tests {
             fetch: FetchState::Idle,
             not_before: None,
             failed_last: false,
+            namespace_writable_at: None,
             rules,
             now: at(100),
             jitter: 0.0,
@@ -720,6 +762,24 @@ mod tests {
                 Facts {
                     secret: None,
                     fetch: Answered(stale),
+                    ..base
+                },
+                Plan::StartFetch { dry_run: true },
+            ),
+            // A create in the namespace just succeeded: it answers for this one too.
+            (
+                Facts {
+                    secret: None,
+                    namespace_writable_at: Some(at(95)),
+                    ..base
+                },
+                Plan::StartFetch { dry_run: false },
+            ),
+            (
+                Facts {
+                    secret: None,
+                    namespace_writable_at: Some(at(95)),
+                    failed_last: true,
                     ..base
                 },
                 Plan::StartFetch { dry_run: true },

@@ -107,7 +107,11 @@ pub async fn apply(
         }
         Plan::StartFetch { dry_run } => {
             if dry_run {
-                check_creatable(&secrets, client, &inputs_hash, now).await?;
+                let writable = &ctx.caches.writable;
+                check_creatable(&secrets, client, &inputs_hash, now)
+                    .await
+                    .inspect_err(|_| writable.write_failed(&observed.spec.namespace))?;
+                writable.created(&observed.spec.namespace, now);
             }
             start_fetch(
                 ctx,
@@ -209,9 +213,16 @@ async fn store(
         }
         None => create_or_reclaim_secret(secrets, &desired, client, own_writes).await,
     };
+    let namespace = client.namespace().unwrap_or_default();
     let secret_uid = match written {
-        Ok(uid) => uid,
+        Ok(uid) => {
+            if record.is_none() {
+                ctx.caches.writable.created(&namespace, Timestamp::now());
+            }
+            uid
+        }
         Err(error) => {
+            ctx.caches.writable.write_failed(&namespace);
             // The IdP gave a token; store it on the next attempt instead of asking again.
             ctx.fetcher.keep(key.clone(), inputs_hash, fetched);
             return Err(error);

@@ -45,6 +45,8 @@ pub struct Observed {
     pub not_before: Option<Timestamp>,
     /// The last attempt failed.
     pub failed_last: bool,
+    /// A Secret create in the namespace succeeded then, and no Secret write there failed since.
+    pub namespace_writable_at: Option<Timestamp>,
     /// What a failure now is remembered with (`Known::inputs`).
     inputs: String,
 }
@@ -103,6 +105,7 @@ impl Observed {
             fetch: self.fetch,
             not_before: self.not_before,
             failed_last: self.failed_last,
+            namespace_writable_at: self.namespace_writable_at,
             rules: RefreshRules {
                 before_expiry: self.spec.before_expiry,
                 min_interval: min_refresh_interval,
@@ -154,6 +157,7 @@ pub async fn observe(
         ),
         Err(_) => (FetchState::Idle, None),
     };
+    let namespace_writable_at = ctx.caches.writable.proven_at(&spec.namespace);
     Ok(Observed {
         spec,
         token_secret,
@@ -161,6 +165,7 @@ pub async fn observe(
         fetch,
         not_before,
         failed_last: ctx.failures.failed_last(key),
+        namespace_writable_at,
         inputs,
     })
 }
@@ -341,6 +346,7 @@ mod tests {
                 fetch: FetchState::Idle,
                 not_before: None,
                 failed_last: false,
+                namespace_writable_at: None,
                 inputs: "1//v".into(),
             }
         };
