@@ -661,7 +661,11 @@ mod tests {
         writable.created("b", at(2));
         assert_eq!(writable.proven_at("a"), Some(at(5)));
         writable.write_failed("a");
-        assert_eq!(writable.proven_at("a"), None, "a failed write ends the proof");
+        assert_eq!(
+            writable.proven_at("a"),
+            None,
+            "a failed write ends the proof"
+        );
         assert_eq!(writable.proven_at("b"), Some(at(2)), "per namespace");
     }
 

@@ -310,8 +310,7 @@ pub const WRITABLE_PROOF: SignedDuration = SignedDuration::from_secs(10);
 /// finds a name taken by someone else's Secret; with the proof, the create finds it and the
 /// token is kept for the retry).
 pub fn needs_dry_run(failed_last: bool, writable_at: Option<Timestamp>, now: Timestamp) -> bool {
-    failed_last
-        || writable_at.is_none_or(|at| now.duration_since(at) > WRITABLE_PROOF || at > now)
+    failed_last || writable_at.is_none_or(|at| now.duration_since(at) > WRITABLE_PROOF || at > now)
 }
 
 /// How long to wait after a failure: the backoff, but never past the expiry of a token still
