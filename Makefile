@@ -27,7 +27,7 @@ tools: ## build (once, cached) the helm and actionlint the tests run; prints the
 .PHONY: test
 test: ## every test: format, lints, unit, CRD drift, chart, and integration on a real control plane and IdP
 	@cargo fmt --check
-	@cargo clippy --all-targets --locked --quiet -- -D warnings
+	@cargo clippy --all-targets --locked -- -D warnings
 	@bash tests/tools/gitops-check/build.sh >/dev/null
 	@assets="$$(bash tests/envtest/build-assets.sh | tail -n1)"; \
 	  helm="$$(bash tests/tools/build.sh helm | tail -n1)"; \

@@ -91,7 +91,7 @@ pub enum Lookup<T> {
 /// Whether to trust the cache of the operator's token Secrets: not while the watch has yet to
 /// show a write of ours (the record is stale), nor for an absent Secret before the watch has
 /// listed. Absent once listed means none labelled as ours: someone else's Secret of that name
-/// is found by the dry run before the first token.
+/// is found by the dry run before the first token, or by the create (see `needs_dry_run`).
 pub fn lookup<T>(cached: Option<T>, write_in_flight: bool, listed: bool) -> Lookup<T> {
     match cached {
         _ if write_in_flight => Lookup::Ask,

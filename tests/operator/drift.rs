@@ -46,6 +46,61 @@ pub(crate) async fn a_foreign_secret_of_the_same_name_is_left_untouched(env: &En
     case.assert_no_leaks(&secrets).await;
 }
 
+/// A namespace where a Secret create just succeeded skips the dry run of a first token, so a
+/// name held by someone else's Secret is found by the create itself: that Secret stays
+/// untouched and the client is charged at most the one token it could not store.
+pub(crate) async fn a_foreign_secret_in_a_just_proven_namespace_is_left_untouched(env: &Env) {
+    let case = Case::new(env, "proven", &[]).await;
+    let foreign = case
+        .put_secret_labelled(
+            "second-token",
+            &[("password", b"hunter2-do-not-touch")],
+            &[],
+        )
+        .await;
+    let (second_id, second_key) =
+        registered_key(env, &case, "second-jwk", KeygenAlgorithm::Es256).await;
+    let (_, first_key) = ready_client(env, &case, "first", None).await;
+    case.put_client(
+        "second",
+        json!({
+            "clientId": second_id,
+            "authServer": {"tokenEndpoint": env.idp.token_endpoint},
+            "privateKey": {"secretRef": {"name": "second-jwk", "key": "jwk.json"}},
+        }),
+    )
+    .await;
+    let condition = case.wait_not_ready("second", "SecretConflict").await;
+    let seen = jiff::Timestamp::now();
+    assert!(
+        condition.message.contains("\"second-token\""),
+        "{}",
+        condition.message
+    );
+    let after = case.secrets().get("second-token").await.unwrap();
+    assert_eq!(
+        after.resource_version(),
+        foreign.resource_version(),
+        "the foreign Secret was written to"
+    );
+    assert_eq!(after.data, foreign.data);
+    let fetched = env.idp.stats(&second_id).await.0;
+    assert!(fetched <= 1, "{fetched} tokens for a name that is taken");
+    // The proof dates from the create of first-token at the earliest and the decision from
+    // before the conflict was seen: within 10 s of each other, the dry run was skipped.
+    let first_token = case.secrets().get("first-token").await.unwrap();
+    let created = first_token.creation_timestamp().unwrap().0;
+    if seen.duration_since(created) < jiff::SignedDuration::from_secs(10) {
+        assert_eq!(fetched, 1, "the create, not a dry run, found the conflict");
+    } else {
+        eprintln!("slow run: the namespace's proof may have lapsed; the dry run path was tested");
+    }
+    let mut secrets = key_material(&first_key);
+    secrets.extend(key_material(&second_key));
+    secrets.push("hunter2-do-not-touch".into());
+    case.assert_no_leaks(&secrets).await;
+}
+
 pub(crate) async fn a_restarted_operator_reuses_the_recorded_token(env: &Env) {
     let mut case = Case::new(env, "restart", &[]).await;
     let (client_id, _) = registered_key(env, &case, "jwk", KeygenAlgorithm::Es256).await;

@@ -63,6 +63,7 @@ fn main() {
         broken_keys_give_ready_false_and_the_operator_lives_on,
         idp_refusal_gives_ready_false_without_a_retry_storm,
         a_foreign_secret_of_the_same_name_is_left_untouched,
+        a_foreign_secret_in_a_just_proven_namespace_is_left_untouched,
         a_restarted_operator_reuses_the_recorded_token,
         tiny_lifetimes_do_not_cause_a_hot_loop,
         a_client_secret_client_gets_a_token,
