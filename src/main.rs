@@ -74,8 +74,9 @@ struct RunArgs {
     /// Watch only these namespaces (comma-separated); default: all namespaces.
     #[arg(long, alias = "watch-namespace", value_delimiter = ',')]
     watch_namespaces: Vec<String>,
-    /// IdvClients reconciled at the same time (per watched namespace).
-    #[arg(long, default_value_t = 4)]
+    /// IdvClients reconciled at the same time (per watched namespace). As many as token
+    /// requests by default: each answered token waits for a worker to store it.
+    #[arg(long, default_value_t = 8)]
     concurrency: u16,
     /// Token requests in flight at the same time, across all clients (protects the IdP).
     #[arg(long, default_value_t = 8)]

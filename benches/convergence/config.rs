@@ -50,8 +50,8 @@ fn parse_settings(text: &str) -> Vec<(u16, usize)> {
         .collect()
 }
 
-/// The operator's shipped defaults (`run --help`): `--concurrency 4`, 8 token requests.
-pub const DEFAULT_SETTING: (u16, usize) = (4, 8);
+/// The operator's shipped defaults (`run --help`): `--concurrency 8`, 8 token requests.
+pub const DEFAULT_SETTING: (u16, usize) = (8, 8);
 
 impl Config {
     pub fn from_env() -> Config {

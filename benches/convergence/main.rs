@@ -11,7 +11,7 @@
 //! Environment:
 //! - `BENCH_CLIENTS` (1000): N.
 //! - `BENCH_SETTINGS` ("4/8,8/8,32/32"): operator settings, `concurrency/max-concurrent-token-requests`
-//!   (4/8 is the shipped default).
+//!   (8/8 is the shipped default).
 //! - `BENCH_APPLY_PARALLELISM` (16): parallel creates when applying.
 //! - `BENCH_LATENCY_SAMPLES` (50): single applies measured while N exist (0: skip).
 //! - `BENCH_SPREAD_LIFETIME_SECS` (240): token lifetime of the refresh-spread phase (0: skip).

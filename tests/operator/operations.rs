@@ -755,7 +755,12 @@ pub(crate) async fn install_crd_without_cel(env: &Env) {
 /// `?x=1` listed every Secret of the namespace into the log), and a good IdvClient next to them
 /// still gets its token.
 pub(crate) async fn names_that_got_past_admission_never_reach_the_apiserver(env: &Env) {
-    let mut case = Case::new(env, "old-names", &["--log-format", "json"]).await;
+    let mut case = Case::new(
+        env,
+        "old-names",
+        &["--log-format", "json", "--concurrency", "4"],
+    )
+    .await;
     let password = format!("other-teams-password-{}", uuid::Uuid::new_v4());
     case.put_secret("database", &[("password", password.as_bytes())])
         .await;
