@@ -258,6 +258,12 @@ pub async fn concurrent(
         &ApiResource::erase::<IdvClient>(&()),
     )
     .await?;
+    let _controller_watches = if cfg.bare_watches {
+        let kind = ApiResource::erase::<IdvClient>(&());
+        Some(Settling::start(admin, ns, BARE_SELECTOR, &kind).await?)
+    } else {
+        None
+    };
     let apply = PatchParams::apply(FIELD_MANAGER).force();
     let one = |i: usize| {
         let (name, key, bare, secrets, clients, apply) =

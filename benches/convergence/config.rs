@@ -18,6 +18,9 @@ pub struct Config {
     /// `eso`: External Secrets Operator side by side.
     pub peer: Option<String>,
     pub profile: bool,
+    /// The concurrent bare baseline also holds the watches a controller holds (its objects,
+    /// its Secrets): what an operator cannot avoid, apart from what it does.
+    pub bare_watches: bool,
     pub json: Option<String>,
 }
 
@@ -83,6 +86,7 @@ impl Config {
             spread_lifetime: (spread_secs > 0).then(|| Duration::from_secs(spread_secs)),
             peer,
             profile: env_or("BENCH_PROFILE", 0) == 1,
+            bare_watches: env_or("BENCH_BARE_WATCHES", 0) == 1,
             json: std::env::var("BENCH_JSON").ok().filter(|s| !s.is_empty()),
         }
     }

@@ -20,6 +20,8 @@
 //! - `BENCH_RESTART_SECS` (60), `BENCH_IDLE_SECS` (60): the restart and idle windows.
 //! - `BENCH_DEADLINE_SECS`: the whole run ends by then, whatever happens.
 //! - `BENCH_PROFILE` (0): 1 measures the cost of each kind of request the operator makes.
+//! - `BENCH_BARE_WATCHES` (0): 1 has the concurrent bare baseline hold a controller's watches too
+//!   (its objects, its Secrets), to tell their apiserver cost from the operator's own.
 //! - `BENCH_JSON`: also write the results as JSON to this file.
 //! - `BENCH_LOG_DIR`: keep each operator process's output there.
 //! - `BENCH_OPERATOR_ENV` ("K=V,K=V"): debugging; extra environment for the first operator of
