@@ -14,7 +14,7 @@ use std::{
 
 use futures::StreamExt;
 use idv_token_operator::{
-    api::{FIELD_MANAGER, IdvClient},
+    api::{self, FIELD_MANAGER, IdvClient},
     assertion, jwk,
     oauth::CLIENT_ASSERTION_TYPE,
 };
@@ -116,7 +116,37 @@ impl BareClient {
     }
 }
 
-fn bare_secret(name: &str, token: &str, expires_at: Timestamp) -> Secret {
+/// `like_operator`: with the operator's bookkeeping annotations and owner reference (values of
+/// the same shapes and sizes), to tell the cost of those bytes from the cost of the work.
+fn bare_secret(name: &str, token: &str, expires_at: Timestamp, like_operator: bool) -> Secret {
+    let (annotations, owner_references) = if like_operator {
+        let now = Timestamp::now().to_string();
+        let hash = "q".repeat(43);
+        let annotations = [
+            (api::ISSUED_AT_ANNOTATION, now.clone()),
+            (api::EXPIRES_AT_ANNOTATION, expires_at.to_string()),
+            (api::REFRESH_AT_ANNOTATION, now),
+            (api::INPUTS_HASH_ANNOTATION, hash.clone()),
+            (api::DATA_HASH_ANNOTATION, hash),
+            (
+                api::SPEC_METADATA_ANNOTATION,
+                r#"{"annotations":[],"labels":[]}"#.into(),
+            ),
+        ]
+        .map(|(k, v)| (k.to_string(), v));
+        let owner = json!({
+            "apiVersion": "idv-token-operator.dev/v1alpha1", "kind": "IdvClient", "name": name,
+            "uid": uuid::Uuid::new_v4().to_string(), "controller": true, "blockOwnerDeletion": true,
+        });
+        (
+            Some(BTreeMap::from(annotations)),
+            Some(vec![
+                serde_json::from_value(owner).expect("an owner reference"),
+            ]),
+        )
+    } else {
+        (None, None)
+    };
     Secret {
         metadata: ObjectMeta {
             name: Some(format!("{name}-token")),
@@ -124,6 +154,8 @@ fn bare_secret(name: &str, token: &str, expires_at: Timestamp) -> Secret {
                 "app.kubernetes.io/managed-by".to_string(),
                 "bench-bare".to_string(),
             )])),
+            annotations,
+            owner_references,
             ..Default::default()
         },
         type_: Some("Opaque".into()),
@@ -133,8 +165,8 @@ fn bare_secret(name: &str, token: &str, expires_at: Timestamp) -> Secret {
 }
 
 /// A Ready status as the operator writes it (server-side apply of the status subresource).
-fn ready_status(name: &str, expires_at: Timestamp) -> Value {
-    json!({
+fn ready_status(name: &str, expires_at: Timestamp, like_operator: bool) -> Value {
+    let mut status = json!({
         "apiVersion": "idv-token-operator.dev/v1alpha1",
         "kind": "IdvClient",
         "status": {
@@ -148,7 +180,14 @@ fn ready_status(name: &str, expires_at: Timestamp) -> Value {
             "expiresAt": expires_at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
             "secretName": format!("{name}-token"),
         },
-    })
+    });
+    if like_operator {
+        status["status"]["refreshAt"] =
+            json!(Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+        status["status"]["keyId"] = json!("q".repeat(43));
+        status["status"]["secretUid"] = json!(uuid::Uuid::new_v4().to_string());
+    }
+    status
 }
 
 /// Measure `work` between two apiserver and CPU readings.
@@ -204,7 +243,7 @@ pub async fn sequential(
             secrets
                 .create(
                     &PostParams::default(),
-                    &bare_secret(&name, &token, expires_at),
+                    &bare_secret(&name, &token, expires_at, false),
                 )
                 .await
                 .map_err(|e| format!("bare: create Secret: {e}"))?;
@@ -240,14 +279,23 @@ pub async fn concurrent(
         .patch_status(
             "warmup",
             &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(ready_status("warmup", Timestamp::now())),
+            &Patch::Apply(ready_status(
+                "warmup",
+                Timestamp::now(),
+                cfg.bare_like_operator,
+            )),
         )
         .await
         .map_err(|e| format!("bare: warm-up status: {e}"))?;
     secrets
         .create(
             &PostParams::default(),
-            &bare_secret("warmup", "warm-up", Timestamp::now()),
+            &bare_secret(
+                "warmup",
+                "warm-up",
+                Timestamp::now(),
+                cfg.bare_like_operator,
+            ),
         )
         .await
         .map_err(|e| format!("bare: warm-up Secret: {e}"))?;
@@ -273,12 +321,16 @@ pub async fn concurrent(
             secrets
                 .create(
                     &PostParams::default(),
-                    &bare_secret(name, &token, expires_at),
+                    &bare_secret(name, &token, expires_at, cfg.bare_like_operator),
                 )
                 .await
                 .map_err(|e| format!("bare: create Secret: {e}"))?;
             clients
-                .patch_status(name, apply, &Patch::Apply(ready_status(name, expires_at)))
+                .patch_status(
+                    name,
+                    apply,
+                    &Patch::Apply(ready_status(name, expires_at, cfg.bare_like_operator)),
+                )
                 .await
                 .map_err(|e| format!("bare: status: {e}"))?;
             Ok::<(), String>(())

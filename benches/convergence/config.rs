@@ -21,6 +21,9 @@ pub struct Config {
     /// The concurrent bare baseline also holds the watches a controller holds (its objects,
     /// its Secrets): what an operator cannot avoid, apart from what it does.
     pub bare_watches: bool,
+    /// The concurrent bare baseline writes objects shaped like the operator's (bookkeeping
+    /// annotations, owner reference, the status's extra fields).
+    pub bare_like_operator: bool,
     pub json: Option<String>,
 }
 
@@ -87,6 +90,7 @@ impl Config {
             peer,
             profile: env_or("BENCH_PROFILE", 0) == 1,
             bare_watches: env_or("BENCH_BARE_WATCHES", 0) == 1,
+            bare_like_operator: env_or("BENCH_BARE_OBJECTS", "minimal".to_string()) == "operator",
             json: std::env::var("BENCH_JSON").ok().filter(|s| !s.is_empty()),
         }
     }

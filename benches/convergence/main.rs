@@ -22,6 +22,8 @@
 //! - `BENCH_PROFILE` (0): 1 measures the cost of each kind of request the operator makes.
 //! - `BENCH_BARE_WATCHES` (0): 1 has the concurrent bare baseline hold a controller's watches too
 //!   (its objects, its Secrets), to tell their apiserver cost from the operator's own.
+//! - `BENCH_BARE_OBJECTS` (`minimal`): `operator` has it write objects shaped like the
+//!   operator's (bookkeeping annotations, owner reference, the status's extra fields).
 //! - `BENCH_JSON`: also write the results as JSON to this file.
 //! - `BENCH_LOG_DIR`: keep each operator process's output there.
 //! - `BENCH_OPERATOR_ENV` ("K=V,K=V"): debugging; extra environment for the first operator of
