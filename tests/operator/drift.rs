@@ -2,6 +2,24 @@
 
 use crate::case::*;
 
+/// IdvClient `client` reports SecretConflict naming `foreign`, which is as it was.
+async fn conflict_leaves_untouched(case: &Case, client: &str, foreign: &Secret) {
+    let condition = case.wait_not_ready(client, "SecretConflict").await;
+    let name = foreign.name_any();
+    assert!(
+        condition.message.contains(&format!("\"{name}\"")),
+        "{}",
+        condition.message
+    );
+    let after = case.secrets().get(&name).await.unwrap();
+    assert_eq!(
+        after.resource_version(),
+        foreign.resource_version(),
+        "the foreign Secret was written to"
+    );
+    assert_eq!(after.data, foreign.data);
+}
+
 pub(crate) async fn a_foreign_secret_of_the_same_name_is_left_untouched(env: &Env) {
     let case = Case::new(env, "foreign", &[]).await;
     let private = private_key(KeygenAlgorithm::Es256);
@@ -23,19 +41,7 @@ pub(crate) async fn a_foreign_secret_of_the_same_name_is_left_untouched(env: &En
         }),
     )
     .await;
-    let condition = case.wait_not_ready("mine", "SecretConflict").await;
-    assert!(
-        condition.message.contains("\"mine-token\""),
-        "{}",
-        condition.message
-    );
-    let after = case.secrets().get("mine-token").await.unwrap();
-    assert_eq!(
-        after.resource_version(),
-        foreign.resource_version(),
-        "the foreign Secret was written to"
-    );
-    assert_eq!(after.data, foreign.data);
+    conflict_leaves_untouched(&case, "mine", &foreign).await;
     assert_eq!(
         env.idp.stats(&client_id).await.0,
         0,
@@ -70,20 +76,8 @@ pub(crate) async fn a_foreign_secret_in_a_just_proven_namespace_is_left_untouche
         }),
     )
     .await;
-    let condition = case.wait_not_ready("second", "SecretConflict").await;
+    conflict_leaves_untouched(&case, "second", &foreign).await;
     let seen = jiff::Timestamp::now();
-    assert!(
-        condition.message.contains("\"second-token\""),
-        "{}",
-        condition.message
-    );
-    let after = case.secrets().get("second-token").await.unwrap();
-    assert_eq!(
-        after.resource_version(),
-        foreign.resource_version(),
-        "the foreign Secret was written to"
-    );
-    assert_eq!(after.data, foreign.data);
     let fetched = env.idp.stats(&second_id).await.0;
     assert!(fetched <= 1, "{fetched} tokens for a name that is taken");
     // The proof dates from the create of first-token at the earliest and the decision from
