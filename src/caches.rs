@@ -440,6 +440,31 @@ fn owner_only(secret: &mut Secret) {
     secret.data = None;
 }
 
+/// Per namespace: when a Secret create there (real or dry run) last succeeded, forgotten at
+/// the first Secret write there that fails (`policy::needs_dry_run` decides with it).
+#[derive(Default)]
+pub struct WritableNamespaces(Mutex<HashMap<String, Timestamp>>);
+
+impl WritableNamespaces {
+    pub fn proven_at(&self, namespace: &str) -> Option<Timestamp> {
+        self.0.lock().expect("lock").get(namespace).copied()
+    }
+
+    pub fn created(&self, namespace: &str, at: Timestamp) {
+        let mut proofs = self.0.lock().expect("lock");
+        // One entry per namespace that had a new Secret; old proofs are useless, drop them
+        // now and then.
+        if proofs.len() >= 1024 && !proofs.contains_key(namespace) {
+            proofs.retain(|_, proven| at.duration_since(*proven) <= policy::WRITABLE_PROOF);
+        }
+        proofs.insert(namespace.to_string(), at);
+    }
+
+    pub fn write_failed(&self, namespace: &str) {
+        self.0.lock().expect("lock").remove(namespace);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -736,30 +761,5 @@ mod tests {
             (c.uid.as_str(), &c.data["jwk.json"].0[..]),
             ("uid-c", &b"4"[..])
         );
-    }
-}
-
-/// Per namespace: when a Secret create there (real or dry run) last succeeded, forgotten at
-/// the first Secret write there that fails (`policy::needs_dry_run` decides with it).
-#[derive(Default)]
-pub struct WritableNamespaces(Mutex<HashMap<String, Timestamp>>);
-
-impl WritableNamespaces {
-    pub fn proven_at(&self, namespace: &str) -> Option<Timestamp> {
-        self.0.lock().expect("lock").get(namespace).copied()
-    }
-
-    pub fn created(&self, namespace: &str, at: Timestamp) {
-        let mut proofs = self.0.lock().expect("lock");
-        // One entry per namespace that had a new Secret; old proofs are useless, drop them
-        // now and then.
-        if proofs.len() >= 1024 && !proofs.contains_key(namespace) {
-            proofs.retain(|_, proven| at.duration_since(*proven) <= policy::WRITABLE_PROOF);
-        }
-        proofs.insert(namespace.to_string(), at);
-    }
-
-    pub fn write_failed(&self, namespace: &str) {
-        self.0.lock().expect("lock").remove(namespace);
     }
 }

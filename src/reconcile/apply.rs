@@ -147,6 +147,7 @@ pub async fn apply(
                 announce,
                 key_id: key_id.as_deref(),
             };
+            let writable = &ctx.caches.writable;
             let secret_uid = store(
                 &secrets,
                 client,
@@ -156,7 +157,11 @@ pub async fn apply(
                 inputs_hash,
                 token,
             )
-            .await?;
+            .await
+            .inspect_err(|_| writable.write_failed(&observed.spec.namespace))?;
+            if record.is_none() {
+                writable.created(&observed.spec.namespace, now);
+            }
             Ok(Outcome::Ready(Ready {
                 times,
                 secret_uid,
@@ -213,16 +218,9 @@ async fn store(
         }
         None => create_or_reclaim_secret(secrets, &desired, client, own_writes).await,
     };
-    let namespace = client.namespace().unwrap_or_default();
     let secret_uid = match written {
-        Ok(uid) => {
-            if record.is_none() {
-                ctx.caches.writable.created(&namespace, Timestamp::now());
-            }
-            uid
-        }
+        Ok(uid) => uid,
         Err(error) => {
-            ctx.caches.writable.write_failed(&namespace);
             // The IdP gave a token; store it on the next attempt instead of asking again.
             ctx.fetcher.keep(key.clone(), inputs_hash, fetched);
             return Err(error);

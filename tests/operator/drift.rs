@@ -64,18 +64,8 @@ pub(crate) async fn a_foreign_secret_in_a_just_proven_namespace_is_left_untouche
             &[],
         )
         .await;
-    let (second_id, second_key) =
-        registered_key(env, &case, "second-jwk", KeygenAlgorithm::Es256).await;
     let (_, first_key) = ready_client(env, &case, "first", None).await;
-    case.put_client(
-        "second",
-        json!({
-            "clientId": second_id,
-            "authServer": {"tokenEndpoint": env.idp.token_endpoint},
-            "privateKey": {"secretRef": {"name": "second-jwk", "key": "jwk.json"}},
-        }),
-    )
-    .await;
+    let (second_id, second_key) = keyed_client(env, &case, "second", None, None).await;
     conflict_leaves_untouched(&case, "second", &foreign).await;
     let seen = jiff::Timestamp::now();
     let fetched = env.idp.stats(&second_id).await.0;
