@@ -204,7 +204,10 @@ async fn measured(
         measure::cpu_now(None),
     );
     let loadavg = measure::loadavg();
-    let elapsed = work.await?;
+    let hook = measure::PhaseHook::start(&format!("bare-{n}-w{width}"));
+    let elapsed = work.await;
+    hook.stop();
+    let elapsed = elapsed?;
     let cpu = measure::cpu_now(None) - cpu_before;
     let api = measure::diff(&measure::apiserver_counts(admin).await?, &api_before);
     Ok(Bare {
@@ -235,7 +238,7 @@ pub async fn sequential(
     let bare = BareClient::new(endpoint).await?;
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), ns);
     let _ = secrets.get_opt("warm-up").await;
-    measured(admin, idp, cfg.clients, 1, async {
+    let sequential = measured(admin, idp, cfg.clients, 1, async {
         let started = Instant::now();
         for (i, key) in keys.iter().enumerate() {
             let name = format!("c{i}");
@@ -250,7 +253,9 @@ pub async fn sequential(
         }
         Ok(started.elapsed())
     })
-    .await
+    .await?;
+    objects::remove_all(admin, ns).await?;
+    Ok(sequential)
 }
 
 /// `width` workers doing token request + Secret create + status write for each IdvClient as

@@ -348,3 +348,48 @@ pub fn loadavg() -> String {
         .trim()
         .to_string()
 }
+
+/// `BENCH_PHASE_HOOK`: a shell command that runs for the length of each measured phase (the
+/// phase's name in `$BENCH_PHASE`) and gets SIGINT at its end, e.g. a system-wide
+/// `perf record -a -g -o /tmp/perf-$BENCH_PHASE.data`, to see where a phase's CPU went.
+pub struct PhaseHook(Option<std::process::Child>);
+
+impl PhaseHook {
+    pub fn start(phase: &str) -> PhaseHook {
+        use std::os::unix::process::CommandExt;
+        let Some(command) = std::env::var("BENCH_PHASE_HOOK")
+            .ok()
+            .filter(|c| !c.trim().is_empty())
+        else {
+            return PhaseHook(None);
+        };
+        let child = std::process::Command::new("sh")
+            .args(["-c", &command])
+            .env("BENCH_PHASE", phase)
+            .stdin(std::process::Stdio::null())
+            // Its own process group: SIGINT reaches what `sh` started too.
+            .process_group(0)
+            .spawn()
+            .inspect_err(|e| eprintln!("bench: BENCH_PHASE_HOOK did not start: {e}"))
+            .ok();
+        PhaseHook(child)
+    }
+
+    /// SIGINT to the hook's process group; killed if it has not exited within 60 s.
+    pub fn stop(self) {
+        let Some(mut child) = self.0 else { return };
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", "--", &format!("-{}", child.id())])
+            .status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        eprintln!("bench: BENCH_PHASE_HOOK still running 60 s after SIGINT; killed");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

@@ -17,7 +17,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, ResourceExt,
-    api::{ObjectMeta, PostParams},
+    api::{DeleteParams, ListParams, ObjectMeta, PostParams},
 };
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::json;
@@ -35,6 +35,34 @@ pub async fn create_namespace(admin: &Client, name: &str) -> Result<(), String> 
         .await
         .map_err(|e| format!("create namespace {name}: {e}"))?;
     Ok(())
+}
+
+/// Delete a finished phase's IdvClients, Secrets and Events, and wait until they are gone.
+/// The apiserver's CPU per request grows with the objects it holds (its watch cache, its
+/// heap for Go's GC to mark): a phase measured beside the previous phase's objects would pay
+/// for them, so every phase starts with the same objects held.
+pub async fn remove_all(admin: &Client, ns: &str) -> Result<(), String> {
+    let clients: Api<IdvClient> = Api::namespaced(admin.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), ns);
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(admin.clone(), ns);
+    let (all, delete) = (ListParams::default(), DeleteParams::background());
+    let gone = async {
+        clients.delete_collection(&delete, &all).await?;
+        secrets.delete_collection(&delete, &all).await?;
+        events.delete_collection(&delete, &all).await?;
+        let one = ListParams::default().limit(1);
+        while !clients.list_metadata(&one).await?.items.is_empty()
+            || !secrets.list_metadata(&one).await?.items.is_empty()
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok::<(), kube::Error>(())
+    };
+    match tokio::time::timeout(Duration::from_secs(120), gone).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("remove the objects of {ns}: {e}")),
+        Err(_) => Err(format!("remove the objects of {ns}: not gone within 120 s")),
+    }
 }
 
 /// Create, retrying a few times on errors (409: it exists already, fine).

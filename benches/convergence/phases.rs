@@ -83,6 +83,7 @@ pub async fn operator_run(
         bare.seconds
     );
     run.bare = Some(bare);
+    objects::remove_all(b.admin, &bare_ns).await?;
 
     run.namespace = ns.clone();
     run.user_requests = vec!["POST idvclients".into()];
@@ -138,6 +139,8 @@ pub async fn operator_run(
     let operator = restart(b, operator, &args, &ns, total, &settling, run).await?;
     run.idle = Some(idle(b, operator.pid()).await?);
     operator.keep_log(&format!("{ns}-restarted"));
+    drop(operator);
+    objects::remove_all(b.admin, &ns).await?;
     Ok(())
 }
 
@@ -167,12 +170,19 @@ pub async fn clock(
     );
     let started = Instant::now();
     let deadline = b.cfg.converge_deadline();
+    let hook = measure::PhaseHook::start(&format!(
+        "{}-{n}-c{}-r{}",
+        if run.who.is_empty() { "operator" } else { &run.who },
+        run.concurrency,
+        run.max_token_requests
+    ));
     // The warm-up object is Ready already: n + 1 in all.
     let (applied, done) = tokio::join!(
         apply,
         settling.until_all(n + 1, |_| (started.elapsed() > deadline)
             .then(|| format!("not all Ready within {deadline:?}")))
     );
+    hook.stop();
     run.clients_apply_s = secs(applied?);
     done?;
     let cpu = measure::cpu_now(Some(pid)) - cpu_before;
