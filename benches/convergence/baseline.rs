@@ -196,6 +196,7 @@ async fn measured(
     idp: &TokenEndpoint,
     n: usize,
     width: usize,
+    phase: &str,
     work: impl std::future::Future<Output = Result<Duration, String>>,
 ) -> Result<Bare, String> {
     let (idp_before, api_before, cpu_before) = (
@@ -204,7 +205,7 @@ async fn measured(
         measure::cpu_now(None),
     );
     let loadavg = measure::loadavg();
-    let hook = measure::PhaseHook::start(&format!("bare-{n}-w{width}"));
+    let hook = measure::PhaseHook::start(phase);
     let elapsed = work.await;
     hook.stop();
     let elapsed = elapsed?;
@@ -238,7 +239,7 @@ pub async fn sequential(
     let bare = BareClient::new(endpoint).await?;
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), ns);
     let _ = secrets.get_opt("warm-up").await;
-    let sequential = measured(admin, idp, cfg.clients, 1, async {
+    let sequential = measured(admin, idp, cfg.clients, 1, "bare-sequential", async {
         let started = Instant::now();
         for (i, key) in keys.iter().enumerate() {
             let name = format!("c{i}");
@@ -267,6 +268,7 @@ pub async fn concurrent(
     idp: &TokenEndpoint,
     ns: &str,
     width: usize,
+    like_operator: bool,
 ) -> Result<Bare, String> {
     let n = cfg.clients;
     objects::create_namespace(admin, ns).await?;
@@ -275,6 +277,16 @@ pub async fn concurrent(
     let bare = BareClient::new(endpoint).await?;
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), ns);
     let clients: Api<IdvClient> = Api::namespaced(admin.clone(), ns);
+    if like_operator {
+        // The operator's namespace holds its N key Secrets too (this script reads the keys
+        // from memory).
+        let stored = names
+            .iter()
+            .zip(&keys)
+            .map(|(name, key)| objects::key_secret(&format!("{name}-jwk"), key.clone()))
+            .collect();
+        objects::create_all(&secrets, stored, cfg.parallelism, |_| {}).await?;
+    }
     let _ = secrets.get_opt("warm-up").await;
     // First uses cost the apiserver more (the CRD's schema for server-side apply, CEL):
     // one IdvClient created and its status written before the clock, as the operator's
@@ -287,7 +299,7 @@ pub async fn concurrent(
             &Patch::Apply(ready_status(
                 "warmup",
                 Timestamp::now(),
-                cfg.bare_like_operator,
+                like_operator,
             )),
         )
         .await
@@ -299,7 +311,7 @@ pub async fn concurrent(
                 "warmup",
                 "warm-up",
                 Timestamp::now(),
-                cfg.bare_like_operator,
+                like_operator,
             ),
         )
         .await
@@ -311,7 +323,7 @@ pub async fn concurrent(
         &ApiResource::erase::<IdvClient>(&()),
     )
     .await?;
-    let _controller_watches = if cfg.bare_watches {
+    let _controller_watches = if cfg.bare_watches || like_operator {
         let kind = ApiResource::erase::<IdvClient>(&());
         Some(Settling::start(admin, ns, BARE_SELECTOR, &kind).await?)
     } else {
@@ -326,7 +338,7 @@ pub async fn concurrent(
             secrets
                 .create(
                     &PostParams::default(),
-                    &bare_secret(name, &token, expires_at, cfg.bare_like_operator),
+                    &bare_secret(name, &token, expires_at, like_operator),
                 )
                 .await
                 .map_err(|e| format!("bare: create Secret: {e}"))?;
@@ -334,7 +346,7 @@ pub async fn concurrent(
                 .patch_status(
                     name,
                     apply,
-                    &Patch::Apply(ready_status(name, expires_at, cfg.bare_like_operator)),
+                    &Patch::Apply(ready_status(name, expires_at, like_operator)),
                 )
                 .await
                 .map_err(|e| format!("bare: status: {e}"))?;
@@ -346,7 +358,11 @@ pub async fn concurrent(
         .map(|name| objects::idv_client(ns, name, endpoint))
         .collect();
     let deadline = cfg.converge_deadline();
-    measured(admin, idp, n, width, async {
+    let phase = format!(
+        "bare-{n}-w{width}{}",
+        if like_operator { "-same-objects" } else { "" }
+    );
+    measured(admin, idp, n, width, &phase, async {
         let started = Instant::now();
         let (created, applied) = tokio::sync::mpsc::unbounded_channel::<usize>();
         let applier = objects::create_all(&clients, objects, cfg.parallelism, move |i| {

@@ -21,10 +21,30 @@ pub struct Config {
     /// The concurrent bare baseline also holds the watches a controller holds (its objects,
     /// its Secrets): what an operator cannot avoid, apart from what it does.
     pub bare_watches: bool,
-    /// The concurrent bare baseline writes objects shaped like the operator's (bookkeeping
-    /// annotations, owner reference, the status's extra fields).
-    pub bare_like_operator: bool,
+    /// Which concurrent bare baselines each setting measures.
+    pub bare_objects: BareObjects,
     pub json: Option<String>,
+}
+
+/// The concurrent bare baselines: `Minimal` writes the least a script could (the issue's
+/// baseline); `Operator` writes objects shaped like the operator's (bookkeeping annotations,
+/// owner reference, the status's extra fields) beside N key Secrets, and holds a controller's
+/// watches: the same stored and watched work without a controller.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BareObjects {
+    Minimal,
+    Operator,
+    Both,
+}
+
+impl BareObjects {
+    pub fn minimal(self) -> bool {
+        self != BareObjects::Operator
+    }
+
+    pub fn operator_shaped(self) -> bool {
+        self != BareObjects::Minimal
+    }
 }
 
 pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -90,7 +110,12 @@ impl Config {
             peer,
             profile: env_or("BENCH_PROFILE", 0) == 1,
             bare_watches: env_or("BENCH_BARE_WATCHES", 0) == 1,
-            bare_like_operator: env_or("BENCH_BARE_OBJECTS", "minimal".to_string()) == "operator",
+            bare_objects: match env_or("BENCH_BARE_OBJECTS", "both".to_string()).as_str() {
+                "minimal" => BareObjects::Minimal,
+                "operator" => BareObjects::Operator,
+                "both" => BareObjects::Both,
+                other => panic!("BENCH_BARE_OBJECTS={other:?}: minimal, operator or both"),
+            },
             json: std::env::var("BENCH_JSON").ok().filter(|s| !s.is_empty()),
         }
     }

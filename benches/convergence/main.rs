@@ -22,8 +22,11 @@
 //! - `BENCH_PROFILE` (0): 1 measures the cost of each kind of request the operator makes.
 //! - `BENCH_BARE_WATCHES` (0): 1 has the concurrent bare baseline hold a controller's watches too
 //!   (its objects, its Secrets), to tell their apiserver cost from the operator's own.
-//! - `BENCH_BARE_OBJECTS` (`minimal`): `operator` has it write objects shaped like the
-//!   operator's (bookkeeping annotations, owner reference, the status's extra fields).
+//! - `BENCH_BARE_OBJECTS` (`both`): which concurrent bare baselines each setting measures,
+//!   `minimal` (the least a script could write) and/or `operator` (objects shaped like the
+//!   operator's beside N key Secrets, a controller's watches held); see `config::BareObjects`.
+//! - `BENCH_PHASE_HOOK`: a shell command run for the length of each measured phase
+//!   (`$BENCH_PHASE` names it), stopped with SIGINT; e.g. a system-wide `perf record`.
 //! - `BENCH_JSON`: also write the results as JSON to this file.
 //! - `BENCH_LOG_DIR`: keep each operator process's output there.
 //! - `BENCH_OPERATOR_ENV` ("K=V,K=V"): debugging; extra environment for the first operator of
@@ -139,10 +142,9 @@ async fn run(cfg: &Config, dir: &Path, report: Arc<Mutex<Report>>) -> Result<(),
         let mut run = Run {
             concurrency: c,
             max_token_requests: r,
-            namespace: format!("bench{i}"),
             ..Run::default()
         };
-        let result = phases::operator_run(&bench, sequential_s, &mut run).await;
+        let result = phases::setting(&bench, sequential_s, i, &mut run).await;
         failed = record(&report, run, result).or(failed);
     }
     if cfg.peer.is_some() {

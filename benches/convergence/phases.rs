@@ -65,26 +65,81 @@ async fn until_ready(operator: &Running, within: Duration) -> Result<Duration, S
     Ok(started.elapsed())
 }
 
-/// One setting: fills `run` as it goes (partial results stay when a phase fails).
-pub async fn operator_run(
+/// One setting: fills `run` as it goes (partial results stay when a phase fails). The control
+/// plane slows down over a run (it holds more revisions, a bigger heap), so the bare baselines
+/// go first for even `position`s and after the operator for odd ones: over repeats of a
+/// setting, that drift falls on both sides alike.
+pub async fn setting(
     b: &Bench<'_>,
+    sequential_s: Option<f64>,
+    position: usize,
+    run: &mut Run,
+) -> Result<(), String> {
+    let prefix = format!("bench{position}");
+    if position.is_multiple_of(2) {
+        bare_baselines(b, &prefix, run).await?;
+        operator_run(b, &prefix, sequential_s, run).await?;
+    } else {
+        operator_run(b, &prefix, sequential_s, run).await?;
+        bare_baselines(b, &prefix, run).await?;
+    }
+    let ratio = |bare: &Option<crate::baseline::Bare>| {
+        run.all_ready_s
+            .zip(bare.as_ref())
+            .map(|(t, bare)| t / bare.seconds)
+    };
+    (run.ratio_concurrent, run.ratio_same_objects) =
+        (ratio(&run.bare), ratio(&run.bare_same_objects));
+    eprintln!(
+        "bench: [{}] ratio to the concurrent bare work {} (with the same objects and watches {})",
+        run.label(),
+        crate::report::f(run.ratio_concurrent, 2),
+        crate::report::f(run.ratio_same_objects, 2)
+    );
+    Ok(())
+}
+
+/// The concurrent bare baselines of one setting (`BENCH_BARE_OBJECTS`), each phase's objects
+/// removed when it ends.
+async fn bare_baselines(b: &Bench<'_>, prefix: &str, run: &mut Run) -> Result<(), String> {
+    let (c, r) = (run.concurrency, run.max_token_requests);
+    let width = usize::from(c).max(r);
+    let bare_ns = format!("{}-bare-c{c}-r{r}", prefix);
+    if b.cfg.bare_objects.minimal() {
+        eprintln!("bench: [{c}/{r}] concurrent bare baseline, {width} workers");
+        let bare =
+            baseline::concurrent(b.admin, b.cfg, b.endpoint, b.idp, &bare_ns, width, false).await?;
+        eprintln!(
+            "bench: [{c}/{r}] concurrent bare baseline: {:.2}s",
+            bare.seconds
+        );
+        run.bare = Some(bare);
+        objects::remove_all(b.admin, &bare_ns).await?;
+    }
+    if b.cfg.bare_objects.operator_shaped() {
+        let same_ns = format!("{bare_ns}-same");
+        let bare =
+            baseline::concurrent(b.admin, b.cfg, b.endpoint, b.idp, &same_ns, width, true).await?;
+        eprintln!(
+            "bench: [{c}/{r}] concurrent bare baseline with the operator's objects and watches: {:.2}s",
+            bare.seconds
+        );
+        run.bare_same_objects = Some(bare);
+        objects::remove_all(b.admin, &same_ns).await?;
+    }
+    Ok(())
+}
+
+/// The operator's part of one setting.
+async fn operator_run(
+    b: &Bench<'_>,
+    prefix: &str,
     sequential_s: Option<f64>,
     run: &mut Run,
 ) -> Result<(), String> {
     let (c, r, n) = (run.concurrency, run.max_token_requests, b.cfg.clients);
-    let width = usize::from(c).max(r);
-    eprintln!("bench: [{c}/{r}] concurrent bare baseline, {width} workers");
     // Namespaces by position, so that a setting may be measured twice in one run.
-    let ns = format!("{}-c{c}-r{r}", run.namespace);
-    let bare_ns = format!("{}-bare-c{c}-r{r}", run.namespace);
-    let bare = baseline::concurrent(b.admin, b.cfg, b.endpoint, b.idp, &bare_ns, width).await?;
-    eprintln!(
-        "bench: [{c}/{r}] concurrent bare baseline: {:.2}s",
-        bare.seconds
-    );
-    run.bare = Some(bare);
-    objects::remove_all(b.admin, &bare_ns).await?;
-
+    let ns = format!("{}-c{c}-r{r}", prefix);
     run.namespace = ns.clone();
     run.user_requests = vec!["POST idvclients".into()];
     objects::create_namespace(b.admin, &ns).await?;
@@ -194,10 +249,6 @@ pub async fn clock(
     run.secrets_s = last_secret.map(since);
     run.ready_p50_s = quantile(&ready, 0.5).map(since);
     run.ready_p90_s = quantile(&ready, 0.9).map(since);
-    run.ratio_concurrent = run
-        .all_ready_s
-        .zip(run.bare.as_ref())
-        .map(|(t, bare)| t / bare.seconds);
     run.rss_hwm_mib_ready = measure::vm_mib(pid, "VmHWM:");
     run.cpu_s_ready = Some(cpu.operator);
     run.cpu_ready = cpu_row(&cpu);
@@ -206,11 +257,10 @@ pub async fn clock(
     run.idp_max_per_client = b.idp.stats(&format!("{ns}.")).max_per_client;
     run.applied_objects = n;
     eprintln!(
-        "bench: [{}] all {n} Ready in {} s (apply took {:.2} s); ratio to the concurrent bare work {}",
+        "bench: [{}] all {n} Ready in {} s (apply took {:.2} s)",
         run.label(),
         crate::report::f(run.all_ready_s, 2),
         run.clients_apply_s,
-        crate::report::f(run.ratio_concurrent, 2)
     );
     Ok(api_before)
 }

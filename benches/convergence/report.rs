@@ -83,7 +83,10 @@ pub struct Run {
     pub max_token_requests: usize,
     pub namespace: String,
     pub loadavg: String,
+    /// The minimal concurrent bare work.
     pub bare: Option<Bare>,
+    /// The concurrent bare work with the operator's objects and watches.
+    pub bare_same_objects: Option<Bare>,
     pub keys_apply_s: f64,
     pub readyz_s: Option<f64>,
     /// The apply of N objects, inside the clock.
@@ -96,6 +99,7 @@ pub struct Run {
     pub ready_p50_s: Option<f64>,
     pub ready_p90_s: Option<f64>,
     pub ratio_concurrent: Option<f64>,
+    pub ratio_same_objects: Option<f64>,
     pub ratio_sequential: Option<f64>,
     pub rss_hwm_mib_ready: Option<f64>,
     pub rss_hwm_mib_settled: Option<f64>,
@@ -280,6 +284,14 @@ fn convergence_rows(t: &mut Table, rss_target: f64) {
                 f(r.ratio_concurrent, 2),
                 mark(r.ratio_concurrent.map(|x| x <= 1.1))
             )
+        },
+    );
+    t.row(
+        "concurrent bare baseline with the operator's objects and watches (s); ratio to it",
+        |r| {
+            r.bare_same_objects.as_ref().map_or("-".into(), |b| {
+                format!("{:.2}; {}", b.seconds, f(r.ratio_same_objects, 2))
+            })
         },
     );
     t.row("ratio to the sequential bare work", |r| {
