@@ -91,7 +91,7 @@ impl Config {
         }
         let spread_secs: u64 = env_or("BENCH_SPREAD_LIFETIME_SECS", 240);
         let latency_samples = env_or("BENCH_LATENCY_SAMPLES", 50);
-        let settings = parse_settings(&env_or("BENCH_SETTINGS", "4/8,8/8,32/32".to_string()));
+        let settings = parse_settings(&env_or("BENCH_SETTINGS", "8/8,8/8,32/32,32/32".to_string()));
         // Each phase has its own deadline; this one bounds the whole run whatever happens.
         let phases = settings.len() as u64 + u64::from(peer.is_some()) + 2;
         let deadline = Duration::from_secs(env_or(

@@ -10,7 +10,7 @@
 //!
 //! Environment:
 //! - `BENCH_CLIENTS` (1000): N.
-//! - `BENCH_SETTINGS` ("4/8,8/8,32/32"): operator settings, `concurrency/max-concurrent-token-requests`
+//! - `BENCH_SETTINGS` ("8/8,8/8,32/32,32/32"): operator settings, `concurrency/max-concurrent-token-requests`
 //!   (8/8 is the shipped default).
 //! - `BENCH_APPLY_PARALLELISM` (16): parallel creates when applying.
 //! - `BENCH_LATENCY_SAMPLES` (50): single applies measured while N exist (0: skip).
