@@ -301,16 +301,25 @@ impl Readiness {
     }
 }
 
+/// Aborts its tasks when dropped.
+struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.iter().for_each(tokio::task::AbortHandle::abort);
+    }
+}
+
 /// The controller of one scope: its IdvClient watch (which also tells `Context` what to
 /// forget), the Secret watches, the finished token requests, and the reconciles.
-fn scope_controller(
+fn scope_controller<Shutdown: Future<Output = ()> + Send + Sync + 'static>(
     kube: &kube::Client,
     ctx: &Arc<Context>,
     scope: SecretWatches,
     options: &RunOptions,
     readiness: &Readiness,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-) -> impl Future<Output = ()> {
+    shutdown: Shutdown,
+) -> impl Future<Output = ()> + Send + use<Shutdown> {
     let namespace = scope.namespace.as_deref();
     let (client_store, client_writer) = reflector::store();
     let (memory, listed, scope_name) = (ctx.clone(), client_store.clone(), scope.namespace.clone());
@@ -396,10 +405,23 @@ pub async fn run(
 
     // One shutdown signal, shared by every controller.
     let shutdown = shutdown.shared();
+    // Spawned, not polled by the caller's thread: a reconcile then runs on the runtime's
+    // workers beside the HTTP connections it waits on, instead of waking them across threads.
     let controllers: Vec<_> = watches
         .into_iter()
-        .map(|scope| scope_controller(&kube, &ctx, scope, &options, &readiness, shutdown.clone()))
+        .map(|scope| {
+            tokio::spawn(scope_controller(
+                &kube,
+                &ctx,
+                scope,
+                &options,
+                &readiness,
+                shutdown.clone(),
+            ))
+        })
         .collect();
+    // Dropping this future (a lost Lease) stops them at once, as when they were polled here.
+    let stop_controllers = AbortOnDrop(controllers.iter().map(|c| c.abort_handle()).collect());
     let writeback = ctx.clone();
     let writer = tokio::spawn(async move { writeback.writeback.run().await });
     options.progress.loop_started(options.reconcile_deadline);
@@ -409,11 +431,21 @@ pub async fn run(
         tokio::time::sleep(SHUTDOWN_DRAIN).await;
     };
     tokio::select! {
-        _ = futures::future::join_all(controllers) => {}
-        _ = drain_ended => warn!(
-            "reconciles still running {} s after the shutdown request; stopping them",
-            SHUTDOWN_DRAIN.as_secs()
-        ),
+        ended = futures::future::try_join_all(controllers) => {
+            // A panic in a controller ends the process, as it did when polled here.
+            if let Err(ended) = ended
+                && ended.is_panic()
+            {
+                std::panic::resume_unwind(ended.into_panic());
+            }
+        }
+        _ = drain_ended => {
+            warn!(
+                "reconciles still running {} s after the shutdown request; stopping them",
+                SHUTDOWN_DRAIN.as_secs()
+            );
+            drop(stop_controllers);
+        }
     }
     options.progress.loop_stopped();
     // Let the writer finish the batch it is writing (not abort it half-way), then flush.
