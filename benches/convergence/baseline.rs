@@ -296,23 +296,14 @@ pub async fn concurrent(
         .patch_status(
             "warmup",
             &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(ready_status(
-                "warmup",
-                Timestamp::now(),
-                like_operator,
-            )),
+            &Patch::Apply(ready_status("warmup", Timestamp::now(), like_operator)),
         )
         .await
         .map_err(|e| format!("bare: warm-up status: {e}"))?;
     secrets
         .create(
             &PostParams::default(),
-            &bare_secret(
-                "warmup",
-                "warm-up",
-                Timestamp::now(),
-                like_operator,
-            ),
+            &bare_secret("warmup", "warm-up", Timestamp::now(), like_operator),
         )
         .await
         .map_err(|e| format!("bare: warm-up Secret: {e}"))?;

@@ -227,7 +227,11 @@ pub async fn clock(
     let deadline = b.cfg.converge_deadline();
     let hook = measure::PhaseHook::start(&format!(
         "{}-{n}-c{}-r{}",
-        if run.who.is_empty() { "operator" } else { &run.who },
+        if run.who.is_empty() {
+            "operator"
+        } else {
+            &run.who
+        },
         run.concurrency,
         run.max_token_requests
     ));
