@@ -105,27 +105,38 @@ async fn bare_baselines(b: &Bench<'_>, prefix: &str, run: &mut Run) -> Result<()
     let (c, r) = (run.concurrency, run.max_token_requests);
     let width = usize::from(c).max(r);
     let bare_ns = format!("{}-bare-c{c}-r{r}", prefix);
-    if b.cfg.bare_objects.minimal() {
-        eprintln!("bench: [{c}/{r}] concurrent bare baseline, {width} workers");
+    let shapes = [
+        (false, b.cfg.bare_objects.minimal(), ""),
+        (
+            true,
+            b.cfg.bare_objects.operator_shaped(),
+            " with the operator's objects and watches",
+        ),
+    ];
+    for (like_operator, wanted, what) in shapes {
+        if !wanted {
+            continue;
+        }
+        let ns = if like_operator {
+            format!("{bare_ns}-same")
+        } else {
+            bare_ns.clone()
+        };
+        eprintln!("bench: [{c}/{r}] concurrent bare baseline{what}, {width} workers");
         let bare =
-            baseline::concurrent(b.admin, b.cfg, b.endpoint, b.idp, &bare_ns, width, false).await?;
+            baseline::concurrent(b.admin, b.cfg, b.endpoint, b.idp, &ns, width, like_operator)
+                .await?;
         eprintln!(
-            "bench: [{c}/{r}] concurrent bare baseline: {:.2}s",
+            "bench: [{c}/{r}] concurrent bare baseline{what}: {:.2}s",
             bare.seconds
         );
-        run.bare = Some(bare);
-        objects::remove_all(b.admin, &bare_ns).await?;
-    }
-    if b.cfg.bare_objects.operator_shaped() {
-        let same_ns = format!("{bare_ns}-same");
-        let bare =
-            baseline::concurrent(b.admin, b.cfg, b.endpoint, b.idp, &same_ns, width, true).await?;
-        eprintln!(
-            "bench: [{c}/{r}] concurrent bare baseline with the operator's objects and watches: {:.2}s",
-            bare.seconds
-        );
-        run.bare_same_objects = Some(bare);
-        objects::remove_all(b.admin, &same_ns).await?;
+        objects::remove_all(b.admin, &ns).await?;
+        let slot = if like_operator {
+            &mut run.bare_same_objects
+        } else {
+            &mut run.bare
+        };
+        *slot = Some(bare);
     }
     Ok(())
 }
