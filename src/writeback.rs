@@ -6,8 +6,10 @@
 //! costs about twice a Secret write. So reconciles hand their status and Events to this queue
 //! and move on. One background task writes them: one at a time while any token is being
 //! fetched or stored, up to `parallel` at a time otherwise. A status queued for an IdvClient
-//! replaces an older one that is still waiting, so a busy client costs one write. Statuses go
-//! before Events: a client is Ready when its status says so, and its Event can wait.
+//! replaces an older one that is still waiting, so a busy client costs one write. A progress
+//! status (a token on its way) waits `PROGRESS_HOLD` first: most tokens come sooner, and their
+//! Ready status then replaces it, one write instead of two. Statuses go before Events: a client
+//! is Ready when its status says so, and its Event can wait.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -54,7 +56,12 @@ struct EventJob {
 struct Pending {
     uid: Box<str>,
     json: Box<str>,
+    /// A progress status not yet in `jobs`: it joins them at this instant.
+    held_until: Option<Instant>,
 }
+
+/// How long a progress status waits for the status that would replace it.
+pub const PROGRESS_HOLD: Duration = Duration::from_secs(1);
 
 /// At most this many Events wait (~0.5 KB each); more are dropped, with a log line.
 const MAX_QUEUED_EVENTS: usize = 20_000;
@@ -72,6 +79,9 @@ struct State {
     jobs: VecDeque<Job>,
     /// Statuses to write, by IdvClient.
     pending: HashMap<ClientKey, Pending>,
+    /// Progress statuses held back, by the instant they join `jobs` (in order, as the hold is
+    /// fixed). An entry whose pending status is no longer held with that instant is stale.
+    held: VecDeque<(Instant, ClientKey)>,
     /// Event jobs, written when no status waits (a client is Ready by its status, not by its
     /// Event); capped, so that a failure storm cannot fill memory.
     events: VecDeque<Job>,
@@ -101,6 +111,26 @@ fn fingerprint(status: &IdvClientStatus) -> u64 {
 }
 
 impl State {
+    /// Move the held statuses due by `now` (all of them if `None`) to `jobs`.
+    fn release_held(&mut self, now: Option<Instant>) {
+        while let Some((due, _)) = self.held.front()
+            && now.is_none_or(|now| *due <= now)
+        {
+            let (due, key) = self.held.pop_front().expect("a front");
+            if let Some(pending) = self.pending.get_mut(&key)
+                && pending.held_until == Some(due)
+            {
+                pending.held_until = None;
+                self.jobs.push_back(Job::Status(key));
+            }
+        }
+    }
+
+    /// When the first held status is due.
+    fn next_release(&self) -> Option<Instant> {
+        self.held.front().map(|(due, _)| *due)
+    }
+
     /// Whether `status` (`json` its JSON) is already queued or written (or, failing both,
     /// cached).
     fn is_latest(
@@ -189,20 +219,47 @@ impl Writeback {
 
     /// Queue `status` unless it is already the latest.
     pub fn set_status(&self, client: &IdvClient, status: IdvClientStatus) {
+        self.queue_status(client, status, None);
+    }
+
+    /// Queue a progress status (`now` is the time of the call): written after
+    /// `PROGRESS_HOLD` unless a status queued meanwhile replaces it.
+    pub fn set_progress_status(&self, client: &IdvClient, status: IdvClientStatus, now: Instant) {
+        self.queue_status(client, status, Some(now + PROGRESS_HOLD));
+    }
+
+    fn queue_status(&self, client: &IdvClient, status: IdvClientStatus, hold: Option<Instant>) {
         let key = ClientKey::of(client);
         let json = to_json(&status);
         let mut state = self.state.lock().expect("lock");
         if state.is_latest(&key, client.status.as_ref(), &status, &json) {
             return;
         }
-        let pending = Pending {
-            uid: client.metadata.uid.as_deref().unwrap_or_default().into(),
-            json,
-        };
-        if state.pending.insert(key.clone(), pending).is_none() {
-            state.jobs.push_back(Job::Status(key));
+        let uid = client.metadata.uid.as_deref().unwrap_or_default().into();
+        let state = &mut *state;
+        match state.pending.get_mut(&key) {
+            // Already queued: replaced where it waits; a status not held ends a hold.
+            Some(pending) => {
+                pending.uid = uid;
+                pending.json = json;
+                if pending.held_until.is_some() && hold.is_none() {
+                    pending.held_until = None;
+                    state.jobs.push_back(Job::Status(key));
+                }
+            }
+            None => {
+                let pending = Pending {
+                    uid,
+                    json,
+                    held_until: hold,
+                };
+                state.pending.insert(key.clone(), pending);
+                match hold {
+                    Some(due) => state.held.push_back((due, key)),
+                    None => state.jobs.push_back(Job::Status(key)),
+                }
+            }
         }
-        drop(state);
         self.wake.notify_one();
     }
 
@@ -238,18 +295,25 @@ impl Writeback {
         }
     }
 
-    /// Writes queued by reconciles.
+    /// Writes queued by reconciles, held ones included.
     pub fn queued(&self) -> usize {
         let state = self.state.lock().expect("lock");
-        state.jobs.len() + state.events.len()
+        state.jobs.len() + state.held.len() + state.events.len()
     }
 
     /// Write what is queued, until `stop`; a batch begun is finished.
     pub async fn run(&self) {
         while !self.stopping.load(Ordering::SeqCst) {
-            let batch = self.take(self.width());
+            let batch = self.take(self.width(), Some(Instant::now()));
             if batch.is_empty() {
-                self.wake.notified().await;
+                let next = self.state.lock().expect("lock").next_release();
+                match next {
+                    Some(due) => {
+                        let due = tokio::time::Instant::from_std(due);
+                        let _ = tokio::time::timeout_at(due, self.wake.notified()).await;
+                    }
+                    None => self.wake.notified().await,
+                }
                 continue;
             }
             let failed = futures::future::join_all(batch.into_iter().map(|job| self.write(job)))
@@ -273,7 +337,7 @@ impl Writeback {
     pub async fn flush(&self, limit: Duration) {
         let drain = async {
             loop {
-                let batch = self.take(self.parallel);
+                let batch = self.take(self.parallel, None);
                 if batch.is_empty() {
                     return;
                 }
@@ -296,8 +360,11 @@ impl Writeback {
         }
     }
 
-    fn take(&self, n: usize) -> Vec<Job> {
+    /// Up to `n` jobs, statuses first, after releasing the held statuses due by `now` (all if
+    /// `None`).
+    fn take(&self, n: usize, now: Option<Instant>) -> Vec<Job> {
         let mut state = self.state.lock().expect("lock");
+        state.release_held(now);
         let statuses = n.min(state.jobs.len());
         let mut batch: Vec<Job> = state.jobs.drain(..statuses).collect();
         let events = (n - statuses).min(state.events.len());
@@ -382,6 +449,10 @@ impl Writeback {
                         not_written();
                         let mut state = self.state.lock().expect("lock");
                         if !state.pending.contains_key(&key) {
+                            let status = Pending {
+                                held_until: None,
+                                ..status
+                            };
                             state.pending.insert(key.clone(), status);
                             state.jobs.push_back(Job::Status(key));
                         }
@@ -448,6 +519,18 @@ mod tests {
         }
     }
 
+    impl Writeback {
+        /// Whether `job` writes `status` (a status job whose status is still pending).
+        fn write_would_send(&self, job: &Job, status: &IdvClientStatus) -> bool {
+            let Job::Status(key) = job else { return false };
+            let state = self.state.lock().unwrap();
+            state
+                .pending
+                .get(key)
+                .is_some_and(|p| *p.json == *to_json(status))
+        }
+    }
+
     async fn writeback() -> Writeback {
         // Never contacted: these tests only queue.
         let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
@@ -471,6 +554,40 @@ mod tests {
         assert_eq!(w.queued(), 1);
         w.forget(&ClientKey::of(&c));
         assert_eq!(w.latest_status(&c), Some(status("a")), "back to the cache");
+    }
+
+    #[tokio::test]
+    async fn a_progress_status_waits_its_hold_and_a_status_in_time_replaces_it() {
+        let w = writeback().await;
+        let (first, second) = (client(), api::test_client("awv"));
+        let now = Instant::now();
+        w.set_progress_status(&first, status("issuing"), now);
+        w.set_progress_status(&second, status("issuing"), now);
+        assert_eq!(w.queued(), 2, "held, but counted");
+        assert!(w.take(4, Some(now)).is_empty(), "held for PROGRESS_HOLD");
+        assert_eq!(w.latest_status(&first), Some(status("issuing")));
+        // The token came in time: its status goes at once, in the progress status's place.
+        w.set_status(&first, status("ready"));
+        let batch = w.take(4, Some(now));
+        assert_eq!(batch.len(), 1);
+        assert!(w.write_would_send(&batch[0], &status("ready")));
+        let later = now + PROGRESS_HOLD;
+        let batch = w.take(4, Some(later));
+        assert_eq!(
+            batch.len(),
+            1,
+            "the hold ended for the other; the first is not sent twice"
+        );
+        assert!(w.write_would_send(&batch[0], &status("issuing")));
+        assert!(w.take(4, None).is_empty());
+        assert_eq!(w.queued(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_flush_writes_held_statuses_too() {
+        let w = writeback().await;
+        w.set_progress_status(&client(), status("issuing"), Instant::now());
+        assert_eq!(w.take(4, None).len(), 1);
     }
 
     #[tokio::test]
@@ -509,7 +626,7 @@ mod tests {
             w.event(&c, EventType::Warning, "IdpUnavailable", "down".into());
         }
         assert_eq!(w.queued(), MAX_QUEUED_EVENTS);
-        assert_eq!(w.take(10).len(), 10);
+        assert_eq!(w.take(10, Some(Instant::now())).len(), 10);
         w.event(&c, EventType::Warning, "IdpUnavailable", "down".into());
         assert_eq!(w.queued(), MAX_QUEUED_EVENTS - 9, "room again once taken");
     }
