@@ -7,8 +7,9 @@
 //! and move on. One background task writes them: one at a time while any token is being
 //! fetched or stored, up to `parallel` at a time otherwise. A status queued for an IdvClient
 //! replaces an older one that is still waiting, so a busy client costs one write. A progress
-//! status (a token on its way) waits `PROGRESS_HOLD` first: most tokens come sooner, and their
-//! Ready status then replaces it, one write instead of two. Statuses go before Events: a client
+//! status (a token on its way, a retry) of a client that has reported before waits
+//! `PROGRESS_HOLD` first: most tokens and failures come sooner, and their status then replaces
+//! it, one write instead of two. Statuses go before Events: a client
 //! is Ready when its status says so, and its Event can wait.
 
 use std::{
@@ -223,7 +224,9 @@ impl Writeback {
     }
 
     /// Queue a progress status (`now` is the time of the call): written after
-    /// `PROGRESS_HOLD` unless a status queued meanwhile replaces it.
+    /// `PROGRESS_HOLD` unless a status queued meanwhile replaces it. Not held for an IdvClient
+    /// that has reported no generation yet: kstatus (Flux) reads an object without
+    /// `observedGeneration` as Current, so its first status goes at once.
     pub fn set_progress_status(&self, client: &IdvClient, status: IdvClientStatus, now: Instant) {
         self.queue_status(client, status, Some(now + PROGRESS_HOLD));
     }
@@ -235,6 +238,12 @@ impl Writeback {
         if state.is_latest(&key, client.status.as_ref(), &status, &json) {
             return;
         }
+        let reported = state.written.contains_key(&key)
+            || client
+                .status
+                .as_ref()
+                .is_some_and(|s| s.observed_generation.is_some());
+        let hold = hold.filter(|_| reported);
         let uid = client.metadata.uid.as_deref().unwrap_or_default().into();
         let state = &mut *state;
         match state.pending.get_mut(&key) {
@@ -531,6 +540,14 @@ mod tests {
         }
     }
 
+    /// A status as written for generation 1.
+    fn reported(reason: &str) -> IdvClientStatus {
+        IdvClientStatus {
+            observed_generation: Some(1),
+            ..status(reason)
+        }
+    }
+
     async fn writeback() -> Writeback {
         // Never contacted: these tests only queue.
         let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
@@ -559,7 +576,9 @@ mod tests {
     #[tokio::test]
     async fn a_progress_status_waits_its_hold_and_a_status_in_time_replaces_it() {
         let w = writeback().await;
-        let (first, second) = (client(), api::test_client("awv"));
+        let (mut first, mut second) = (client(), api::test_client("awv"));
+        first.status = Some(reported("failed"));
+        second.status = Some(reported("failed"));
         let now = Instant::now();
         w.set_progress_status(&first, status("issuing"), now);
         w.set_progress_status(&second, status("issuing"), now);
@@ -586,8 +605,28 @@ mod tests {
     #[tokio::test]
     async fn a_flush_writes_held_statuses_too() {
         let w = writeback().await;
-        w.set_progress_status(&client(), status("issuing"), Instant::now());
+        let mut c = client();
+        c.status = Some(reported("failed"));
+        w.set_progress_status(&c, status("issuing"), Instant::now());
+        assert!(w.take(4, Some(Instant::now())).is_empty());
         assert_eq!(w.take(4, None).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_first_status_of_a_new_client_is_not_held() {
+        let w = writeback().await;
+        let now = Instant::now();
+        let mut c = client();
+        w.set_progress_status(&c, status("issuing"), now);
+        assert_eq!(
+            w.take(4, Some(now)).len(),
+            1,
+            "kstatus would read Current meanwhile"
+        );
+        w.forget(&ClientKey::of(&c));
+        c.status = Some(status("no generation"));
+        w.set_progress_status(&c, status("issuing again"), now);
+        assert_eq!(w.take(4, Some(now)).len(), 1);
     }
 
     #[tokio::test]
