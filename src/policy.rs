@@ -163,8 +163,9 @@ impl RefreshRules {
         } else {
             schedule::refresh_at
         };
+        // The floor counts from the precise request time, not from the whole second.
         let plan = refresh_at(
-            issued_at,
+            requested_at,
             expires_at,
             self.before_expiry,
             self.min_interval,
@@ -549,6 +550,24 @@ mod tests {
         assert!(answer(true, 3600).is_worth_storing_at(at(0)));
         assert!(answer(true, 3600).is_worth_storing_at(at(1799)));
         assert!(!answer(true, 3600).is_worth_storing_at(at(1800)));
+    }
+
+    #[test]
+    fn a_tiny_lifetime_waits_the_floor_from_the_precise_request_time() {
+        let rules = RefreshRules {
+            before_expiry: None,
+            min_interval: Duration::from_secs(2),
+        };
+        let requested_at = at(0) + SignedDuration::from_millis(999);
+        for spread in [false, true] {
+            let (times, _) = rules.times(requested_at, 1, 1.0, spread);
+            assert_eq!(times.issued_at, at(0));
+            assert_eq!(
+                times.refresh_at,
+                at(3),
+                "spread {spread}: 2 s after 0.999 s"
+            );
+        }
     }
 
     #[test]
