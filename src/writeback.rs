@@ -9,8 +9,8 @@
 //! replaces an older one that is still waiting, so a busy client costs one write. A progress
 //! status (a token on its way, a retry) of a client that has reported before waits
 //! `PROGRESS_HOLD` first: most tokens and failures come sooner, and their status then replaces
-//! it, one write instead of two. Statuses go before Events: a client
-//! is Ready when its status says so, and its Event can wait.
+//! it, one write instead of two. Statuses go before Events: a client is Ready when its status
+//! says so, and its Event can wait.
 
 use std::{
     collections::{HashMap, VecDeque},

@@ -202,7 +202,8 @@ pub async fn reconcile(client: Arc<IdvClient>, ctx: Arc<Context>) -> Result<Acti
         }
         Ok(Outcome::Fetching { retry }) => {
             // kstatus: Reconciling while a token for this generation is on its way.
-            // Held a moment: the token usually comes first, and its status replaces this one.
+            // Held a moment unless the client is new: the token usually comes first, and its
+            // status replaces this one.
             if let Some(status) = status::fetching_status(&client, retry, now) {
                 ctx.writeback
                     .set_progress_status(&client, status, std::time::Instant::now());
