@@ -49,6 +49,8 @@ pub struct Bare {
     pub bench_cpu_s: f64,
     pub machine_busy_percent: f64,
     pub loadavg: String,
+    /// `[seconds, applied, Secrets, Ready]` every 0.5 s (concurrent only).
+    pub timeline: Vec<[f64; 4]>,
 }
 
 /// The label the bare Secrets carry (the watch that stops the clock selects on it).
@@ -223,6 +225,7 @@ async fn measured(
         bench_cpu_s: cpu.bench,
         machine_busy_percent: cpu.busy_percent(),
         loadavg,
+        timeline: Vec::new(),
     })
 }
 
@@ -262,21 +265,27 @@ pub async fn sequential(
 /// `width` workers doing token request + Secret create + status write for each IdvClient as
 /// the applier creates it.
 pub async fn concurrent(
-    admin: &Client,
-    cfg: &Config,
-    endpoint: &str,
-    idp: &TokenEndpoint,
+    b: &crate::phases::Bench<'_>,
     ns: &str,
     width: usize,
     like_operator: bool,
 ) -> Result<Bare, String> {
+    let (admin, cfg, endpoint, idp) = (b.admin, b.cfg, b.endpoint, b.idp);
+    // The workers write as the operator's ServiceAccount or as the admin (BENCH_BARE_AS).
+    let worker = if cfg.bare_as_operator {
+        b.operator_identity
+    } else {
+        admin
+    };
     let n = cfg.clients;
     objects::create_namespace(admin, ns).await?;
     let names = objects::names(n);
     let keys = objects::generate_keys(n);
     let bare = BareClient::new(endpoint).await?;
-    let secrets: Api<Secret> = Api::namespaced(admin.clone(), ns);
-    let clients: Api<IdvClient> = Api::namespaced(admin.clone(), ns);
+    // The user applies IdvClients and key Secrets; the workers write as `worker`.
+    let user: Api<IdvClient> = Api::namespaced(admin.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(worker.clone(), ns);
+    let clients: Api<IdvClient> = Api::namespaced(worker.clone(), ns);
     if like_operator {
         // The operator's namespace holds its N key Secrets too (this script reads the keys
         // from memory).
@@ -285,13 +294,14 @@ pub async fn concurrent(
             .zip(&keys)
             .map(|(name, key)| objects::key_secret(&format!("{name}-jwk"), key.clone()))
             .collect();
-        objects::create_all(&secrets, stored, cfg.parallelism, |_| {}).await?;
+        let keys_api = Api::namespaced(admin.clone(), ns);
+        objects::create_all(&keys_api, stored, cfg.parallelism, |_| {}).await?;
     }
     let _ = secrets.get_opt("warm-up").await;
     // First uses cost the apiserver more (the CRD's schema for server-side apply, CEL):
     // one IdvClient created and its status written before the clock, as the operator's
     // warm-up client does.
-    objects::create(&clients, &objects::idv_client(ns, "warmup", endpoint)).await?;
+    objects::create(&user, &objects::idv_client(ns, "warmup", endpoint)).await?;
     clients
         .patch_status(
             "warmup",
@@ -316,7 +326,7 @@ pub async fn concurrent(
     .await?;
     let _controller_watches = if cfg.bare_watches || like_operator {
         let kind = ApiResource::erase::<IdvClient>(&());
-        Some(Settling::start(admin, ns, BARE_SELECTOR, &kind).await?)
+        Some(Settling::start(worker, ns, BARE_SELECTOR, &kind).await?)
     } else {
         None
     };
@@ -353,10 +363,15 @@ pub async fn concurrent(
         "bare-{n}-w{width}{}",
         if like_operator { "-same-objects" } else { "" }
     );
-    measured(admin, idp, n, width, &phase, async {
-        let started = Instant::now();
+    let started = std::sync::OnceLock::new();
+    let applied_at = std::sync::Mutex::new(Vec::with_capacity(n));
+    let mut bare = measured(admin, idp, n, width, &phase, async {
+        let started = *started.get_or_init(Instant::now);
         let (created, applied) = tokio::sync::mpsc::unbounded_channel::<usize>();
-        let applier = objects::create_all(&clients, objects, cfg.parallelism, move |i| {
+        let applied_at = &applied_at;
+        // `move`: the sender goes with the applier, which ends the workers' stream.
+        let applier = objects::create_all(&user, objects, cfg.parallelism, move |i| {
+            applied_at.lock().unwrap().push(Instant::now());
             let _ = created.send(i);
         });
         let workers = tokio_stream_of(applied)
@@ -377,7 +392,11 @@ pub async fn concurrent(
             at.saturating_duration_since(started)
         }))
     })
-    .await
+    .await?;
+    if let Some(&started) = started.get() {
+        bare.timeline = settling.timeline(started, &applied_at.lock().unwrap());
+    }
+    Ok(bare)
 }
 
 /// The receiving end of a channel as a stream (ends when every sender is gone).

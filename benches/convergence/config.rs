@@ -21,6 +21,10 @@ pub struct Config {
     /// The concurrent bare baseline also holds the watches a controller holds (its objects,
     /// its Secrets): what an operator cannot avoid, apart from what it does.
     pub bare_watches: bool,
+    /// The concurrent bare workers write as the operator's ServiceAccount (`true`) or as the
+    /// admin (`false`): what the identity (token authentication, RBAC, owner-reference
+    /// permission checks) costs the apiserver.
+    pub bare_as_operator: bool,
     /// Which concurrent bare baselines each setting measures.
     pub bare_objects: BareObjects,
     pub json: Option<String>,
@@ -110,6 +114,11 @@ impl Config {
             peer,
             profile: env_or("BENCH_PROFILE", 0) == 1,
             bare_watches: env_or("BENCH_BARE_WATCHES", 0) == 1,
+            bare_as_operator: match env_or("BENCH_BARE_AS", "admin".to_string()).as_str() {
+                "admin" => false,
+                "operator" => true,
+                other => panic!("BENCH_BARE_AS={other:?}: admin or operator"),
+            },
             bare_objects: match env_or("BENCH_BARE_OBJECTS", "both".to_string()).as_str() {
                 "minimal" => BareObjects::Minimal,
                 "operator" => BareObjects::Operator,

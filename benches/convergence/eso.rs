@@ -261,7 +261,11 @@ fn client_objects(name: &str, endpoint: &str) -> (DynamicObject, DynamicObject) 
 }
 
 /// Apply the generator, then the ExternalSecret, of each client, `parallelism` clients at a time.
-async fn apply(b: &Bench<'_>, names: &[String]) -> Result<Duration, String> {
+async fn apply(
+    b: &Bench<'_>,
+    names: &[String],
+    applied_at: &std::sync::Mutex<Vec<Instant>>,
+) -> Result<Duration, String> {
     let webhooks: Api<DynamicObject> =
         Api::namespaced_with(b.admin.clone(), NAMESPACE, &webhook_kind());
     let secrets: Api<DynamicObject> =
@@ -272,7 +276,9 @@ async fn apply(b: &Bench<'_>, names: &[String]) -> Result<Duration, String> {
         let (webhooks, secrets) = (&webhooks, &secrets);
         async move {
             objects::create(webhooks, &webhook).await?;
-            objects::create(secrets, &external_secret).await
+            objects::create(secrets, &external_secret).await?;
+            applied_at.lock().unwrap().push(Instant::now());
+            Ok(())
         }
     }))
     .buffer_unordered(b.cfg.parallelism.max(1))
@@ -328,7 +334,7 @@ pub async fn run(b: &Bench<'_>, plane: &ControlPlane, run: &mut Run) -> Result<(
         &log_dir.join("eso-first.log"),
     )?;
     let settling = Settling::start(b.admin, NAMESPACE, MANAGED, &external_secret_kind()).await?;
-    apply(b, &[WARM_UP.to_string()]).await?;
+    apply(b, &[WARM_UP.to_string()], &Default::default()).await?;
     let warm_up = Instant::now();
     settling
         .until_all(1, |_| {
@@ -338,7 +344,9 @@ pub async fn run(b: &Bench<'_>, plane: &ControlPlane, run: &mut Run) -> Result<(
         .await
         .map_err(|e| format!("{e}; ESO log tail:\n{}", eso.tail()))?;
 
-    let api_before = phases::clock(b, eso.process.pid(), &settling, n, apply(b, &names), run)
+    let applied_at = std::sync::Mutex::new(Vec::with_capacity(n));
+    let apply = apply(b, &names, &applied_at);
+    let api_before = phases::clock(b, eso.process.pid(), &settling, n, apply, &applied_at, run)
         .await
         .map_err(|e| format!("{e}; ESO log tail:\n{}", eso.tail()))?;
     phases::settle(

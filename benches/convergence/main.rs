@@ -22,6 +22,8 @@
 //! - `BENCH_PROFILE` (0): 1 measures the cost of each kind of request the operator makes.
 //! - `BENCH_BARE_WATCHES` (0): 1 has the concurrent bare baseline hold a controller's watches too
 //!   (its objects, its Secrets), to tell their apiserver cost from the operator's own.
+//! - `BENCH_BARE_AS` (`admin`): `operator` has the concurrent bare workers write with the
+//!   operator's ServiceAccount token instead of the admin's client certificate.
 //! - `BENCH_BARE_OBJECTS` (`both`): which concurrent bare baselines each setting measures,
 //!   `minimal` (the least a script could write) and/or `operator` (objects shaped like the
 //!   operator's beside N key Secrets, a controller's watches held); see `config::BareObjects`.
@@ -31,8 +33,8 @@
 //! - `BENCH_LOG_DIR`: keep each operator process's output there.
 //! - `BENCH_OPERATOR_ENV` ("K=V,K=V"): debugging; extra environment for the first operator of
 //!   each setting, e.g. heaptrack's `LD_PRELOAD`.
-//! - The operator binary: the release build cargo makes for this bench (`CARGO_BIN_EXE_…`), else
-//!   `IDV_OPERATOR_BIN` (see tests/support); `IDV_TEST_OPERATOR_LOG` (`info`): its RUST_LOG.
+//! - The operator binary: `IDV_OPERATOR_BIN` (an A/B run), else the release build cargo makes
+//!   for this bench (see tests/support); `IDV_TEST_OPERATOR_LOG` (`info`): its RUST_LOG.
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
@@ -108,6 +110,7 @@ async fn run(cfg: &Config, dir: &Path, report: Arc<Mutex<Report>>) -> Result<(),
         )
         .await;
     let admin = plane.admin().await;
+    let operator_identity = support::client_from(&kubeconfig).await;
     let idp = Arc::new(TokenEndpoint::default());
     let (port, _endpoint_task) = fake_idp::start(idp.clone()).await;
     let endpoint = format!("http://127.0.0.1:{port}/token");
@@ -124,6 +127,7 @@ async fn run(cfg: &Config, dir: &Path, report: Arc<Mutex<Report>>) -> Result<(),
         plane: &plane,
         kubeconfig: &kubeconfig,
         admin: &admin,
+        operator_identity: &operator_identity,
         cfg,
         endpoint: &endpoint,
         idp: &idp,

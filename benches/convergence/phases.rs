@@ -28,6 +28,8 @@ pub struct Bench<'a> {
     pub plane: &'a ControlPlane,
     pub kubeconfig: &'a Path,
     pub admin: &'a Client,
+    /// A client with the operator's ServiceAccount token.
+    pub operator_identity: &'a Client,
     pub cfg: &'a Config,
     pub endpoint: &'a str,
     pub idp: &'a TokenEndpoint,
@@ -123,9 +125,7 @@ async fn bare_baselines(b: &Bench<'_>, prefix: &str, run: &mut Run) -> Result<()
             bare_ns.clone()
         };
         eprintln!("bench: [{c}/{r}] concurrent bare baseline{what}, {width} workers");
-        let bare =
-            baseline::concurrent(b.admin, b.cfg, b.endpoint, b.idp, &ns, width, like_operator)
-                .await?;
+        let bare = baseline::concurrent(b, &ns, width, like_operator).await?;
         eprintln!(
             "bench: [{c}/{r}] concurrent bare baseline{what}: {:.2}s",
             bare.seconds
@@ -185,8 +185,11 @@ async fn operator_run(
         .iter()
         .map(|name| objects::idv_client(&ns, name, b.endpoint))
         .collect();
-    let apply = objects::create_all(&clients, objects, b.cfg.parallelism, |_| {});
-    let api_before = clock(b, operator.pid(), &settling, n, apply, run)
+    let applied_at = std::sync::Mutex::new(Vec::with_capacity(n));
+    let apply = objects::create_all(&clients, objects, b.cfg.parallelism, |_| {
+        applied_at.lock().unwrap().push(Instant::now());
+    });
+    let api_before = clock(b, operator.pid(), &settling, n, apply, &applied_at, run)
         .await
         .map_err(|e| format!("{e}; operator log tail:\n{}", operator.inner.tail(30)))?;
     if let Some(seq) = sequential_s {
@@ -219,6 +222,7 @@ pub async fn clock(
     settling: &Settling,
     n: usize,
     apply: impl std::future::Future<Output = Result<Duration, String>>,
+    applied_at: &std::sync::Mutex<Vec<Instant>>,
     run: &mut Run,
 ) -> Result<measure::ApiCounts, String> {
     let ns = run.namespace.clone();
@@ -264,6 +268,7 @@ pub async fn clock(
     run.secrets_s = last_secret.map(since);
     run.ready_p50_s = quantile(&ready, 0.5).map(since);
     run.ready_p90_s = quantile(&ready, 0.9).map(since);
+    run.timeline = settling.timeline(started, &applied_at.lock().unwrap());
     run.rss_hwm_mib_ready = measure::vm_mib(pid, "VmHWM:");
     run.cpu_s_ready = Some(cpu.operator);
     run.cpu_ready = cpu_row(&cpu);

@@ -98,6 +98,8 @@ pub struct Run {
     pub secrets_s: Option<f64>,
     pub ready_p50_s: Option<f64>,
     pub ready_p90_s: Option<f64>,
+    /// `[seconds, applied, Secrets, Ready]` every 0.5 s of the clock (`Settling::timeline`).
+    pub timeline: Vec<[f64; 4]>,
     pub ratio_concurrent: Option<f64>,
     pub ratio_same_objects: Option<f64>,
     pub ratio_sequential: Option<f64>,

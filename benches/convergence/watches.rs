@@ -179,6 +179,32 @@ impl Settling {
         }
     }
 
+    /// Every 0.5 s from `started` until the last of them: how many objects were applied (by
+    /// `applied`, their create times), how many Secrets had appeared and how many objects
+    /// had been Ready: where a run spends its time.
+    pub fn timeline(&self, started: Instant, applied: &[Instant]) -> Vec<[f64; 4]> {
+        let (secrets, ready) = (self.secrets.times(), self.ready.times());
+        let end = [secrets.last(), ready.last(), applied.iter().max()]
+            .into_iter()
+            .flatten()
+            .max()
+            .map_or(0.0, |at| {
+                at.saturating_duration_since(started).as_secs_f64()
+            });
+        let until = |times: &[Instant], t: f64| {
+            times
+                .iter()
+                .filter(|at| at.saturating_duration_since(started).as_secs_f64() <= t)
+                .count() as f64
+        };
+        (1..=((end / 0.5).ceil() as usize))
+            .map(|step| {
+                let t = step as f64 * 0.5;
+                [t, until(applied, t), until(&secrets, t), until(&ready, t)]
+            })
+            .collect()
+    }
+
     /// When the last of the first `n` became Ready and when the last Secret appeared.
     pub fn finished(&self) -> (Option<Instant>, Option<Instant>) {
         (

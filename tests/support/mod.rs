@@ -1240,13 +1240,16 @@ pub async fn idp_secrets(
     secrets
 }
 
-/// The operator binary: cargo tells integration tests; the demo is told by IDV_OPERATOR_BIN.
+/// The operator binary: IDV_OPERATOR_BIN when set (the demo, A/B benchmark runs), else the one
+/// cargo built for this test or bench.
 pub fn operator_binary() -> PathBuf {
-    match option_env!("CARGO_BIN_EXE_idv-token-operator") {
-        Some(path) => PathBuf::from(path),
-        None => PathBuf::from(
-            std::env::var("IDV_OPERATOR_BIN").expect("IDV_OPERATOR_BIN names the operator binary"),
-        ),
+    match (
+        std::env::var_os("IDV_OPERATOR_BIN"),
+        option_env!("CARGO_BIN_EXE_idv-token-operator"),
+    ) {
+        (Some(path), _) => PathBuf::from(path),
+        (None, Some(path)) => PathBuf::from(path),
+        (None, None) => panic!("IDV_OPERATOR_BIN names the operator binary"),
     }
 }
 
