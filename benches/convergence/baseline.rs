@@ -201,6 +201,7 @@ async fn measured(
     phase: &str,
     work: impl std::future::Future<Output = Result<Duration, String>>,
 ) -> Result<Bare, String> {
+    measure::until_quiet().await;
     let (idp_before, api_before, cpu_before) = (
         idp.total(),
         measure::apiserver_counts(admin).await?,
@@ -269,10 +270,10 @@ pub async fn concurrent(
     ns: &str,
     width: usize,
     like_operator: bool,
+    as_operator: bool,
 ) -> Result<Bare, String> {
     let (admin, cfg, endpoint, idp) = (b.admin, b.cfg, b.endpoint, b.idp);
-    // The workers write as the operator's ServiceAccount or as the admin (BENCH_BARE_AS).
-    let worker = if cfg.bare_as_operator {
+    let worker = if as_operator {
         b.operator_identity
     } else {
         admin

@@ -21,13 +21,22 @@ pub struct Config {
     /// The concurrent bare baseline also holds the watches a controller holds (its objects,
     /// its Secrets): what an operator cannot avoid, apart from what it does.
     pub bare_watches: bool,
-    /// The concurrent bare workers write as the operator's ServiceAccount (`true`) or as the
-    /// admin (`false`): what the identity (token authentication, RBAC, owner-reference
-    /// permission checks) costs the apiserver.
-    pub bare_as_operator: bool,
+    /// Who the concurrent bare workers write as.
+    pub bare_as: BareAs,
     /// Which concurrent bare baselines each setting measures.
     pub bare_objects: BareObjects,
     pub json: Option<String>,
+}
+
+/// Who the concurrent bare workers write as: the operator's ServiceAccount (what the operator
+/// pays: token authentication, RBAC, the owner-reference permission check, the audit policy
+/// that logs its Secret requests) or the admin (a client certificate in `system:masters`,
+/// none of those). `Both`: as the operator, and the minimal work once more as the admin.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BareAs {
+    Operator,
+    Admin,
+    Both,
 }
 
 /// The concurrent bare baselines: `Minimal` writes the least a script could (the issue's
@@ -114,10 +123,11 @@ impl Config {
             peer,
             profile: env_or("BENCH_PROFILE", 0) == 1,
             bare_watches: env_or("BENCH_BARE_WATCHES", 0) == 1,
-            bare_as_operator: match env_or("BENCH_BARE_AS", "admin".to_string()).as_str() {
-                "admin" => false,
-                "operator" => true,
-                other => panic!("BENCH_BARE_AS={other:?}: admin or operator"),
+            bare_as: match env_or("BENCH_BARE_AS", "operator".to_string()).as_str() {
+                "operator" => BareAs::Operator,
+                "admin" => BareAs::Admin,
+                "both" => BareAs::Both,
+                other => panic!("BENCH_BARE_AS={other:?}: operator, admin or both"),
             },
             bare_objects: match env_or("BENCH_BARE_OBJECTS", "both".to_string()).as_str() {
                 "minimal" => BareObjects::Minimal,

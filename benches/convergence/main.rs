@@ -22,8 +22,9 @@
 //! - `BENCH_PROFILE` (0): 1 measures the cost of each kind of request the operator makes.
 //! - `BENCH_BARE_WATCHES` (0): 1 has the concurrent bare baseline hold a controller's watches too
 //!   (its objects, its Secrets), to tell their apiserver cost from the operator's own.
-//! - `BENCH_BARE_AS` (`admin`): `operator` has the concurrent bare workers write with the
-//!   operator's ServiceAccount token instead of the admin's client certificate.
+//! - `BENCH_BARE_AS` (`operator`): who the concurrent bare workers write as: the operator's
+//!   ServiceAccount, `admin` (a client certificate in system:masters), or `both` (the minimal
+//!   work once more as the admin); see `config::BareAs`.
 //! - `BENCH_BARE_OBJECTS` (`both`): which concurrent bare baselines each setting measures,
 //!   `minimal` (the least a script could write) and/or `operator` (objects shaped like the
 //!   operator's beside N key Secrets, a controller's watches held); see `config::BareObjects`.

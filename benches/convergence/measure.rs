@@ -121,6 +121,39 @@ impl std::ops::Sub for Cpu {
     }
 }
 
+/// A phase starts once the machine has been less busy than this for a whole window: what the
+/// phase before left running (the apiserver's deletions and garbage collection, etcd's
+/// compaction) would otherwise land on the next phase's clock. An idle control plane keeps
+/// about 0.15 of a core busy (7 % of two).
+const QUIET_BUSY_PERCENT: f64 = 15.0;
+const QUIET_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
+const QUIET_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Wait until the machine is quiet (at most `QUIET_MAX`); how long that took.
+pub async fn until_quiet() -> std::time::Duration {
+    let started = std::time::Instant::now();
+    loop {
+        let before = cpu_now(None);
+        tokio::time::sleep(QUIET_WINDOW).await;
+        let busy = (cpu_now(None) - before).busy_percent();
+        if busy < QUIET_BUSY_PERCENT {
+            if started.elapsed() > QUIET_WINDOW {
+                eprintln!(
+                    "bench: quiet after {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            return started.elapsed();
+        }
+        if started.elapsed() >= QUIET_MAX {
+            eprintln!(
+                "bench: the machine is still {busy:.0}% busy after {QUIET_MAX:?}; measuring anyway"
+            );
+            return started.elapsed();
+        }
+    }
+}
+
 /// apiserver_request_total by "VERB resource[/subresource]" ("VERB (non-resource)" for
 /// /metrics, /readyz...); "~sum …" and "~count …" hold the latency histogram's sum and count.
 pub type ApiCounts = BTreeMap<String, f64>;

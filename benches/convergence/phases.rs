@@ -12,7 +12,7 @@ use kube::{Api, Client, api::ApiResource};
 
 use crate::{
     baseline,
-    config::Config,
+    config::{BareAs, Config},
     fake_idp::TokenEndpoint,
     measure::{self, Cpu},
     objects,
@@ -90,8 +90,15 @@ pub async fn setting(
             .zip(bare.as_ref())
             .map(|(t, bare)| t / bare.seconds)
     };
-    (run.ratio_concurrent, run.ratio_same_objects) =
-        (ratio(&run.bare), ratio(&run.bare_same_objects));
+    (
+        run.ratio_concurrent,
+        run.ratio_same_objects,
+        run.ratio_as_admin,
+    ) = (
+        ratio(&run.bare),
+        ratio(&run.bare_same_objects),
+        ratio(&run.bare_as_admin),
+    );
     eprintln!(
         "bench: [{}] ratio to the concurrent bare work {} (with the same objects and watches {})",
         run.label(),
@@ -107,36 +114,37 @@ async fn bare_baselines(b: &Bench<'_>, prefix: &str, run: &mut Run) -> Result<()
     let (c, r) = (run.concurrency, run.max_token_requests);
     let width = usize::from(c).max(r);
     let bare_ns = format!("{}-bare-c{c}-r{r}", prefix);
-    let shapes = [
-        (false, b.cfg.bare_objects.minimal(), ""),
+    // The operator's identity unless BENCH_BARE_AS=admin; `both` adds the minimal work as
+    // the admin.
+    let primary = b.cfg.bare_as != BareAs::Admin;
+    let phases = [
+        (false, primary, b.cfg.bare_objects.minimal(), ""),
         (
             true,
+            primary,
             b.cfg.bare_objects.operator_shaped(),
             " with the operator's objects and watches",
         ),
+        (false, false, b.cfg.bare_as == BareAs::Both, " as the admin"),
     ];
-    for (like_operator, wanted, what) in shapes {
+    for (i, (like_operator, as_operator, wanted, what)) in phases.into_iter().enumerate() {
         if !wanted {
             continue;
         }
-        let ns = if like_operator {
-            format!("{bare_ns}-same")
-        } else {
-            bare_ns.clone()
-        };
+        let ns = format!("{bare_ns}{}", ["", "-same", "-admin"][i]);
         eprintln!("bench: [{c}/{r}] concurrent bare baseline{what}, {width} workers");
-        let bare = baseline::concurrent(b, &ns, width, like_operator).await?;
+        let bare = baseline::concurrent(b, &ns, width, like_operator, as_operator).await?;
         eprintln!(
             "bench: [{c}/{r}] concurrent bare baseline{what}: {:.2}s",
             bare.seconds
         );
         objects::remove_all(b.admin, &ns).await?;
-        let slot = if like_operator {
-            &mut run.bare_same_objects
-        } else {
-            &mut run.bare
-        };
-        *slot = Some(bare);
+        let slot = [
+            &mut run.bare,
+            &mut run.bare_same_objects,
+            &mut run.bare_as_admin,
+        ];
+        *slot.into_iter().nth(i).expect("three phases") = Some(bare);
     }
     Ok(())
 }
@@ -226,6 +234,7 @@ pub async fn clock(
     run: &mut Run,
 ) -> Result<measure::ApiCounts, String> {
     let ns = run.namespace.clone();
+    measure::until_quiet().await;
     let (api_before, idp_before, cpu_before) = (
         measure::apiserver_counts(b.admin).await?,
         b.idp.total(),

@@ -87,6 +87,8 @@ pub struct Run {
     pub bare: Option<Bare>,
     /// The concurrent bare work with the operator's objects and watches.
     pub bare_same_objects: Option<Bare>,
+    /// The minimal concurrent bare work written as the admin (`BENCH_BARE_AS=both`).
+    pub bare_as_admin: Option<Bare>,
     pub keys_apply_s: f64,
     pub readyz_s: Option<f64>,
     /// The apply of N objects, inside the clock.
@@ -102,6 +104,7 @@ pub struct Run {
     pub timeline: Vec<[f64; 4]>,
     pub ratio_concurrent: Option<f64>,
     pub ratio_same_objects: Option<f64>,
+    pub ratio_as_admin: Option<f64>,
     pub ratio_sequential: Option<f64>,
     pub rss_hwm_mib_ready: Option<f64>,
     pub rss_hwm_mib_settled: Option<f64>,
@@ -296,6 +299,16 @@ fn convergence_rows(t: &mut Table, rss_target: f64) {
             })
         },
     );
+    if t.runs.iter().any(|r| r.bare_as_admin.is_some()) {
+        t.row(
+            "minimal concurrent bare baseline written as the admin (s); ratio to it",
+            |r| {
+                r.bare_as_admin.as_ref().map_or("-".into(), |b| {
+                    format!("{:.2}; {}", b.seconds, f(r.ratio_as_admin, 2))
+                })
+            },
+        );
+    }
     t.row("ratio to the sequential bare work", |r| {
         f(r.ratio_sequential, 2)
     });
