@@ -137,7 +137,7 @@ pub async fn until_quiet() -> std::time::Duration {
         tokio::time::sleep(QUIET_WINDOW).await;
         let busy = (cpu_now(None) - before).busy_percent();
         if busy < QUIET_BUSY_PERCENT {
-            if started.elapsed() > QUIET_WINDOW {
+            if started.elapsed() > 2 * QUIET_WINDOW {
                 eprintln!(
                     "bench: quiet after {:.1} s",
                     started.elapsed().as_secs_f64()
