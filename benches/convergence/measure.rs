@@ -129,8 +129,8 @@ const QUIET_BUSY_PERCENT: f64 = 15.0;
 const QUIET_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
 const QUIET_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Wait until the machine is quiet (at most `QUIET_MAX`); how long that took.
-pub async fn until_quiet() -> std::time::Duration {
+/// Wait until the machine is quiet, at most `QUIET_MAX`.
+pub async fn until_quiet() {
     let started = std::time::Instant::now();
     loop {
         let before = cpu_now(None);
@@ -138,18 +138,16 @@ pub async fn until_quiet() -> std::time::Duration {
         let busy = (cpu_now(None) - before).busy_percent();
         if busy < QUIET_BUSY_PERCENT {
             if started.elapsed() > 2 * QUIET_WINDOW {
-                eprintln!(
-                    "bench: quiet after {:.1} s",
-                    started.elapsed().as_secs_f64()
-                );
+                let waited = started.elapsed().as_secs_f64();
+                eprintln!("bench: quiet after {waited:.1} s");
             }
-            return started.elapsed();
+            return;
         }
         if started.elapsed() >= QUIET_MAX {
             eprintln!(
                 "bench: the machine is still {busy:.0}% busy after {QUIET_MAX:?}; measuring anyway"
             );
-            return started.elapsed();
+            return;
         }
     }
 }

@@ -117,21 +117,29 @@ async fn bare_baselines(b: &Bench<'_>, prefix: &str, run: &mut Run) -> Result<()
     // The operator's identity unless BENCH_BARE_AS=admin; `both` adds the minimal work as
     // the admin.
     let primary = b.cfg.bare_as != BareAs::Admin;
+    // (like the operator's objects, as the operator, wanted, namespace suffix, what)
     let phases = [
-        (false, primary, b.cfg.bare_objects.minimal(), ""),
+        (false, primary, b.cfg.bare_objects.minimal(), "", ""),
         (
             true,
             primary,
             b.cfg.bare_objects.operator_shaped(),
+            "-same",
             " with the operator's objects and watches",
         ),
-        (false, false, b.cfg.bare_as == BareAs::Both, " as the admin"),
+        (
+            false,
+            false,
+            b.cfg.bare_as == BareAs::Both,
+            "-admin",
+            " as the admin",
+        ),
     ];
-    for (i, (like_operator, as_operator, wanted, what)) in phases.into_iter().enumerate() {
+    for (i, (like_operator, as_operator, wanted, suffix, what)) in phases.into_iter().enumerate() {
         if !wanted {
             continue;
         }
-        let ns = format!("{bare_ns}{}", ["", "-same", "-admin"][i]);
+        let ns = format!("{bare_ns}{suffix}");
         eprintln!("bench: [{c}/{r}] concurrent bare baseline{what}, {width} workers");
         let bare = baseline::concurrent(b, &ns, width, like_operator, as_operator).await?;
         eprintln!(
@@ -139,12 +147,13 @@ async fn bare_baselines(b: &Bench<'_>, prefix: &str, run: &mut Run) -> Result<()
             bare.seconds
         );
         objects::remove_all(b.admin, &ns).await?;
-        let slot = [
+        // The slots in the order of `phases`.
+        let slots = [
             &mut run.bare,
             &mut run.bare_same_objects,
             &mut run.bare_as_admin,
         ];
-        *slot.into_iter().nth(i).expect("three phases") = Some(bare);
+        *slots.into_iter().nth(i).expect("one slot per phase") = Some(bare);
     }
     Ok(())
 }
